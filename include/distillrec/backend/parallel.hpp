@@ -1,0 +1,26 @@
+// distillrec/backend/parallel.hpp
+//
+// Thread control. The library parallelises with OpenMP over independent rows or sequences
+// (oneDNN's Debian build uses the same OpenMP runtime, so one setting governs both). Reductions
+// run in a fixed order, so a fixed seed and thread count give identical results.
+#pragma once
+
+#include <omp.h>
+
+namespace distillrec::parallel {
+
+/// Sets the number of threads used by the library's parallel loops and by oneDNN.
+inline void set_num_threads(int threads) {
+  if (threads > 0) omp_set_num_threads(threads);
+}
+
+/// Threads a parallel region started now would use.
+inline int max_threads() { return omp_get_max_threads(); }
+
+/// Index of the calling thread inside a parallel region (0 outside).
+inline int thread_index() { return omp_get_thread_num(); }
+
+/// True inside an active parallel region (nested GEMMs then stay single-threaded).
+inline bool in_parallel() { return omp_in_parallel() != 0; }
+
+}  // namespace distillrec::parallel

@@ -1,0 +1,51 @@
+// distillrec/core/workspace.hpp
+//
+// Per-call scratch memory. Layers keep what their backward pass needs in a workspace struct
+// owned by the caller, never in layer members: weights stay immutable during a forward pass,
+// so one model serves many threads at once, each with its own workspace.
+//
+// A ScratchMatrix grows to the largest shape it has been asked for and then hands out maps of
+// any smaller shape without allocating: batches of varying token counts reuse the same memory,
+// so training is allocation-free after the first steps.
+#pragma once
+
+#include "distillrec/core/types.hpp"
+
+#include <Eigen/Core>
+
+#include <vector>
+
+namespace distillrec {
+
+template <typename T>
+class ScratchMatrix {
+ public:
+  /// A rows x cols view of this scratch memory (contents unspecified).
+  MatrixMap<T> resize(Index rows, Index cols) {
+    const auto needed = static_cast<std::size_t>(rows * cols);
+    if (needed > data_.size()) data_.resize(needed);
+    rows_ = rows;
+    cols_ = cols;
+    return map();
+  }
+  /// A rows x cols view filled with zeros.
+  MatrixMap<T> zeros(Index rows, Index cols) {
+    auto m = resize(rows, cols);
+    m.setZero();
+    return m;
+  }
+  MatrixMap<T> map() { return MatrixMap<T>(data_.data(), rows_, cols_); }
+  ConstMatrixMap<T> map() const { return ConstMatrixMap<T>(data_.data(), rows_, cols_); }
+  Index rows() const { return rows_; }
+  Index cols() const { return cols_; }
+  T* data() { return data_.data(); }
+  const T* data() const { return data_.data(); }
+  std::size_t capacity_bytes() const { return data_.capacity() * sizeof(T); }
+
+ private:
+  std::vector<T, Eigen::aligned_allocator<T>> data_;
+  Index rows_ = 0;
+  Index cols_ = 0;
+};
+
+}  // namespace distillrec

@@ -1,0 +1,86 @@
+// Helpers shared by the tests: random matrices, finite-difference gradient checks, real-data
+// lookup.
+#pragma once
+
+#include "distillrec/core/rng.hpp"
+#include "distillrec/core/types.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <string>
+
+namespace distillrec::test {
+
+template <typename T>
+Matrix<T> random_matrix(Index rows, Index cols, Rng& rng, double scale = 1.0) {
+  Matrix<T> m(rows, cols);
+  for (Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<T>(scale * rng.normal());
+  return m;
+}
+
+/// Finite-difference settings per scalar type: float needs a larger step and tolerance.
+template <typename T>
+struct GradTolerance;
+template <>
+struct GradTolerance<double> {
+  static constexpr double step = 1e-6;
+  static constexpr double tolerance = 1e-6;
+};
+template <>
+struct GradTolerance<float> {
+  static constexpr double step = 1e-2;
+  static constexpr double tolerance = 3e-2;
+};
+
+/// Compares `analytic[i]` with the central difference of `loss` w.r.t. `values[i]` for up to
+/// `max_checks` entries spread over [0, n). The error measure is |a - f| / max(1, |a|, |f|)
+/// (relative for large gradients, absolute for small ones); returns the largest one seen.
+template <typename T>
+double max_gradient_error(const std::function<double()>& loss, T* values, const T* analytic,
+                          Index n, Index max_checks = 200) {
+  const double step = GradTolerance<T>::step;
+  const Index stride = std::max<Index>(1, n / max_checks);
+  double worst = 0.0;
+  for (Index i = 0; i < n; i += stride) {
+    const T saved = values[i];
+    values[i] = static_cast<T>(saved + step);
+    const double plus = loss();
+    values[i] = static_cast<T>(saved - step);
+    const double minus = loss();
+    values[i] = saved;
+    const double numeric = (plus - minus) / (2.0 * step);
+    const double a = static_cast<double>(analytic[i]);
+    const double error = std::abs(a - numeric) / std::max({1.0, std::abs(a), std::abs(numeric)});
+    worst = std::max(worst, error);
+  }
+  return worst;
+}
+
+/// The real Amazon log if present (../shared/data beside the project, or $DISTILLREC_DATA_DIR).
+inline std::string real_data_path(const std::string& file) {
+  if (const char* env = std::getenv("DISTILLREC_DATA_DIR")) {
+    const auto p = std::filesystem::path(env) / file;
+    if (std::filesystem::exists(p)) return p.string();
+  }
+#ifdef DISTILLREC_TEST_DATA_DIR
+  const auto p = std::filesystem::path(DISTILLREC_TEST_DATA_DIR) / file;
+  if (std::filesystem::exists(p)) return p.string();
+#endif
+  return {};
+}
+
+/// A fresh temporary folder for one test.
+inline std::filesystem::path temp_dir(const std::string& name) {
+  auto dir = std::filesystem::temp_directory_path() /
+             ("distillrec_test_" + name + "_" + std::to_string(std::rand()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+}  // namespace distillrec::test

@@ -1,0 +1,151 @@
+#include "distillrec/backend/gemm.hpp"
+#include "distillrec/backend/kernels.hpp"
+
+#include "support.hpp"
+
+#include <limits>
+
+using namespace distillrec;
+using backend::Trans;
+
+namespace {
+
+template <typename T>
+Matrix<T> op(const Matrix<T>& m, Trans t) {
+  return t == Trans::kYes ? Matrix<T>(m.transpose()) : m;
+}
+
+}  // namespace
+
+TEST_CASE("gemm (Eigen) matches a naive triple loop for all transposes", "[backend][gemm]") {
+  Rng rng(1);
+  for (auto ta : {Trans::kNo, Trans::kYes}) {
+    for (auto tb : {Trans::kNo, Trans::kYes}) {
+      const Index m = 7, k = 5, n = 9;
+      Matrix<double> a = test::random_matrix<double>(ta == Trans::kNo ? m : k, ta == Trans::kNo ? k : m, rng);
+      Matrix<double> b = test::random_matrix<double>(tb == Trans::kNo ? k : n, tb == Trans::kNo ? n : k, rng);
+      Matrix<double> c = test::random_matrix<double>(m, n, rng);
+      Matrix<double> expected = 0.5 * c;
+      const Matrix<double> oa = op(a, ta), ob = op(b, tb);
+      for (Index i = 0; i < m; ++i)
+        for (Index j = 0; j < n; ++j)
+          for (Index p = 0; p < k; ++p) expected(i, j) += 2.0 * oa(i, p) * ob(p, j);
+      backend::gemm(ta, tb, 2.0, a, b, 0.5, c);
+      REQUIRE((c - expected).cwiseAbs().maxCoeff() < 1e-12);
+    }
+  }
+}
+
+TEST_CASE("gemm checks shapes", "[backend][gemm]") {
+  Matrix<float> a(3, 4), b(5, 2), c(3, 2);
+  REQUIRE_THROWS_AS(backend::gemm(Trans::kNo, Trans::kNo, 1.0f, a, b, 0.0f, c), ShapeError);
+  REQUIRE_THROWS_AS(backend::gemm_eigen<float>(Trans::kNo, Trans::kNo, 1.0f, a, b, 0.0f, c), ShapeError);
+}
+
+TEST_CASE("gemm with beta = 0 ignores NaN in C", "[backend][gemm]") {
+  Rng rng(2);
+  Matrix<float> a = test::random_matrix<float>(4, 3, rng), b = test::random_matrix<float>(3, 6, rng);
+  Matrix<float> c = Matrix<float>::Constant(4, 6, std::numeric_limits<float>::quiet_NaN());
+  backend::gemm(Trans::kNo, Trans::kNo, 1.0f, a, b, 0.0f, c);
+  REQUIRE(c.allFinite());
+  REQUIRE((c - a * b).cwiseAbs().maxCoeff() < 1e-5f);
+}
+
+#ifdef DISTILLREC_WITH_ONEDNN
+TEST_CASE("gemm: oneDNN equals the Eigen reference, strided blocks included", "[backend][gemm]") {
+  REQUIRE(backend::default_gemm_backend() == backend::GemmBackend::kOneDnn);
+  Rng rng(3);
+  for (auto ta : {Trans::kNo, Trans::kYes}) {
+    for (auto tb : {Trans::kNo, Trans::kYes}) {
+      for (Index m : {1, 17, 128}) {
+        const Index k = 50, n = 33;
+        Matrix<float> a = test::random_matrix<float>(ta == Trans::kNo ? m : k, ta == Trans::kNo ? k : m, rng);
+        // B as a column block of a wider matrix: exercises leading dimensions != cols.
+        Matrix<float> wide = test::random_matrix<float>(tb == Trans::kNo ? k : n, 2 * (tb == Trans::kNo ? n : k), rng);
+        auto b = wide.leftCols(tb == Trans::kNo ? n : k);
+        Matrix<float> c0 = test::random_matrix<float>(m, n, rng);
+        Matrix<float> c_eigen = c0, c_dnnl = c0;
+        backend::gemm_eigen<float>(ta, tb, 0.7f, a, b, 0.3f, c_eigen);
+        backend::gemm_onednn(ta, tb, 0.7f, a, b, 0.3f, c_dnnl);
+        const float scale = 1.0f + c_eigen.cwiseAbs().maxCoeff();
+        REQUIRE((c_eigen - c_dnnl).cwiseAbs().maxCoeff() / scale < 1e-5f);
+      }
+    }
+  }
+}
+#endif
+
+TEMPLATE_TEST_CASE("xsimd kernels match their scalar references", "[backend][kernels]", float, double) {
+  using T = TestType;
+  Rng rng(11);
+  const T tol = std::is_same<T, float>::value ? T(2e-6) : T(1e-13);
+  for (Index n : {1, 3, 16, 37, 50, 128}) {
+    Matrix<T> x = test::random_matrix<T>(1, n, rng, 2.0);
+    Matrix<T> dy = test::random_matrix<T>(1, n, rng);
+    Matrix<T> gamma = test::random_matrix<T>(1, n, rng), beta = test::random_matrix<T>(1, n, rng);
+    Matrix<T> a = x, b = x;
+
+    backend::kernels::softmax(a.data(), n, T(0.7));
+    backend::kernels::reference::softmax(b.data(), n, T(0.7));
+    REQUIRE((a - b).cwiseAbs().maxCoeff() < tol);
+    REQUIRE(std::abs(a.sum() - T(1)) < 10 * tol);
+
+    Matrix<T> dxa(1, n), dxb(1, n);
+    backend::kernels::softmax_backward(a.data(), dy.data(), dxa.data(), n, T(0.7));
+    backend::kernels::reference::softmax_backward(b.data(), dy.data(), dxb.data(), n, T(0.7));
+    REQUIRE((dxa - dxb).cwiseAbs().maxCoeff() < 10 * tol);
+
+    Matrix<T> ya(1, n), yb(1, n), ha(1, n), hb(1, n);
+    const T ra = backend::kernels::layer_norm_forward(x.data(), gamma.data(), beta.data(), ya.data(), ha.data(), n, T(1e-8));
+    const T rb = backend::kernels::reference::layer_norm_forward(x.data(), gamma.data(), beta.data(), yb.data(), hb.data(), n, T(1e-8));
+    if (n > 1) {
+      REQUIRE(std::abs(ra - rb) / rb < 10 * tol);
+      REQUIRE((ya - yb).cwiseAbs().maxCoeff() < 10 * tol);
+      backend::kernels::layer_norm_backward(ha.data(), gamma.data(), dy.data(), ra, dxa.data(), n);
+      backend::kernels::reference::layer_norm_backward(hb.data(), gamma.data(), dy.data(), rb, dxb.data(), n);
+      REQUIRE((dxa - dxb).cwiseAbs().maxCoeff() < 100 * tol);
+    }
+
+    backend::kernels::relu(x.data(), ya.data(), n);
+    backend::kernels::reference::relu(x.data(), yb.data(), n);
+    REQUIRE(ya == yb);
+    backend::kernels::relu_backward(ya.data(), dy.data(), dxa.data(), n);
+    backend::kernels::reference::relu_backward(yb.data(), dy.data(), dxb.data(), n);
+    REQUIRE(dxa == dxb);
+
+    backend::kernels::gelu(x.data(), ya.data(), n);
+    backend::kernels::reference::gelu(x.data(), yb.data(), n);
+    REQUIRE((ya - yb).cwiseAbs().maxCoeff() < 10 * tol);
+    backend::kernels::gelu_backward(x.data(), dy.data(), dxa.data(), n);
+    backend::kernels::reference::gelu_backward(x.data(), dy.data(), dxb.data(), n);
+    REQUIRE((dxa - dxb).cwiseAbs().maxCoeff() < 10 * tol);
+
+    backend::kernels::multiply(x.data(), dy.data(), ya.data(), n);
+    backend::kernels::reference::multiply(x.data(), dy.data(), yb.data(), n);
+    REQUIRE(ya == yb);
+  }
+}
+
+TEST_CASE("softmax is stable for large inputs", "[backend][kernels]") {
+  std::vector<float> x = {1000.0f, 1001.0f, 999.0f};
+  backend::kernels::softmax(x.data(), 3);
+  REQUIRE(std::isfinite(x[0]));
+  REQUIRE(x[1] > x[0]);
+  REQUIRE(std::abs(x[0] + x[1] + x[2] - 1.0f) < 1e-6f);
+}
+
+TEST_CASE("dropout mask keeps 1-p of the entries, scaled by 1/(1-p)", "[backend][kernels]") {
+  Rng rng(5);
+  std::vector<float> mask(100001);
+  backend::kernels::dropout_mask(mask.data(), static_cast<Index>(mask.size()), 0.3, rng);
+  double kept = 0, mean = 0;
+  for (float m : mask) {
+    REQUIRE((m == 0.0f || std::abs(m - 1.0f / 0.7f) < 1e-6f));
+    kept += m != 0.0f;
+    mean += m;
+  }
+  CHECK(std::abs(kept / mask.size() - 0.7) < 0.01);
+  CHECK(std::abs(mean / mask.size() - 1.0) < 0.015);
+  backend::kernels::dropout_mask(mask.data(), 10, 0.0, rng);
+  for (int i = 0; i < 10; ++i) REQUIRE(mask[i] == 1.0f);
+}

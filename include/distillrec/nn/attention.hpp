@@ -1,0 +1,218 @@
+// distillrec/nn/attention.hpp
+//
+// Causal multi-head self-attention over packed sequences (Vaswani et al., 2017; SASRec,
+// Kang & McAuley, 2018):
+//   Q = xq Wq^T + bq,  K = xkv Wk^T + bk,  V = xkv Wv^T + bv           [n, dim]
+//   per sequence and head h (head_dim = dim / heads):
+//     A_h = Dropout(softmax(Q_h K_h^T / sqrt(head_dim) + causal mask))  [len, len]
+//     ctx_h = A_h V_h
+//   y = ctx (no output projection, SASRec's original) or ctx Wo^T + bo.
+// Queries and keys/values may come from different inputs: SASRec's original block queries with
+// the normalised input and attends over the raw one.
+//
+// Sequences are packed (see SequenceLayout): a token attends to itself and the earlier tokens
+// of its own sequence only. This is exactly a padded batch with a key-padding mask, a query
+// mask and a causal mask, without computing the padded rows at all.
+//
+// Parameters "<name>.query|key|value[.output].{weight,bias}". Sequences are processed in
+// parallel (OpenMP); dropout masks come from a generator derived per sequence, so results do
+// not depend on the thread count.
+#pragma once
+
+#include "distillrec/backend/kernels.hpp"
+#include "distillrec/backend/parallel.hpp"
+#include "distillrec/core/workspace.hpp"
+#include "distillrec/nn/linear.hpp"
+#include "distillrec/nn/run_mode.hpp"
+#include "distillrec/nn/sequence_layout.hpp"
+
+#include <cmath>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace distillrec::nn {
+
+template <typename T>
+class MultiHeadAttention {
+ public:
+  using Scalar = T;
+
+  struct Workspace {
+    ScratchMatrix<T> query, key, value;   // projections                     [n, dim]
+    ScratchMatrix<T> context;              // merged heads (pre-projection)   [n, dim]
+    ScratchMatrix<T> grad_query, grad_key, grad_value, grad_context;
+    std::vector<T> probs;                  // softmax per (sequence, head): len x len, packed
+    std::vector<T> mask;                   // dropout mask, same layout (training only)
+    std::vector<Index> prob_offsets;       // start of sequence s in probs (heads consecutive)
+    bool dropout_active = false;
+  };
+
+  MultiHeadAttention(Parameters<T>& params, const std::string& name, Index dim, Index num_heads,
+                     double attention_dropout, bool output_projection)
+      : query_(params, name + ".query", dim, dim), key_(params, name + ".key", dim, dim),
+        value_(params, name + ".value", dim, dim), dim_(dim), heads_(num_heads),
+        dropout_(attention_dropout) {
+    if (num_heads <= 0 || dim % num_heads != 0) {
+      throw ConfigError(detail::concat("attention: hidden size ", dim,
+                                       " must be a positive multiple of the number of heads (",
+                                       num_heads, ")"));
+    }
+    if (!(attention_dropout >= 0.0 && attention_dropout < 1.0)) {
+      throw ConfigError(detail::concat("attention dropout must be in [0, 1), got ", attention_dropout));
+    }
+    if (output_projection) output_.emplace(params, name + ".output", dim, dim);
+  }
+
+  void initialize(Rng& rng) {
+    query_.initialize(rng);
+    key_.initialize(rng);
+    value_.initialize(rng);
+    if (output_) output_->initialize(rng);
+  }
+
+  Index dim() const { return dim_; }
+  Index num_heads() const { return heads_; }
+  Index head_dim() const { return dim_ / heads_; }
+  bool has_output_projection() const { return output_.has_value(); }
+
+  void forward(const ConstMatrixRef<T>& xq, const ConstMatrixRef<T>& xkv, const SequenceLayout& layout,
+               MatrixRef<T> y, Workspace& ws, const RunMode& mode) const {
+    const Index n = layout.num_tokens();
+    require_shape(xq, n, dim_, "attention query input");
+    require_shape(xkv, n, dim_, "attention key/value input");
+    require_shape(y, n, dim_, "attention output");
+    auto q = ws.query.resize(n, dim_);
+    auto k = ws.key.resize(n, dim_);
+    auto v = ws.value.resize(n, dim_);
+    query_.forward(xq, q);
+    key_.forward(xkv, k);
+    value_.forward(xkv, v);
+
+    const Index num_seq = layout.num_sequences();
+    ws.prob_offsets.resize(static_cast<std::size_t>(num_seq) + 1);
+    ws.prob_offsets[0] = 0;
+    for (Index s = 0; s < num_seq; ++s) {
+      ws.prob_offsets[static_cast<std::size_t>(s) + 1] =
+          ws.prob_offsets[static_cast<std::size_t>(s)] + heads_ * layout.length(s) * layout.length(s);
+    }
+    const auto total = static_cast<std::size_t>(ws.prob_offsets.back());
+    if (ws.probs.size() < total) ws.probs.resize(total);
+    ws.dropout_active = mode.training && dropout_ > 0.0;
+    if (ws.dropout_active && ws.mask.size() < total) ws.mask.resize(total);
+    const std::uint64_t call_seed = ws.dropout_active ? mode.generator().next() : 0;
+
+    auto ctx = ws.context.resize(n, dim_);
+    const T scale = T(1) / std::sqrt(static_cast<T>(head_dim()));
+    const Index dh = head_dim();
+
+#pragma omp parallel for schedule(dynamic, 4) if (num_seq > 1 && n > 64 && !parallel::in_parallel())
+    for (Index s = 0; s < num_seq; ++s) {
+      const Index b = layout.begin(s), len = layout.length(s);
+      Rng rng = Rng(call_seed).derive(static_cast<std::uint64_t>(s));
+      std::vector<T> dropped;
+      for (Index h = 0; h < heads_; ++h) {
+        T* p_data = ws.probs.data() + ws.prob_offsets[static_cast<std::size_t>(s)] + h * len * len;
+        MatrixMap<T> p(p_data, len, len);
+        const auto qh = q.block(b, h * dh, len, dh);
+        const auto kh = k.block(b, h * dh, len, dh);
+        const auto vh = v.block(b, h * dh, len, dh);
+        p.noalias() = qh * kh.transpose();
+        for (Index i = 0; i < len; ++i) {
+          backend::kernels::softmax<T>(p.row(i).data(), i + 1, scale);
+          p.row(i).tail(len - i - 1).setZero();
+        }
+        auto out = ctx.block(b, h * dh, len, dh);
+        if (ws.dropout_active) {
+          T* m_data = ws.mask.data() + ws.prob_offsets[static_cast<std::size_t>(s)] + h * len * len;
+          backend::kernels::dropout_mask(m_data, len * len, dropout_, rng);
+          dropped.resize(static_cast<std::size_t>(len * len));
+          MatrixMap<T> pd(dropped.data(), len, len);
+          pd = p.cwiseProduct(MatrixMap<T>(m_data, len, len));
+          out.noalias() = pd * vh;
+        } else {
+          out.noalias() = p * vh;
+        }
+      }
+    }
+    if (output_) {
+      output_->forward(ctx, y);
+    } else {
+      y = ctx;
+    }
+  }
+
+  /// Propagates dy to both inputs (dxq = beta_q * dxq + ..., dxkv = beta_kv * dxkv + ...) and
+  /// adds the parameter gradients. dxq and dxkv may be the same matrix when xq and xkv are
+  /// (pass beta_kv = 1 so the key/value part adds onto the query part).
+  void backward(const ConstMatrixRef<T>& xq, const ConstMatrixRef<T>& xkv, const SequenceLayout& layout,
+                const ConstMatrixRef<T>& dy, MatrixRef<T> dxq, MatrixRef<T> dxkv, Workspace& ws,
+                T beta_q = T(0), T beta_kv = T(0)) {
+    const Index n = layout.num_tokens();
+    require_shape(dy, n, dim_, "attention output gradient");
+    auto dctx = ws.grad_context.resize(n, dim_);
+    if (output_) {
+      output_->accumulate_grad(ws.context.map(), dy);
+      output_->backward(dy, dctx);
+    } else {
+      dctx = dy;
+    }
+    const auto q = ws.query.map();
+    const auto k = ws.key.map();
+    const auto v = ws.value.map();
+    auto dq = ws.grad_query.resize(n, dim_);
+    auto dk = ws.grad_key.resize(n, dim_);
+    auto dv = ws.grad_value.resize(n, dim_);
+    const T scale = T(1) / std::sqrt(static_cast<T>(head_dim()));
+    const Index dh = head_dim();
+    const Index num_seq = layout.num_sequences();
+
+#pragma omp parallel for schedule(dynamic, 4) if (num_seq > 1 && n > 64 && !parallel::in_parallel())
+    for (Index s = 0; s < num_seq; ++s) {
+      const Index b = layout.begin(s), len = layout.length(s);
+      std::vector<T> buffer(static_cast<std::size_t>(2 * len * len));
+      MatrixMap<T> pd(buffer.data(), len, len);                 // dropped probabilities
+      MatrixMap<T> dp(buffer.data() + len * len, len, len);     // gradient w.r.t. probabilities
+      for (Index h = 0; h < heads_; ++h) {
+        const T* p_data = ws.probs.data() + ws.prob_offsets[static_cast<std::size_t>(s)] + h * len * len;
+        ConstMatrixMap<T> p(p_data, len, len);
+        const auto qh = q.block(b, h * dh, len, dh);
+        const auto kh = k.block(b, h * dh, len, dh);
+        const auto vh = v.block(b, h * dh, len, dh);
+        const auto dctx_h = dctx.block(b, h * dh, len, dh);
+        const T* m_data = ws.dropout_active
+                              ? ws.mask.data() + ws.prob_offsets[static_cast<std::size_t>(s)] + h * len * len
+                              : nullptr;
+        if (m_data != nullptr) {
+          pd = p.cwiseProduct(ConstMatrixMap<T>(m_data, len, len));
+          dv.block(b, h * dh, len, dh).noalias() = pd.transpose() * dctx_h;
+        } else {
+          dv.block(b, h * dh, len, dh).noalias() = p.transpose() * dctx_h;
+        }
+        dp.noalias() = dctx_h * vh.transpose();
+        if (m_data != nullptr) dp = dp.cwiseProduct(ConstMatrixMap<T>(m_data, len, len));
+        for (Index i = 0; i < len; ++i) {
+          // Gradient w.r.t. the raw scores q k^T (softmax and 1/sqrt(d) scale), causal part only.
+          backend::kernels::softmax_backward<T>(p.row(i).data(), dp.row(i).data(), dp.row(i).data(), i + 1, scale);
+          dp.row(i).tail(len - i - 1).setZero();
+        }
+        dq.block(b, h * dh, len, dh).noalias() = dp * kh;
+        dk.block(b, h * dh, len, dh).noalias() = dp.transpose() * qh;
+      }
+    }
+    query_.accumulate_grad(xq, dq);
+    key_.accumulate_grad(xkv, dk);
+    value_.accumulate_grad(xkv, dv);
+    query_.backward(dq, dxq, beta_q);
+    key_.backward(dk, dxkv, beta_kv);
+    value_.backward(dv, dxkv, T(1));
+  }
+
+ private:
+  Linear<T> query_, key_, value_;
+  std::optional<Linear<T>> output_;
+  Index dim_, heads_;
+  double dropout_;
+};
+
+}  // namespace distillrec::nn

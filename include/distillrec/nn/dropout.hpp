@@ -1,0 +1,65 @@
+// distillrec/nn/dropout.hpp
+//
+// Inverted dropout (Srivastava et al., 2014): during training each element is zeroed with
+// probability p and the rest scaled by 1 / (1 - p); at inference it is the identity. The mask
+// is drawn from the run's generator and kept in the workspace for backward.
+#pragma once
+
+#include "distillrec/backend/kernels.hpp"
+#include "distillrec/core/error.hpp"
+#include "distillrec/core/workspace.hpp"
+#include "distillrec/nn/run_mode.hpp"
+
+namespace distillrec::nn {
+
+template <typename T>
+class Dropout {
+ public:
+  using Scalar = T;
+
+  struct Workspace {
+    ScratchMatrix<T> mask;
+    bool active = false;
+  };
+
+  explicit Dropout(double probability = 0.0) : p_(probability) {
+    if (!(probability >= 0.0 && probability < 1.0)) {
+      throw ConfigError(detail::concat("dropout probability must be in [0, 1), got ", probability));
+    }
+  }
+
+  double probability() const { return p_; }
+
+  /// y = x * mask (training) or y = x (inference). x and y may be the same matrix.
+  void forward(const ConstMatrixRef<T>& x, MatrixRef<T> y, Workspace& ws, const RunMode& mode) const {
+    require_shape(y, x.rows(), x.cols(), "Dropout output");
+    ws.active = mode.training && p_ > 0.0;
+    if (!ws.active) {
+      if (y.data() != x.data()) y = x;
+      return;
+    }
+    auto mask = ws.mask.resize(x.rows(), x.cols());
+    backend::kernels::dropout_mask(mask.data(), mask.size(), p_, mode.generator());
+    for (Index i = 0; i < x.rows(); ++i) {
+      backend::kernels::multiply<T>(x.row(i).data(), mask.row(i).data(), y.row(i).data(), x.cols());
+    }
+  }
+
+  /// dx = dy * mask (or dy). dx and dy may be the same matrix.
+  void backward(const ConstMatrixRef<T>& dy, MatrixRef<T> dx, const Workspace& ws) const {
+    require_shape(dx, dy.rows(), dy.cols(), "Dropout input gradient");
+    if (!ws.active) {
+      if (dx.data() != dy.data()) dx = dy;
+      return;
+    }
+    const auto mask = ws.mask.map();
+    for (Index i = 0; i < dy.rows(); ++i) {
+      backend::kernels::multiply<T>(dy.row(i).data(), mask.row(i).data(), dx.row(i).data(), dy.cols());
+    }
+  }
+
+ private:
+  double p_;
+};
+
+}  // namespace distillrec::nn

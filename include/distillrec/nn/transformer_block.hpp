@@ -1,0 +1,171 @@
+// distillrec/nn/transformer_block.hpp
+//
+// A transformer block composed statically from policies: the normalisation layer, the
+// feed-forward network, the attention, and where the norms sit (the placement):
+//
+//   SASRecNorm (Kang & McAuley, 2018, the authors' code):
+//       q = LN_a(x);  h = q + Attn(q, x, x);  r = LN_f(h);  y = r + FFN(r)
+//     (residual taken from the normalised input: neither pre- nor post-LN)
+//   PreNorm (GPT-2, LLaMA):
+//       h = x + Attn(LN_a(x));  y = h + FFN(LN_f(h))
+//   PostNorm (Vaswani et al., 2017; BERT):
+//       h = LN_a(x + Attn(x));  y = LN_f(h + FFN(h))
+//
+// x, y [n, dim] over packed sequences (SequenceLayout). Parameters:
+// "<name>.attention_norm.*", "<name>.attention.*", "<name>.ffn_norm.*", "<name>.ffn.*".
+// backward() propagates dy to dx and adds every parameter gradient of the block.
+#pragma once
+
+#include "distillrec/core/workspace.hpp"
+#include "distillrec/nn/attention.hpp"
+#include "distillrec/nn/feed_forward.hpp"
+#include "distillrec/nn/layer_norm.hpp"
+#include "distillrec/nn/run_mode.hpp"
+#include "distillrec/nn/sequence_layout.hpp"
+
+#include <string>
+#include <type_traits>
+
+namespace distillrec::nn {
+
+struct SASRecNorm {
+  static constexpr const char* kName = "sasrec";
+};
+struct PreNorm {
+  static constexpr const char* kName = "pre-ln";
+};
+struct PostNorm {
+  static constexpr const char* kName = "post-ln";
+};
+
+struct TransformerBlockConfig {
+  Index dim = 50;
+  Index num_heads = 1;
+  Index ffn_dim = 50;
+  double dropout = 0.0;            // inside the feed-forward network
+  double attention_dropout = 0.0;  // on the attention probabilities
+  bool attention_output_projection = false;
+  double norm_eps = 1e-8;
+};
+
+template <typename T, typename Placement = SASRecNorm, typename Norm = LayerNorm<T>,
+          typename FeedForward = PointwiseFeedForward<T, Relu>,
+          typename Attention = MultiHeadAttention<T>>
+class TransformerBlock {
+  static_assert(std::is_same_v<Placement, SASRecNorm> || std::is_same_v<Placement, PreNorm> ||
+                    std::is_same_v<Placement, PostNorm>,
+                "Placement must be SASRecNorm, PreNorm or PostNorm");
+
+ public:
+  using Scalar = T;
+
+  struct Workspace {
+    typename Norm::Workspace attention_norm, ffn_norm;
+    typename Attention::Workspace attention;
+    typename FeedForward::Workspace ffn;
+    ScratchMatrix<T> q, a, h, r, f;        // activations kept for backward  [n, dim]
+    ScratchMatrix<T> grad_r, grad_h, grad_q;
+  };
+
+  TransformerBlock(Parameters<T>& params, const std::string& name, const TransformerBlockConfig& config)
+      : attention_norm_(params, name + ".attention_norm", config.dim, config.norm_eps),
+        attention_(params, name + ".attention", config.dim, config.num_heads, config.attention_dropout,
+                   config.attention_output_projection),
+        ffn_norm_(params, name + ".ffn_norm", config.dim, config.norm_eps),
+        ffn_(params, name + ".ffn", config.dim, config.ffn_dim, config.dropout),
+        dim_(config.dim) {}
+
+  void initialize(Rng& rng) {
+    attention_norm_.initialize(rng);
+    attention_.initialize(rng);
+    ffn_norm_.initialize(rng);
+    ffn_.initialize(rng);
+  }
+
+  Index dim() const { return dim_; }
+
+  /// y = block(x); y must not alias x.
+  void forward(const ConstMatrixRef<T>& x, const SequenceLayout& layout, MatrixRef<T> y, Workspace& ws,
+               const RunMode& mode) const {
+    const Index n = x.rows();
+    require_shape(y, n, dim_, "TransformerBlock output");
+    auto q = ws.q.resize(n, dim_);
+    auto a = ws.a.resize(n, dim_);
+    auto h = ws.h.resize(n, dim_);
+    auto r = ws.r.resize(n, dim_);
+    auto f = ws.f.resize(n, dim_);
+    if constexpr (std::is_same_v<Placement, SASRecNorm>) {
+      attention_norm_.forward(x, q, ws.attention_norm);
+      attention_.forward(q, x, layout, a, ws.attention, mode);
+      h = q + a;
+      ffn_norm_.forward(h, r, ws.ffn_norm);
+      ffn_.forward(r, f, ws.ffn, mode);
+      y = r + f;
+    } else if constexpr (std::is_same_v<Placement, PreNorm>) {
+      attention_norm_.forward(x, q, ws.attention_norm);
+      attention_.forward(q, q, layout, a, ws.attention, mode);
+      h = x + a;
+      ffn_norm_.forward(h, r, ws.ffn_norm);
+      ffn_.forward(r, f, ws.ffn, mode);
+      y = h + f;
+    } else {  // PostNorm: q holds x + Attn(x), h = LN_a(q), r = h + FFN(h), y = LN_f(r)
+      attention_.forward(x, x, layout, a, ws.attention, mode);
+      q = x + a;
+      attention_norm_.forward(q, h, ws.attention_norm);
+      ffn_.forward(h, f, ws.ffn, mode);
+      r = h + f;
+      ffn_norm_.forward(r, y, ws.ffn_norm);
+    }
+  }
+
+  /// dx = d(block)/dx^T dy (overwrites dx); adds the parameter gradients. Needs the workspace of
+  /// the matching forward call and the same input x.
+  void backward(const ConstMatrixRef<T>& x, const SequenceLayout& layout, const ConstMatrixRef<T>& dy,
+                MatrixRef<T> dx, Workspace& ws) {
+    const Index n = x.rows();
+    require_shape(dx, n, dim_, "TransformerBlock input gradient");
+    auto grad_r = ws.grad_r.resize(n, dim_);
+    auto grad_h = ws.grad_h.resize(n, dim_);
+    auto grad_q = ws.grad_q.resize(n, dim_);
+    const auto q = ws.q.map();
+    const auto h = ws.h.map();
+    const auto r = ws.r.map();
+    if constexpr (std::is_same_v<Placement, SASRecNorm>) {
+      grad_r = dy;                                               // y = r + FFN(r)
+      ffn_.backward(r, dy, grad_r, ws.ffn, T(1));
+      ffn_norm_.accumulate_grad(grad_r, ws.ffn_norm);            // r = LN_f(h)
+      ffn_norm_.backward(grad_r, grad_h, ws.ffn_norm);
+      grad_q = grad_h;                                           // h = q + Attn(q, x)
+      attention_.backward(q, x, layout, grad_h, grad_q, dx, ws.attention, T(1), T(0));
+      attention_norm_.accumulate_grad(grad_q, ws.attention_norm);  // q = LN_a(x)
+      attention_norm_.backward(grad_q, dx, ws.attention_norm, /*accumulate=*/true);
+    } else if constexpr (std::is_same_v<Placement, PreNorm>) {
+      grad_h = dy;                                               // y = h + FFN(r)
+      ffn_.backward(r, dy, grad_r, ws.ffn, T(0));
+      ffn_norm_.accumulate_grad(grad_r, ws.ffn_norm);            // r = LN_f(h)
+      ffn_norm_.backward(grad_r, grad_h, ws.ffn_norm, /*accumulate=*/true);
+      attention_.backward(q, q, layout, grad_h, grad_q, grad_q, ws.attention, T(0), T(1));
+      dx = grad_h;                                               // h = x + Attn(q, q)
+      attention_norm_.accumulate_grad(grad_q, ws.attention_norm);  // q = LN_a(x)
+      attention_norm_.backward(grad_q, dx, ws.attention_norm, /*accumulate=*/true);
+    } else {
+      ffn_norm_.accumulate_grad(dy, ws.ffn_norm);                // y = LN_f(r)
+      ffn_norm_.backward(dy, grad_r, ws.ffn_norm);
+      grad_h = grad_r;                                           // r = h + FFN(h)
+      ffn_.backward(h, grad_r, grad_h, ws.ffn, T(1));
+      attention_norm_.accumulate_grad(grad_h, ws.attention_norm);  // h = LN_a(q)
+      attention_norm_.backward(grad_h, grad_q, ws.attention_norm);
+      attention_.backward(x, x, layout, grad_q, dx, dx, ws.attention, T(0), T(1));
+      dx += grad_q;                                              // q = x + Attn(x, x)
+    }
+  }
+
+ private:
+  Norm attention_norm_;
+  Attention attention_;
+  Norm ffn_norm_;
+  FeedForward ffn_;
+  Index dim_;
+};
+
+}  // namespace distillrec::nn

@@ -4,7 +4,8 @@
 // instruction set (default: the best one the compiler targets), each with a plain scalar
 // twin in `reference::` that the tests hold it to.
 //
-//   softmax              x <- softmax(scale * x) on one row, max-subtracted
+//   softmax              x <- softmax(scale * x) on one row, max-subtracted; returns
+//                        log-sum-exp(scale * x)
 //   softmax_backward     dx = scale * y * (dy - <y, dy>)
 //   layer_norm_forward   xhat = (x - mean) * rstd, y = xhat * gamma + beta; returns rstd
 //   layer_norm_backward  dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),  g = dy * gamma
@@ -29,8 +30,8 @@ namespace distillrec::backend::kernels {
 namespace reference {
 
 template <typename T>
-void softmax(T* x, Index n, T scale = T(1)) {
-  if (n <= 0) return;
+T softmax(T* x, Index n, T scale = T(1)) {
+  if (n <= 0) return -std::numeric_limits<T>::infinity();
   T max_value = -std::numeric_limits<T>::infinity();
   for (Index i = 0; i < n; ++i) max_value = std::max(max_value, x[i] * scale);
   T sum = 0;
@@ -39,6 +40,7 @@ void softmax(T* x, Index n, T scale = T(1)) {
     sum += x[i];
   }
   for (Index i = 0; i < n; ++i) x[i] /= sum;
+  return max_value + std::log(sum);
 }
 
 template <typename T>
@@ -119,10 +121,10 @@ constexpr Index lanes() {
 }  // namespace detail
 
 template <typename T, typename Arch = xsimd::default_arch>
-void softmax(T* x, Index n, T scale = T(1)) {
+T softmax(T* x, Index n, T scale = T(1)) {
   using B = detail::Batch<T, Arch>;
   constexpr Index W = detail::lanes<T, Arch>();
-  if (n <= 0) return;
+  if (n <= 0) return -std::numeric_limits<T>::infinity();
   const Index vec_end = n - n % W;
   // max of scale * x
   T max_value = -std::numeric_limits<T>::infinity();
@@ -154,6 +156,7 @@ void softmax(T* x, Index n, T scale = T(1)) {
   const B vinv(inv);
   for (Index i = 0; i < vec_end; i += W) (B::load_unaligned(x + i) * vinv).store_unaligned(x + i);
   for (Index i = vec_end; i < n; ++i) x[i] *= inv;
+  return max_value + std::log(sum);
 }
 
 template <typename T, typename Arch = xsimd::default_arch>

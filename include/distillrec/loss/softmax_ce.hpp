@@ -1,0 +1,128 @@
+// distillrec/loss/softmax_ce.hpp
+//
+// Softmax cross-entropy.
+//
+// SoftmaxCrossEntropyWithLogits: logits z [n, C], integer targets y [n] (a target < 0 is
+// ignored, PyTorch's ignore_index):
+//     L = reduce_i  -log softmax(z_i)[y_i] = reduce_i ( logsumexp(z_i) - z_i[y_i] )
+//     dL/dz_i = (softmax(z_i) - onehot(y_i)) / count      (count = #non-ignored rows for kMean)
+//
+// CatalogueSoftmaxCrossEntropy: the same over the whole item catalogue, from user vectors
+// h [n, d] and the item table E [(N+1), d] whose row 0 is padding (never a candidate):
+//     z_i = h_i E[1..N]^T,   L = reduce_i -log softmax(z_i)[y_i - 1],   y_i in 1..N
+//     dL/dh = dz E[1..N],    dL/dE[1..N] += dz^T h
+// Logits are formed a block of rows at a time, so memory stays at block_rows x N.
+#pragma once
+
+#include "distillrec/backend/gemm.hpp"
+#include "distillrec/backend/kernels.hpp"
+#include "distillrec/backend/parallel.hpp"
+#include "distillrec/core/error.hpp"
+#include "distillrec/core/workspace.hpp"
+#include "distillrec/loss/reduction.hpp"
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace distillrec::loss {
+
+template <typename T>
+struct SoftmaxCrossEntropyWithLogits {
+  Reduction reduction = Reduction::kMean;
+
+  /// Returns the loss and writes dL/dlogits into grad (same shape as logits; may alias logits).
+  /// `divisor` overrides the mean's denominator (used when a big batch is processed in blocks).
+  T operator()(const ConstMatrixRef<T>& logits, const std::vector<Index>& targets, MatrixRef<T> grad,
+               Index divisor = -1) const {
+    const Index n = logits.rows(), classes = logits.cols();
+    if (static_cast<Index>(targets.size()) != n) {
+      throw ShapeError(distillrec::detail::concat("softmax cross-entropy: ", n, " rows of logits but ", targets.size(), " targets"));
+    }
+    require_shape(grad, n, classes, "softmax cross-entropy gradient");
+    Index count = 0;
+    for (Index i = 0; i < n; ++i) {
+      const Index t = targets[static_cast<std::size_t>(i)];
+      if (t >= classes) {
+        throw ShapeError(distillrec::detail::concat("softmax cross-entropy: target ", t, " of row ", i, " is out of range [0, ", classes, ")"));
+      }
+      count += t >= 0;
+    }
+    const Index denominator = divisor > 0 ? divisor : (reduction == Reduction::kMean ? std::max<Index>(count, 1) : 1);
+    const T scale = T(1) / static_cast<T>(denominator);
+    std::vector<double> row_loss(static_cast<std::size_t>(n), 0.0);
+#pragma omp parallel for schedule(static) if (n * classes > 100000 && !parallel::in_parallel())
+    for (Index i = 0; i < n; ++i) {
+      const Index t = targets[static_cast<std::size_t>(i)];
+      T* g = grad.row(i).data();
+      if (t < 0) {
+        std::fill(g, g + classes, T(0));
+        continue;
+      }
+      if (g != logits.row(i).data()) std::copy(logits.row(i).data(), logits.row(i).data() + classes, g);
+      const T target_logit = g[t];
+      const T log_sum_exp = backend::kernels::softmax<T>(g, classes);
+      row_loss[static_cast<std::size_t>(i)] = static_cast<double>(log_sum_exp - target_logit);
+      for (Index c = 0; c < classes; ++c) g[c] *= scale;
+      g[t] -= scale;
+    }
+    double total = 0.0;
+    for (double v : row_loss) total += v;
+    return static_cast<T>(total / static_cast<double>(denominator));
+  }
+};
+
+template <typename T>
+class CatalogueSoftmaxCrossEntropy {
+ public:
+  struct Workspace {
+    ScratchMatrix<T> logits;               // [block_rows, N]
+    std::vector<Index> block_targets;
+  };
+
+  Reduction reduction = Reduction::kMean;
+  Index block_rows = 256;
+
+  /// h [n, d] user vectors, table [(N+1), d] (row 0 = padding), targets [n] in 1..N (0 = ignore
+  /// the row). Overwrites grad_h [n, d]; adds into grad_table [(N+1), d] (row 0 untouched).
+  T operator()(const ConstMatrixRef<T>& h, const ConstMatrixRef<T>& table, const std::vector<ItemId>& targets,
+               MatrixRef<T> grad_h, MatrixRef<T> grad_table, Workspace& ws) const {
+    const Index n = h.rows(), d = h.cols(), num_items = table.rows() - 1;
+    if (table.cols() != d) {
+      throw ShapeError(distillrec::detail::concat("catalogue softmax: user vectors have ", d, " columns but the item table has ", table.cols()));
+    }
+    if (static_cast<Index>(targets.size()) != n) {
+      throw ShapeError(distillrec::detail::concat("catalogue softmax: ", n, " user vectors but ", targets.size(), " targets"));
+    }
+    require_shape(grad_h, n, d, "catalogue softmax user-vector gradient");
+    require_shape(grad_table, table.rows(), d, "catalogue softmax item-table gradient");
+    Index count = 0;
+    for (Index i = 0; i < n; ++i) {
+      const ItemId t = targets[static_cast<std::size_t>(i)];
+      if (t < 0 || t > num_items) {
+        throw ShapeError(distillrec::detail::concat("catalogue softmax: target item ", t, " of row ", i, " is outside 1..", num_items));
+      }
+      count += t != kPaddingId;
+    }
+    const Index divisor = reduction == Reduction::kMean ? std::max<Index>(count, 1) : 1;
+    const auto items = table.bottomRows(num_items);
+    auto item_grads = grad_table.bottomRows(num_items);
+    SoftmaxCrossEntropyWithLogits<T> ce;
+    double total = 0.0;
+    for (Index start = 0; start < n; start += block_rows) {
+      const Index rows = std::min(block_rows, n - start);
+      auto logits = ws.logits.resize(rows, num_items);
+      backend::gemm(backend::Trans::kNo, backend::Trans::kYes, T(1), h.middleRows(start, rows), items, T(0), logits);
+      ws.block_targets.resize(static_cast<std::size_t>(rows));
+      for (Index i = 0; i < rows; ++i) {
+        ws.block_targets[static_cast<std::size_t>(i)] = static_cast<Index>(targets[static_cast<std::size_t>(start + i)]) - 1;
+      }
+      total += static_cast<double>(ce(logits, ws.block_targets, logits, divisor)) * static_cast<double>(divisor);
+      backend::gemm(backend::Trans::kNo, backend::Trans::kNo, T(1), logits, items, T(0), grad_h.middleRows(start, rows));
+      backend::gemm(backend::Trans::kYes, backend::Trans::kNo, T(1), logits, h.middleRows(start, rows), T(1), item_grads);
+    }
+    return static_cast<T>(total / static_cast<double>(divisor));
+  }
+};
+
+}  // namespace distillrec::loss

@@ -1,0 +1,105 @@
+// distillrec/optim/adam.hpp
+//
+// Adam (Kingma & Ba, 2015) and AdamW (Loshchilov & Hutter, 2019), step for step as PyTorch's
+// torch.optim.Adam / AdamW:
+//     g = grad (+ weight_decay * p for Adam's L2 form)
+//     m = beta1 m + (1 - beta1) g,   v = beta2 v + (1 - beta2) g^2
+//     p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+//     AdamW instead decays first: p *= 1 - lr * weight_decay.
+// The optimiser holds the hyper-parameters; the moments live in an AdamState created for one
+// Parameters buffer. Frozen slices (ParameterInfo::trainable == false) are left untouched.
+#pragma once
+
+#include "distillrec/backend/parallel.hpp"
+#include "distillrec/core/error.hpp"
+#include "distillrec/core/params.hpp"
+
+#include <cmath>
+#include <vector>
+
+namespace distillrec::optim {
+
+struct AdamConfig {
+  double learning_rate = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0.0;
+  bool decoupled_weight_decay = false;  // true: AdamW
+
+  void validate() const {
+    if (!(learning_rate >= 0.0)) throw ConfigError(detail::concat("Adam: learning rate must be >= 0, got ", learning_rate));
+    if (!(beta1 >= 0.0 && beta1 < 1.0)) throw ConfigError(detail::concat("Adam: beta1 must be in [0, 1), got ", beta1));
+    if (!(beta2 >= 0.0 && beta2 < 1.0)) throw ConfigError(detail::concat("Adam: beta2 must be in [0, 1), got ", beta2));
+    if (!(eps > 0.0)) throw ConfigError(detail::concat("Adam: eps must be positive, got ", eps));
+    if (!(weight_decay >= 0.0)) throw ConfigError(detail::concat("Adam: weight decay must be >= 0, got ", weight_decay));
+  }
+};
+
+template <typename T>
+struct AdamState {
+  std::vector<T> first_moment, second_moment;
+  long step = 0;
+};
+
+class Adam {
+ public:
+  explicit Adam(AdamConfig config = {}) : config_(config) { config_.validate(); }
+
+  const AdamConfig& config() const { return config_; }
+
+  template <typename T>
+  AdamState<T> make_state(const Parameters<T>& params) const {
+    AdamState<T> state;
+    state.first_moment.assign(static_cast<std::size_t>(params.buffer_size()), T(0));
+    state.second_moment.assign(static_cast<std::size_t>(params.buffer_size()), T(0));
+    return state;
+  }
+
+  /// One update with the gradients in params; learning_rate < 0 uses the configured one
+  /// (schedules pass theirs here).
+  template <typename T>
+  void step(Parameters<T>& params, AdamState<T>& state, double learning_rate = -1.0) const {
+    if (static_cast<Index>(state.first_moment.size()) != params.buffer_size()) {
+      throw ShapeError("Adam: state was made for a different parameter buffer");
+    }
+    const double lr = learning_rate >= 0.0 ? learning_rate : config_.learning_rate;
+    ++state.step;
+    const double bias1 = 1.0 - std::pow(config_.beta1, static_cast<double>(state.step));
+    const double bias2 = 1.0 - std::pow(config_.beta2, static_cast<double>(state.step));
+    const T step_size = static_cast<T>(lr / bias1);
+    const T inv_sqrt_bias2 = static_cast<T>(1.0 / std::sqrt(bias2));
+    const T b1 = static_cast<T>(config_.beta1), b2 = static_cast<T>(config_.beta2);
+    const T eps = static_cast<T>(config_.eps);
+    const T wd = static_cast<T>(config_.weight_decay);
+    const T decay = static_cast<T>(1.0 - lr * config_.weight_decay);
+    const bool decoupled = config_.decoupled_weight_decay;
+    T* values = params.values();
+    const T* grads = params.grads();
+    T* m = state.first_moment.data();
+    T* v = state.second_moment.data();
+    for (const auto& info : params.infos()) {
+      if (!info.trainable) continue;
+      const Index begin = info.offset, end = info.offset + info.size();
+#pragma omp parallel for schedule(static) if (end - begin > 65536 && !parallel::in_parallel())
+      for (Index i = begin; i < end; ++i) {
+        T g = grads[i];
+        if (wd != T(0)) {
+          if (decoupled) {
+            values[i] *= decay;
+          } else {
+            g += wd * values[i];
+          }
+        }
+        m[i] = b1 * m[i] + (T(1) - b1) * g;
+        v[i] = b2 * v[i] + (T(1) - b2) * g * g;
+        values[i] -= step_size * m[i] / (std::sqrt(v[i]) * inv_sqrt_bias2 + eps);
+      }
+    }
+  }
+
+ private:
+  AdamConfig config_;
+};
+
+}  // namespace distillrec::optim

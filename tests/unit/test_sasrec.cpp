@@ -1,0 +1,143 @@
+#include "distillrec/models/sasrec.hpp"
+
+#include "support.hpp"
+
+using namespace distillrec;
+
+namespace {
+
+data::TrainingBatch tiny_batch(Index max_length) {
+  data::TrainingBatch batch;
+  batch.users = {0, 1, 2};
+  batch.inputs = Matrix<ItemId>::Zero(3, max_length);
+  batch.targets = Matrix<ItemId>::Zero(3, max_length);
+  batch.negatives = Matrix<ItemId>::Zero(3, max_length);
+  // Row 0: full window; row 1: two items; row 2: one item.
+  for (Index j = 0; j < max_length; ++j) {
+    batch.inputs(0, j) = static_cast<ItemId>(1 + j);
+    batch.targets(0, j) = static_cast<ItemId>(2 + j);
+    batch.negatives(0, j) = 11;
+  }
+  batch.inputs(1, max_length - 2) = 9;
+  batch.inputs(1, max_length - 1) = 4;
+  batch.targets(1, max_length - 2) = 4;
+  batch.targets(1, max_length - 1) = 7;
+  batch.negatives(1, max_length - 2) = 2;
+  batch.negatives(1, max_length - 1) = 3;
+  batch.inputs(2, max_length - 1) = 12;
+  batch.targets(2, max_length - 1) = 5;
+  batch.negatives(2, max_length - 1) = 6;
+  return batch;
+}
+
+models::SASRecConfig tiny_config(models::BlockStyle style) {
+  models::SASRecConfig config;
+  config.num_items = 12;
+  config.hidden_size = 8;
+  config.num_blocks = 2;
+  config.num_heads = 2;
+  config.max_length = 5;
+  config.dropout = 0.3;
+  config.block_style = style;
+  config.layer_norm_eps = 1e-5;
+  return config;
+}
+
+}  // namespace
+
+TEST_CASE("SASRec gradients match finite differences for every block style", "[models][sasrec][gradcheck]") {
+  for (auto style : {models::BlockStyle::kSASRec, models::BlockStyle::kPreNorm, models::BlockStyle::kPostNorm}) {
+    for (const char* activation : {"relu", "gelu"}) {
+      CAPTURE(models::to_string(style), activation);
+      auto config = tiny_config(style);
+      config.activation = activation;
+      models::SASRec<double> model(config);
+      Rng rng(1);
+      model.initialize(rng);
+      auto& params = model.parameters();
+      // Perturb norms so that their gradients matter.
+      for (const auto& info : params.infos()) {
+        if (info.name.find("norm") != std::string::npos) {
+          params.value(params.find(info.name)).array() += test::random_matrix<double>(1, info.cols, rng, 0.2).array();
+        }
+      }
+      const auto batch = tiny_batch(config.max_length);
+      models::SASRec<double>::Workspace ws;
+      Matrix<double> r;
+      auto loss = [&]() {
+        Rng dropout_rng(77);
+        const auto f = model.forward_train(batch, dropout_rng, ws);
+        if (r.size() == 0) r = test::random_matrix<double>(f.rows(), f.cols(), rng);
+        return (f.array() * r.array()).sum();
+      };
+      loss();
+      REQUIRE(ws.layout.num_tokens() == 5 + 2 + 1);
+      REQUIRE(ws.targets == std::vector<ItemId>({2, 3, 4, 5, 6, 4, 7, 5}));
+      params.zero_grad();
+      model.backward(r, ws);
+      const Matrix<double> grads = Eigen::Map<const Matrix<double>>(params.grads(), 1, params.buffer_size());
+      const double error = test::max_gradient_error<double>(loss, params.values(), grads.data(), params.buffer_size(), 600);
+      CHECK(error < 1e-6);
+      // The padding row of the item table never receives a gradient.
+      CHECK(params.grad(params.find("item_embedding.weight")).row(0).isZero());
+    }
+  }
+}
+
+TEST_CASE("SASRec encode returns the last position of an inference forward pass", "[models][sasrec]") {
+  auto config = tiny_config(models::BlockStyle::kSASRec);
+  models::SASRec<float> model(config);
+  Rng rng(2);
+  model.initialize(rng);
+  models::SASRec<float>::Workspace ws;
+  // Histories longer than max_length keep only the newest items.
+  const std::vector<Sequence> histories = {{1, 2, 3}, {4, 5, 6, 7, 8, 9, 10}, {11}};
+  Matrix<float> users(3, 8);
+  model.encode(histories, users, ws);
+  Matrix<float> alone(1, 8);
+  model.encode({{6, 7, 8, 9, 10}}, alone, ws);
+  REQUIRE((users.row(1) - alone.row(0)).cwiseAbs().maxCoeff() < 1e-5f);
+  model.encode({{1, 2, 3}}, alone, ws);
+  REQUIRE((users.row(0) - alone.row(0)).cwiseAbs().maxCoeff() < 1e-5f);
+  // Deterministic at inference.
+  Matrix<float> again(3, 8);
+  model.encode(histories, again, ws);
+  REQUIRE(users == again);
+  REQUIRE_THROWS_AS(model.encode({{}}, alone, ws), ShapeError);
+  REQUIRE_THROWS_AS(model.encode({{13}}, alone, ws), ShapeError);
+  REQUIRE_THROWS_AS(model.encode({{0}}, alone, ws), ShapeError);
+}
+
+TEST_CASE("SASRec configuration validates and round-trips through JSON", "[models][sasrec]") {
+  auto config = tiny_config(models::BlockStyle::kPreNorm);
+  const auto back = models::SASRecConfig::from_json(config.to_json());
+  REQUIRE(back.to_json() == config.to_json());
+  REQUIRE(back.effective_attention_projection());
+  models::SASRecConfig bad = config;
+  bad.hidden_size = 9;
+  REQUIRE_THROWS_AS(bad.validate(), ConfigError);
+  bad = config;
+  bad.num_items = 0;
+  REQUIRE_THROWS_AS(models::SASRec<float>(bad), ConfigError);
+  REQUIRE_THROWS_AS(models::parse_block_style("sideways"), ConfigError);
+  auto j = config.to_json();
+  j["num_heads"] = "two";
+  REQUIRE_THROWS_AS(models::SASRecConfig::from_json(j), ConfigError);
+}
+
+TEST_CASE("SASRec parameter names follow the documented checkpoint schema", "[models][sasrec]") {
+  auto config = tiny_config(models::BlockStyle::kSASRec);
+  models::SASRec<float> model(config);
+  const auto& params = model.parameters();
+  const auto shape = [&](const std::string& name) {
+    const auto id = params.find(name);
+    REQUIRE(id >= 0);
+    return std::make_pair(params.info(id).rows, params.info(id).cols);
+  };
+  REQUIRE(shape("item_embedding.weight") == std::make_pair(Index(13), Index(8)));
+  REQUIRE(shape("position_embedding.weight") == std::make_pair(Index(5), Index(8)));
+  REQUIRE(shape("blocks.1.attention.query.weight") == std::make_pair(Index(8), Index(8)));
+  REQUIRE(shape("blocks.0.ffn.fc1.bias") == std::make_pair(Index(1), Index(8)));
+  REQUIRE(shape("final_norm.weight") == std::make_pair(Index(1), Index(8)));
+  REQUIRE(params.find("blocks.0.attention.output.weight") == -1);  // kang205: no output projection
+}

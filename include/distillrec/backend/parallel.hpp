@@ -7,6 +7,9 @@
 
 #include <omp.h>
 
+#include <exception>
+#include <mutex>
+
 namespace distillrec::parallel {
 
 /// Sets the number of threads used by the library's parallel loops and by oneDNN.
@@ -22,5 +25,27 @@ inline int thread_index() { return omp_get_thread_num(); }
 
 /// True inside an active parallel region (nested GEMMs then stay single-threaded).
 inline bool in_parallel() { return omp_in_parallel() != 0; }
+
+/// Exceptions must not escape an OpenMP region (that terminates the program): loop bodies run
+/// through run(), which keeps the first exception; rethrow() raises it after the region.
+class ExceptionCollector {
+ public:
+  template <typename Body>
+  void run(Body&& body) {
+    try {
+      body();
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!first_) first_ = std::current_exception();
+    }
+  }
+  void rethrow() {
+    if (first_) std::rethrow_exception(first_);
+  }
+
+ private:
+  std::mutex mutex_;
+  std::exception_ptr first_;
+};
 
 }  // namespace distillrec::parallel

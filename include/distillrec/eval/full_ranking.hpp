@@ -1,0 +1,111 @@
+// distillrec/eval/full_ranking.hpp
+//
+// Full-ranking evaluation, the protocol this library reports first: each evaluable user's
+// held-out item is ranked against ALL items 1..N by the model's scores (the serving path,
+// serve/scoring.hpp). Items of the input history are masked by default (they cannot be
+// recommended again; if the target itself is in the history it is masked too and counts as a
+// miss, as HLLM's evaluation does); `mask_history = false` keeps them. Ties are pessimistic.
+//
+// Inputs follow the leave-one-out protocol (methods.md §4.2): validation ranks valid[u] from
+// train[u]; test ranks test[u] from train[u] + valid[u]. Users are processed in blocks in
+// parallel, each thread with its own workspace; results do not depend on the thread count.
+#pragma once
+
+#include "distillrec/backend/parallel.hpp"
+#include "distillrec/data/split.hpp"
+#include "distillrec/eval/metrics.hpp"
+#include "distillrec/serve/scoring.hpp"
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+namespace distillrec::eval {
+
+enum class EvalSplit { kValid, kTest };
+
+inline std::string to_string(EvalSplit split) { return split == EvalSplit::kValid ? "valid" : "test"; }
+
+/// The input history of a user for a split (train, or train + valid).
+inline Sequence evaluation_history(const data::LeaveOneOutSplit& split, Index user, EvalSplit which) {
+  return which == EvalSplit::kValid ? split.valid_history(user) : split.test_history(user);
+}
+
+inline ItemId evaluation_target(const data::LeaveOneOutSplit& split, Index user, EvalSplit which) {
+  return which == EvalSplit::kValid ? split.valid[static_cast<std::size_t>(user)] : split.test[static_cast<std::size_t>(user)];
+}
+
+struct FullRankingOptions {
+  bool mask_history = true;
+  Index block_users = 256;
+  std::vector<Index> cutoffs = {1, 5, 10, 20};
+  Index max_users = 0;  // > 0: only the first max_users evaluable users (quick checks)
+};
+
+/// 0-based pessimistic rank of `target` (1..N) in one row of item scores; -1 if it is masked.
+template <typename T>
+Index rank_of_target(const T* scores, Index num_items, ItemId target) {
+  const T target_score = scores[target - 1];
+  if (target_score != target_score) throw Error(detail::concat("evaluation: NaN score for item ", target));
+  if (target_score == -std::numeric_limits<T>::infinity()) return -1;
+  Index at_least = 0;
+  for (Index j = 0; j < num_items; ++j) at_least += scores[j] >= target_score;
+  return at_least - 1;  // the target itself
+}
+
+template <typename Model>
+EvaluationResult evaluate_full_ranking(const Model& model, const data::LeaveOneOutSplit& split, EvalSplit which,
+                                       const FullRankingOptions& options = {}) {
+  using T = typename Model::Scalar;
+  if (split.num_items != model.num_items()) {
+    throw ShapeError(detail::concat("evaluation: the data has ", split.num_items, " items but the model scores ",
+                                    model.num_items()));
+  }
+  std::vector<Index> users = split.evaluable_users;
+  if (options.max_users > 0 && static_cast<Index>(users.size()) > options.max_users) users.resize(static_cast<std::size_t>(options.max_users));
+  if (users.empty()) throw ConfigError("evaluation: no evaluable users");
+  const Index num_users = static_cast<Index>(users.size());
+  const Index num_items = model.num_items();
+  const Index block = std::max<Index>(1, options.block_users);
+  const Index num_blocks = (num_users + block - 1) / block;
+  std::vector<Index> ranks(static_cast<std::size_t>(num_users));
+  const auto table = model.item_table();
+
+  parallel::ExceptionCollector errors;
+#pragma omp parallel if (num_blocks > 1 && !parallel::in_parallel())
+  {
+    typename Model::Workspace ws;
+    Matrix<T> user_vectors, scores;
+    std::vector<Sequence> histories;
+#pragma omp for schedule(dynamic, 1)
+    for (Index bi = 0; bi < num_blocks; ++bi) errors.run([&] {
+      const Index begin = bi * block, end = std::min(num_users, begin + block);
+      histories.clear();
+      for (Index i = begin; i < end; ++i) histories.push_back(evaluation_history(split, users[static_cast<std::size_t>(i)], which));
+      user_vectors.resize(end - begin, model.hidden_size());
+      scores.resize(end - begin, num_items);
+      model.encode(histories, user_vectors, ws);
+      serve::score_items<T>(user_vectors, table, scores);
+      for (Index i = begin; i < end; ++i) {
+        const Index row = i - begin;
+        if (options.mask_history) serve::mask_items<T>(scores, row, histories[static_cast<std::size_t>(row)]);
+        ranks[static_cast<std::size_t>(i)] =
+            rank_of_target(scores.row(row).data(), num_items, evaluation_target(split, users[static_cast<std::size_t>(i)], which));
+      }
+    });
+  }
+  errors.rethrow();
+
+  RankingMetrics metrics(options.cutoffs);
+  for (Index r : ranks) metrics.add(r);
+  EvaluationResult result;
+  result.split = to_string(which);
+  result.protocol = "full";
+  result.description = detail::concat("full ranking: all ", num_items, " items, history ",
+                                      options.mask_history ? "masked" : "kept", ", pessimistic ties; ", num_users, " users");
+  result.num_users = num_users;
+  result.metrics = metrics.values();
+  return result;
+}
+
+}  // namespace distillrec::eval

@@ -1,0 +1,100 @@
+// distillrec/serve/scoring.hpp
+//
+// The one scoring path shared by recommendation and evaluation, so that what is evaluated is
+// exactly what is served:
+//   score_items       scores [B, N] = users [B, d] . E[1..N]^T  (column j is item j + 1)
+//   mask_items        scores of excluded items (e.g. the user's history) set to -inf
+//   score_candidates  scores [B, C] of given candidate items only (sampled evaluation)
+//   top_k             the k best items of one score row, highest first, ties to the lower id
+#pragma once
+
+#include "distillrec/backend/gemm.hpp"
+#include "distillrec/core/error.hpp"
+#include "distillrec/core/types.hpp"
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+namespace distillrec::serve {
+
+/// One recommended item and its score.
+struct ScoredItem {
+  ItemId item = kPaddingId;
+  float score = 0.0f;
+  bool operator==(const ScoredItem& other) const { return item == other.item && score == other.score; }
+};
+
+template <typename T>
+void score_items(const ConstMatrixRef<T>& users, const ConstMatrixRef<T>& item_table, MatrixRef<T> scores) {
+  const Index num_items = item_table.rows() - 1;
+  require_shape(scores, users.rows(), num_items, "item scores");
+  if (users.cols() != item_table.cols()) {
+    throw ShapeError(detail::concat("scoring: user vectors have ", users.cols(), " columns, item table ", item_table.cols()));
+  }
+  backend::gemm(backend::Trans::kNo, backend::Trans::kYes, T(1), users, item_table.bottomRows(num_items), T(0), scores);
+}
+
+/// Sets the score of every item in excluded[b] (ids 1..N; 0 and out-of-range ids are ignored)
+/// to -inf in row b.
+template <typename T>
+void mask_items(MatrixRef<T> scores, Index row, const Sequence& excluded) {
+  const Index num_items = scores.cols();
+  for (ItemId item : excluded) {
+    if (item >= 1 && item <= num_items) scores(row, item - 1) = -std::numeric_limits<T>::infinity();
+  }
+}
+
+/// scores(b, c) = users.row(b) . E[candidates(b, c)].
+template <typename T>
+void score_candidates(const ConstMatrixRef<T>& users, const ConstMatrixRef<T>& item_table,
+                      const Matrix<ItemId>& candidates, MatrixRef<T> scores) {
+  require_shape(scores, candidates.rows(), candidates.cols(), "candidate scores");
+  require_shape(users, candidates.rows(), item_table.cols(), "candidate user vectors");
+  for (Index b = 0; b < candidates.rows(); ++b) {
+    for (Index c = 0; c < candidates.cols(); ++c) {
+      const ItemId item = candidates(b, c);
+      if (item < 1 || item >= item_table.rows()) {
+        throw ShapeError(detail::concat("scoring: candidate item ", item, " is outside 1..", item_table.rows() - 1));
+      }
+      scores(b, c) = users.row(b).dot(item_table.row(item));
+    }
+  }
+}
+
+/// The k highest-scoring items of one row of item scores (column j = item j + 1), best first;
+/// equal scores rank the lower item id first; -inf (masked) items are never returned, so fewer
+/// than k items come back when fewer are unmasked. NaN scores throw.
+template <typename T>
+void top_k(const T* scores, Index num_items, Index k, std::vector<ScoredItem>& out) {
+  out.clear();
+  if (k <= 0) return;
+  // Heap ordered by "better": its top is the worst of the best k seen so far.
+  auto better = [](const ScoredItem& a, const ScoredItem& b) {
+    return a.score > b.score || (a.score == b.score && a.item < b.item);
+  };
+  out.reserve(static_cast<std::size_t>(k));
+  T threshold = -std::numeric_limits<T>::infinity();
+  for (Index j = 0; j < num_items; ++j) {
+    const T s = scores[j];
+    if (!(s > threshold)) {
+      if (s != s) throw Error(detail::concat("scoring: NaN score for item ", j + 1));
+      continue;  // masked, or not better than the k-th best (ties keep the lower id seen first)
+    }
+    const ScoredItem candidate{static_cast<ItemId>(j + 1), static_cast<float>(s)};
+    if (static_cast<Index>(out.size()) < k) {
+      out.push_back(candidate);
+      std::push_heap(out.begin(), out.end(), better);
+      // Until the heap is full every unmasked item enters, so the threshold stays at -inf.
+      if (static_cast<Index>(out.size()) == k) threshold = static_cast<T>(out.front().score);
+    } else {
+      std::pop_heap(out.begin(), out.end(), better);
+      out.back() = candidate;
+      std::push_heap(out.begin(), out.end(), better);
+      threshold = static_cast<T>(out.front().score);
+    }
+  }
+  std::sort_heap(out.begin(), out.end(), better);
+}
+
+}  // namespace distillrec::serve

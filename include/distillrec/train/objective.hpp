@@ -1,0 +1,110 @@
+// distillrec/train/objective.hpp
+//
+// The next-item training objective applied to a sequence model's hidden states, one row per
+// non-padding position, scored against the model's item table:
+//   bce              SASRec's binary cross-entropy, k sampled negatives per position
+//                    (loss/bce.hpp; the negatives come with the batch)
+//   softmax          full-softmax cross-entropy over all N items (loss/softmax_ce.hpp)
+//   sampled-softmax  softmax over the positive and m negatives shared by the batch, drawn from
+//                    popularity^alpha, with logQ correction (loss/sampled_softmax.hpp)
+// compute() returns the loss, writes dL/dH and adds dL/dE into the item-table gradient.
+#pragma once
+
+#include "distillrec/core/error.hpp"
+#include "distillrec/core/rng.hpp"
+#include "distillrec/core/workspace.hpp"
+#include "distillrec/loss/bce.hpp"
+#include "distillrec/loss/sampled_softmax.hpp"
+#include "distillrec/loss/softmax_ce.hpp"
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace distillrec::train {
+
+enum class Objective { kBce, kSoftmax, kSampledSoftmax };
+
+inline std::string to_string(Objective objective) {
+  switch (objective) {
+    case Objective::kBce: return "bce";
+    case Objective::kSoftmax: return "softmax";
+    case Objective::kSampledSoftmax: return "sampled-softmax";
+  }
+  return "?";
+}
+
+inline Objective parse_objective(const std::string& name) {
+  if (name == "bce") return Objective::kBce;
+  if (name == "softmax" || name == "ce") return Objective::kSoftmax;
+  if (name == "sampled-softmax") return Objective::kSampledSoftmax;
+  throw ConfigError("unknown objective \"" + name + "\" (expected bce, softmax or sampled-softmax)");
+}
+
+struct ObjectiveConfig {
+  Objective objective = Objective::kBce;
+  Index sampled_negatives = 256;   // sampled-softmax: negatives shared by a batch
+  double proposal_alpha = 0.75;    // sampled-softmax: proposal proportional to count^alpha
+  double temperature = 1.0;        // sampled-softmax: logits / temperature
+};
+
+template <typename T>
+class NextItemObjective {
+ public:
+  /// item_counts[i]: training occurrences of item i (needed by sampled-softmax only).
+  NextItemObjective(const ObjectiveConfig& config, const std::vector<double>& item_counts) : config_(config) {
+    if (config.objective == Objective::kSampledSoftmax) {
+      if (config.sampled_negatives <= 0) throw ConfigError("sampled-softmax needs at least one negative");
+      proposal_.emplace(item_counts, config.proposal_alpha);
+    }
+  }
+
+  const ObjectiveConfig& config() const { return config_; }
+
+  /// h [n, d]: hidden states; positives [n]; negatives [n * num_negatives] (bce only).
+  T compute(const ConstMatrixRef<T>& h, const ConstMatrixRef<T>& table, const std::vector<ItemId>& positives,
+            const std::vector<ItemId>& negatives, Index num_negatives, MatrixRef<T> grad_h, MatrixRef<T> grad_table,
+            Rng& rng) {
+    switch (config_.objective) {
+      case Objective::kBce: {
+        if (num_negatives <= 0) throw ConfigError("bce objective: the batch carries no negatives");
+        return loss::SampledBinaryCrossEntropy<T>{}(h, table, positives, negatives, num_negatives, grad_h, grad_table);
+      }
+      case Objective::kSoftmax:
+        return softmax_(h, table, positives, grad_h, grad_table, softmax_ws_);
+      case Objective::kSampledSoftmax: {
+        const auto m = static_cast<std::size_t>(config_.sampled_negatives);
+        shared_negatives_.resize(m);
+        log_q_negatives_.resize(m);
+        for (std::size_t j = 0; j < m; ++j) {
+          shared_negatives_[j] = proposal_->sample(rng);
+          log_q_negatives_[j] = static_cast<T>(proposal_->log_probability(shared_negatives_[j]));
+        }
+        log_q_positives_.resize(positives.size());
+        for (std::size_t i = 0; i < positives.size(); ++i) {
+          const ItemId p = positives[i];
+          if (p < 1 || p > proposal_->num_items()) {
+            throw ShapeError(distillrec::detail::concat("sampled softmax: positive item ", p, " is outside 1..", proposal_->num_items()));
+          }
+          log_q_positives_[i] = static_cast<T>(proposal_->log_probability(p));
+        }
+        sampled_.temperature = static_cast<T>(config_.temperature);
+        return sampled_(h, table, positives, log_q_positives_, shared_negatives_, log_q_negatives_, grad_h,
+                        grad_table, sampled_ws_);
+      }
+    }
+    throw ConfigError("unknown objective");
+  }
+
+ private:
+  ObjectiveConfig config_;
+  std::optional<loss::PopularityProposal> proposal_;
+  loss::CatalogueSoftmaxCrossEntropy<T> softmax_;
+  typename loss::CatalogueSoftmaxCrossEntropy<T>::Workspace softmax_ws_;
+  loss::SampledSoftmaxCrossEntropy<T> sampled_;
+  typename loss::SampledSoftmaxCrossEntropy<T>::Workspace sampled_ws_;
+  std::vector<ItemId> shared_negatives_;
+  std::vector<T> log_q_negatives_, log_q_positives_;
+};
+
+}  // namespace distillrec::train

@@ -1,0 +1,141 @@
+#include "distillrec/data/split.hpp"
+#include "distillrec/eval/full_ranking.hpp"
+#include "distillrec/eval/metrics.hpp"
+#include "distillrec/eval/sampled.hpp"
+#include "distillrec/models/popularity.hpp"
+
+#include "support.hpp"
+
+using namespace distillrec;
+
+namespace {
+
+// A fixed scorer: user vector = one-hot of the last history item's parity; item table chosen so
+// scores are known exactly.
+struct FixedModel {
+  using Scalar = float;
+  struct Workspace {};
+  Matrix<float> table;
+  ItemId num_items() const { return static_cast<ItemId>(table.rows() - 1); }
+  Index hidden_size() const { return 1; }
+  ConstMatrixMap<float> item_table() const { return ConstMatrixMap<float>(table.data(), table.rows(), 1); }
+  void encode(const std::vector<Sequence>& histories, MatrixRef<float> out, Workspace&) const {
+    for (std::size_t i = 0; i < histories.size(); ++i) {
+      if (histories[i].empty()) throw ShapeError("empty history");
+      out(static_cast<Index>(i), 0) = 1.0f;
+    }
+  }
+};
+
+data::LeaveOneOutSplit toy_split() {
+  // 6 items; scores are 6, 5, 4, 3, 2, 1 for items 1..6.
+  auto log = data::make_log({{1, 2, 3, 4}, {5, 6, 1}, {2, 3}}, 6, "toy");
+  return data::leave_one_out(log);
+}
+
+}  // namespace
+
+TEST_CASE("Ranking metrics follow the shared definitions", "[eval][metrics]") {
+  eval::RankingMetrics metrics({1, 5, 10});
+  metrics.add(0);
+  metrics.add(4);
+  metrics.add(12);
+  metrics.add(-1);
+  const auto v = metrics.values();
+  REQUIRE(v.at("HR@1") == Approx(0.25));
+  REQUIRE(v.at("HR@5") == Approx(0.5));
+  REQUIRE(v.at("HR@10") == Approx(0.5));
+  REQUIRE(v.at("NDCG@5") == Approx((1.0 + 1.0 / std::log2(6.0)) / 4));
+  REQUIRE(v.at("MRR") == Approx((1.0 + 0.2 + 1.0 / 13) / 4));
+  REQUIRE_THROWS_AS(eval::RankingMetrics({0}), ConfigError);
+}
+
+TEST_CASE("Full ranking ranks against all items, masks history, ties pessimistic", "[eval][full_ranking]") {
+  FixedModel model;
+  model.table.resize(7, 1);
+  model.table << 0, 6, 5, 4, 3, 2, 1;
+  const auto split = toy_split();
+  REQUIRE(split.evaluable_users == std::vector<Index>({0, 1}));
+  // User 0: train {1, 2}, valid 3, test 4. User 1: train {5}, valid 6, test 1.
+  // Valid, history masked: user 0 ranks item 3 behind 4..6? No: scores 6,5,4,... item 3 has
+  // score 4; unmasked better items: none of {1, 2} (masked) -> rank 0. User 1: item 6 (score 1)
+  // behind items 1, 2, 3, 4 (5 masked) -> rank 4.
+  auto valid = eval::evaluate_full_ranking(model, split, eval::EvalSplit::kValid);
+  REQUIRE(valid.protocol == "full");
+  REQUIRE(valid.num_users == 2);
+  REQUIRE(valid.value("HR@1") == Approx(0.5));
+  REQUIRE(valid.value("MRR") == Approx((1.0 + 1.0 / 5) / 2));
+  eval::FullRankingOptions keep;
+  keep.mask_history = false;
+  auto unmasked = eval::evaluate_full_ranking(model, split, eval::EvalSplit::kValid, keep);
+  // User 0: items 1, 2 now ahead -> rank 2; user 1: items 1..5 ahead -> rank 5.
+  REQUIRE(unmasked.value("MRR") == Approx((1.0 / 3 + 1.0 / 6) / 2));
+  // All-equal scores: pessimistic ties put the target last among the unmasked items.
+  model.table.setConstant(1.0f);
+  auto tied = eval::evaluate_full_ranking(model, split, eval::EvalSplit::kTest);
+  REQUIRE(tied.value("HR@1") == 0.0);
+  REQUIRE(tied.summary().find("test [full ranking") == 0);
+  REQUIRE_THROWS_AS(tied.value("HR@1000"), ConfigError);
+}
+
+TEST_CASE("Popularity baseline is evaluated on the same path", "[eval][full_ranking]") {
+  const auto split = toy_split();
+  models::Popularity<float> popularity(split.train, split.num_items);
+  REQUIRE(popularity.item_table()(1, 0) == 1.0f);  // item 1 once in training
+  const auto result = eval::evaluate_full_ranking(popularity, split, eval::EvalSplit::kTest);
+  REQUIRE(result.num_users == 2);
+}
+
+TEST_CASE("Sampled candidates are seeded, exclude the user's items and round-trip through a file",
+          "[eval][sampled]") {
+  auto log = data::make_log({{1, 2, 3, 4, 5}, {6, 7, 8}, {9, 10, 11, 12}}, 400, "toy");
+  const auto split = data::leave_one_out(log);
+  const auto a = eval::SampledCandidates::generate(split, eval::EvalSplit::kTest, 100, 7);
+  const auto b = eval::SampledCandidates::generate(split, eval::EvalSplit::kTest, 100, 7);
+  const auto c = eval::SampledCandidates::generate(split, eval::EvalSplit::kTest, 100, 8);
+  REQUIRE(a.items == b.items);
+  REQUIRE(a.items != c.items);
+  REQUIRE(a.items.cols() == 101);
+  for (Index r = 0; r < a.items.rows(); ++r) {
+    const Index user = a.users[static_cast<std::size_t>(r)];
+    REQUIRE(a.items(r, 0) == split.test[static_cast<std::size_t>(user)]);
+    std::vector<ItemId> negatives(a.items.row(r).data() + 1, a.items.row(r).data() + 101);
+    std::sort(negatives.begin(), negatives.end());
+    REQUIRE(std::adjacent_find(negatives.begin(), negatives.end()) == negatives.end());
+    for (ItemId item : log.sequences[static_cast<std::size_t>(user)]) {
+      REQUIRE(!std::binary_search(negatives.begin(), negatives.end(), item));
+    }
+  }
+  const auto dir = test::temp_dir("candidates");
+  const std::string path = (dir / "test.npy").string();
+  a.save(path);
+  const auto loaded = eval::SampledCandidates::load(path, split, eval::EvalSplit::kTest);
+  REQUIRE(loaded.items == a.items);
+  REQUIRE(loaded.users == a.users);
+  // Candidates for the test split do not fit the validation split (different targets).
+  REQUIRE_THROWS_AS(eval::SampledCandidates::load(path, split, eval::EvalSplit::kValid), FormatError);
+  // Too few items left to sample from.
+  auto small = data::leave_one_out(data::make_log({{1, 2, 3}}, 50, "small"));
+  REQUIRE_THROWS_AS(eval::SampledCandidates::generate(small, eval::EvalSplit::kTest, 100, 1), ConfigError);
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("Sampled evaluation ranks the target among its candidates", "[eval][sampled]") {
+  auto log = data::make_log({{1, 2, 3, 4, 5}, {6, 7, 8}}, 300, "toy");
+  const auto split = data::leave_one_out(log);
+  FixedModel model;
+  model.table.resize(301, 1);
+  for (Index i = 0; i <= 300; ++i) model.table(i, 0) = static_cast<float>(i);  // higher id, higher score
+  const auto candidates = eval::SampledCandidates::generate(split, eval::EvalSplit::kTest, 100, 3);
+  const auto result = eval::evaluate_sampled(model, split, eval::EvalSplit::kTest, candidates);
+  REQUIRE(result.protocol == "sampled-100");
+  // Expected ranks: number of negatives with a larger id than the target.
+  eval::RankingMetrics expected({1, 5, 10});
+  for (Index r = 0; r < candidates.items.rows(); ++r) {
+    Index rank = 0;
+    for (Index c = 1; c < 101; ++c) rank += candidates.items(r, c) >= candidates.items(r, 0);
+    expected.add(rank);
+  }
+  REQUIRE(result.value("MRR") == Approx(expected.values().at("MRR")));
+  REQUIRE_THROWS_AS(eval::evaluate_sampled(model, split, eval::EvalSplit::kValid, candidates), ConfigError);
+}

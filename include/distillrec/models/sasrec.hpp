@@ -144,6 +144,11 @@ struct SASRecConfig {
 
 template <typename T = float>
 class SASRec {
+ public:
+  using Config = SASRecConfig;
+  static constexpr const char* kModelName = "sasrec";
+
+ private:
   template <typename Placement, typename Activation>
   using Block = nn::TransformerBlock<T, Placement, nn::LayerNorm<T>, nn::PointwiseFeedForward<T, Activation>>;
   template <typename Placement, typename Activation>
@@ -221,6 +226,10 @@ class SASRec {
     std::visit([&](auto& blocks) { for (auto& b : blocks) b.initialize(rng); }, blocks_);
     final_norm_->initialize(rng);
   }
+
+  /// Called after weights were loaded from outside (checkpoints): re-establishes the invariants
+  /// training relies on (the padding row of the item table is zero).
+  void after_load() { params_->value(item_embedding_->weight_id()).row(0).setZero(); }
 
   const SASRecConfig& config() const { return config_; }
   Parameters<T>& parameters() { return *params_; }

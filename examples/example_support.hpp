@@ -1,0 +1,59 @@
+// Shared helpers of the example programs: data loading (a real log or the built-in synthetic
+// data), result tables, peak memory. Examples are programs a user copies from, so these stay
+// small and plain.
+#pragma once
+
+#include "distillrec/data/interactions.hpp"
+#include "distillrec/data/synthetic.hpp"
+#include "distillrec/eval/metrics.hpp"
+
+#include <sys/resource.h>
+
+#include <cstdio>
+#include <iostream>
+#include <string>
+#include <vector>
+
+namespace examples {
+
+/// A real log when a path is given (SASRec text or CSV by extension), else the synthetic data.
+inline distillrec::data::InteractionLog load_data(const std::string& path, const std::string& format,
+                                                  const distillrec::data::SyntheticConfig& synthetic) {
+  using distillrec::data::LogFormat;
+  if (path.empty()) return distillrec::data::generate_synthetic(synthetic);
+  LogFormat f = LogFormat::kAuto;
+  if (format == "text") f = LogFormat::kSasrecText;
+  if (format == "csv") f = LogFormat::kCsv;
+  return distillrec::data::read_log(path, f);
+}
+
+/// Peak resident memory of this process so far, in MiB (Linux ru_maxrss is in KiB).
+inline double peak_memory_mib() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) / 1024.0;
+}
+
+/// Prints evaluation results as a table, one row per result, the protocol named in each row.
+inline void print_results(const std::vector<std::pair<std::string, distillrec::eval::EvaluationResult>>& rows,
+                          const std::vector<std::string>& metrics = {"HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR"}) {
+  std::printf("%-22s %-6s %-12s %7s", "model", "split", "protocol", "users");
+  for (const auto& m : metrics) std::printf(" %8s", m.c_str());
+  std::printf("\n");
+  for (const auto& [name, result] : rows) {
+    std::printf("%-22s %-6s %-12s %7ld", name.c_str(), result.split.c_str(), result.protocol.c_str(),
+                static_cast<long>(result.num_users));
+    for (const auto& m : metrics) {
+      const auto it = result.metrics.find(m);
+      if (it == result.metrics.end()) {
+        std::printf(" %8s", "-");
+      } else {
+        std::printf(" %8.4f", it->second);
+      }
+    }
+    std::printf("\n");
+  }
+  std::fflush(stdout);
+}
+
+}  // namespace examples

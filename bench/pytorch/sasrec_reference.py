@@ -465,18 +465,18 @@ def topk_recommend(model, windows, k=10):
 
 
 def choose_latency_users(data, count, rng):
+    """Users for the single-user latency test: every timed call gets a full window of exactly L
+    history items, as the C++ benchmark does. The calls cycle through the users whose test
+    history has at least L items (306 on the Amazon Games log, in a seeded random order); only
+    if there are none are shorter (padded) windows used."""
     lengths = data.eval["test"]["hist_lengths"]
     L = data.max_length
     long_rows = np.flatnonzero(lengths >= L)
-    short_rows = np.flatnonzero(lengths < L)
-    if len(long_rows) >= count:
-        rows = rng.choice(long_rows, size=count, replace=False)
-        n_padded = 0
-    else:
-        extra = min(count - len(long_rows), len(short_rows))
-        rows = np.concatenate([long_rows, rng.choice(short_rows, size=extra, replace=False)])
-        n_padded = extra
-    return rows, n_padded
+    if len(long_rows) > 0:
+        rows = np.resize(rng.permutation(long_rows), count)
+        return rows, 0
+    rows = rng.choice(len(lengths), size=count, replace=True)
+    return rows, count
 
 
 @torch.inference_mode()

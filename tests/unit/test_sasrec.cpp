@@ -141,3 +141,30 @@ TEST_CASE("SASRec parameter names follow the documented checkpoint schema", "[mo
   REQUIRE(shape("final_norm.weight") == std::make_pair(Index(1), Index(8)));
   REQUIRE(params.find("blocks.0.attention.output.weight") == -1);  // kang205: no output projection
 }
+
+TEST_CASE("SASRec encode equals the last positions of a full forward pass without dropout", "[models][sasrec]") {
+  for (auto style : {models::BlockStyle::kSASRec, models::BlockStyle::kPreNorm, models::BlockStyle::kPostNorm}) {
+    auto config = tiny_config(style);
+    config.dropout = 0.0;
+    models::SASRec<double> model(config);
+    Rng rng(9);
+    model.initialize(rng);
+    const auto batch = tiny_batch(config.max_length);
+    models::SASRec<double>::Workspace ws;
+    Rng unused(1);
+    const Matrix<double> full = model.forward_train(batch, unused, ws);
+    const nn::SequenceLayout layout = ws.layout;
+    // The same windows as histories: row r's non-padding inputs.
+    std::vector<Sequence> histories;
+    for (Index r = 0; r < batch.inputs.rows(); ++r) {
+      Sequence h;
+      for (Index j = 0; j < batch.inputs.cols(); ++j) {
+        if (batch.inputs(r, j) != 0) h.push_back(batch.inputs(r, j));
+      }
+      histories.push_back(h);
+    }
+    Matrix<double> users(3, 8);
+    model.encode(histories, users, ws);
+    for (Index s = 0; s < 3; ++s) REQUIRE((users.row(s) - full.row(layout.last(s))).cwiseAbs().maxCoeff() < 1e-12);
+  }
+}

@@ -73,3 +73,32 @@ TEST_CASE("SASRec block: residual from the normalised query", "[nn][transformer_
     REQUIRE((y.row(i) - expected).cwiseAbs().maxCoeff() < 1e-6);
   }
 }
+
+template <typename Placement>
+void check_forward_last() {
+  Rng rng(31);
+  Parameters<double> params;
+  nn::TransformerBlockConfig config;
+  config.dim = 8;
+  config.num_heads = 2;
+  config.ffn_dim = 12;
+  config.dropout = 0.4;  // inactive at inference
+  config.attention_dropout = 0.4;
+  config.attention_output_projection = true;
+  nn::TransformerBlock<double, Placement> block(params, "block", config);
+  params.allocate();
+  block.initialize(rng);
+  const nn::SequenceLayout layout({5, 1, 3, 7});
+  const Matrix<double> x = test::random_matrix<double>(layout.num_tokens(), 8, rng);
+  Matrix<double> full(layout.num_tokens(), 8), last(4, 8);
+  typename nn::TransformerBlock<double, Placement>::Workspace ws;
+  block.forward(x, layout, full, ws, nn::RunMode::inference());
+  block.forward_last(x, layout, last, ws);
+  for (Index s = 0; s < 4; ++s) REQUIRE((last.row(s) - full.row(layout.last(s))).cwiseAbs().maxCoeff() < 1e-12);
+}
+
+TEST_CASE("TransformerBlock::forward_last equals the last rows of forward", "[nn][transformer_block]") {
+  check_forward_last<nn::SASRecNorm>();
+  check_forward_last<nn::PreNorm>();
+  check_forward_last<nn::PostNorm>();
+}

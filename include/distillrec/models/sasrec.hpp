@@ -250,8 +250,10 @@ class SASRec {
   void encode(const std::vector<Sequence>& histories, MatrixRef<T> out, Workspace& ws) const {
     require_shape(out, static_cast<Index>(histories.size()), hidden_size(), "SASRec::encode output");
     pack_histories(histories, ws);
-    const auto final_hidden = forward_packed(ws, nn::RunMode::inference());
-    for (Index s = 0; s < ws.layout.num_sequences(); ++s) out.row(s) = final_hidden.row(ws.layout.last(s));
+    // All blocks but the last over every token; the last block and the final norm only at the
+    // newest token of each history (the only rows a user vector needs).
+    forward_packed(ws, nn::RunMode::inference(), /*last_block_only_last_tokens=*/true);
+    final_norm_->forward(ws.hidden[static_cast<std::size_t>(config_.num_blocks)].map(), out, ws.final_norm);
   }
 
   // ---- training --------------------------------------------------------------------------
@@ -360,7 +362,7 @@ class SASRec {
   }
 
   /// Embeddings, blocks and final norm over ws.items / ws.positions / ws.layout.
-  ConstMatrixMap<T> forward_packed(Workspace& ws, const nn::RunMode& mode) const {
+  ConstMatrixMap<T> forward_packed(Workspace& ws, const nn::RunMode& mode, bool last_block_only_last_tokens = false) const {
     const Index n = ws.layout.num_tokens(), d = hidden_size();
     const Index num_blocks = config_.num_blocks;
     ws.hidden.resize(static_cast<std::size_t>(num_blocks) + 1);
@@ -377,12 +379,20 @@ class SASRec {
           auto& wss = std::get<WsVector>(ws.blocks);
           wss.resize(static_cast<std::size_t>(num_blocks));
           for (Index b = 0; b < num_blocks; ++b) {
-            auto out = ws.hidden[static_cast<std::size_t>(b) + 1].resize(n, d);
-            blocks[static_cast<std::size_t>(b)].forward(ws.hidden[static_cast<std::size_t>(b)].map(), ws.layout, out,
-                                                         wss[static_cast<std::size_t>(b)], mode);
+            const auto& block = blocks[static_cast<std::size_t>(b)];
+            const auto input = ws.hidden[static_cast<std::size_t>(b)].map();
+            auto& block_ws = wss[static_cast<std::size_t>(b)];
+            if (last_block_only_last_tokens && b == num_blocks - 1) {
+              auto out = ws.hidden[static_cast<std::size_t>(b) + 1].resize(ws.layout.num_sequences(), d);
+              block.forward_last(input, ws.layout, out, block_ws);
+            } else {
+              auto out = ws.hidden[static_cast<std::size_t>(b) + 1].resize(n, d);
+              block.forward(input, ws.layout, out, block_ws, mode);
+            }
           }
         },
         blocks_);
+    if (last_block_only_last_tokens) return ConstMatrixMap<T>(nullptr, 0, d);
     auto out = ws.output.resize(n, d);
     final_norm_->forward(ws.hidden[static_cast<std::size_t>(num_blocks)].map(), out, ws.final_norm);
     return ConstMatrixMap<T>(out.data(), n, d);

@@ -142,6 +142,47 @@ class MultiHeadAttention {
     }
   }
 
+  /// Inference for the newest token of every sequence only (what a user vector needs):
+  /// xq_last [sequences, dim] holds the query inputs at the last token of each sequence, xkv
+  /// [tokens, dim] the key/value inputs of all tokens; y_last [sequences, dim]. Equal to the
+  /// last rows of forward() at inference, at a fraction of its cost.
+  void forward_last(const ConstMatrixRef<T>& xq_last, const ConstMatrixRef<T>& xkv, const SequenceLayout& layout,
+                    MatrixRef<T> y_last, Workspace& ws) const {
+    const Index n = layout.num_tokens(), num_seq = layout.num_sequences();
+    require_shape(xq_last, num_seq, dim_, "attention last-token query input");
+    require_shape(xkv, n, dim_, "attention key/value input");
+    require_shape(y_last, num_seq, dim_, "attention last-token output");
+    auto q = ws.query.resize(num_seq, dim_);
+    auto k = ws.key.resize(n, dim_);
+    auto v = ws.value.resize(n, dim_);
+    query_.forward(xq_last, q);
+    key_.forward(xkv, k);
+    value_.forward(xkv, v);
+    auto ctx = ws.context.resize(num_seq, dim_);
+    const T scale = T(1) / std::sqrt(static_cast<T>(head_dim()));
+    const Index dh = head_dim();
+#pragma omp parallel if (num_seq > 8 && n > 256 && !parallel::in_parallel())
+    {
+      std::vector<T> scores;
+#pragma omp for schedule(static)
+      for (Index s = 0; s < num_seq; ++s) {
+        const Index b = layout.begin(s), len = layout.length(s);
+        scores.resize(static_cast<std::size_t>(len));
+        Eigen::Map<RowVector<T>> p(scores.data(), len);
+        for (Index h = 0; h < heads_; ++h) {
+          p.noalias() = q.row(s).segment(h * dh, dh) * k.block(b, h * dh, len, dh).transpose();
+          backend::kernels::softmax<T>(p.data(), len, scale);
+          ctx.row(s).segment(h * dh, dh).noalias() = p * v.block(b, h * dh, len, dh);
+        }
+      }
+    }
+    if (output_) {
+      output_->forward(ctx, y_last);
+    } else {
+      y_last = ctx;
+    }
+  }
+
   /// Propagates dy to both inputs (dxq = beta_q * dxq + ..., dxkv = beta_kv * dxkv + ...) and
   /// adds the parameter gradients. dxq and dxkv may be the same matrix when xq and xkv are
   /// (pass beta_kv = 1 so the key/value part adds onto the query part).

@@ -65,6 +65,7 @@ class TransformerBlock {
     typename FeedForward::Workspace ffn;
     ScratchMatrix<T> q, a, h, r, f;        // activations kept for backward  [n, dim]
     ScratchMatrix<T> grad_r, grad_h, grad_q;
+    ScratchMatrix<T> x_last;               // rows of x at the last token of each sequence
   };
 
   TransformerBlock(Parameters<T>& params, const std::string& name, const TransformerBlockConfig& config)
@@ -115,6 +116,47 @@ class TransformerBlock {
       ffn_.forward(h, f, ws.ffn, mode);
       r = h + f;
       ffn_norm_.forward(r, y, ws.ffn_norm);
+    }
+  }
+
+  /// Inference output at the newest token of every sequence only: y_last [sequences, dim] equals
+  /// the last rows of forward() in inference mode. The attention still reads every token.
+  void forward_last(const ConstMatrixRef<T>& x, const SequenceLayout& layout, MatrixRef<T> y_last, Workspace& ws) const {
+    const Index n = x.rows(), b = layout.num_sequences();
+    require_shape(y_last, b, dim_, "TransformerBlock last-token output");
+    const RunMode mode = RunMode::inference();
+    auto x_last = ws.x_last.resize(b, dim_);
+    for (Index s = 0; s < b; ++s) x_last.row(s) = x.row(layout.last(s));
+    auto a = ws.a.resize(b, dim_);
+    auto h = ws.h.resize(b, dim_);
+    auto r = ws.r.resize(b, dim_);
+    auto f = ws.f.resize(b, dim_);
+    if constexpr (std::is_same_v<Placement, SASRecNorm>) {
+      auto q = ws.q.resize(b, dim_);
+      attention_norm_.forward(x_last, q, ws.attention_norm);
+      attention_.forward_last(q, x, layout, a, ws.attention);
+      h = q + a;
+      ffn_norm_.forward(h, r, ws.ffn_norm);
+      ffn_.forward(r, f, ws.ffn, mode);
+      y_last = r + f;
+    } else if constexpr (std::is_same_v<Placement, PreNorm>) {
+      auto q = ws.q.resize(n, dim_);
+      attention_norm_.forward(x, q, ws.attention_norm);
+      auto q_last = ws.grad_q.resize(b, dim_);
+      for (Index s = 0; s < b; ++s) q_last.row(s) = q.row(layout.last(s));
+      attention_.forward_last(q_last, q, layout, a, ws.attention);
+      h = x_last + a;
+      ffn_norm_.forward(h, r, ws.ffn_norm);
+      ffn_.forward(r, f, ws.ffn, mode);
+      y_last = h + f;
+    } else {
+      auto q = ws.q.resize(b, dim_);
+      attention_.forward_last(x_last, x, layout, a, ws.attention);
+      q = x_last + a;
+      attention_norm_.forward(q, h, ws.attention_norm);
+      ffn_.forward(h, f, ws.ffn, mode);
+      r = h + f;
+      ffn_norm_.forward(r, y_last, ws.ffn_norm);
     }
   }
 

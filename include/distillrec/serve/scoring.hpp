@@ -12,6 +12,8 @@
 #include "distillrec/core/error.hpp"
 #include "distillrec/core/types.hpp"
 
+#include <xsimd/xsimd.hpp>
+
 #include <algorithm>
 #include <limits>
 #include <vector>
@@ -65,6 +67,27 @@ void score_candidates(const ConstMatrixRef<T>& users, const ConstMatrixRef<T>& i
 /// The k highest-scoring items of one row of item scores (column j = item j + 1), best first;
 /// equal scores rank the lower item id first; -inf (masked) items are never returned, so fewer
 /// than k items come back when fewer are unmasked. NaN scores throw.
+namespace detail {
+
+/// Pushes one candidate into a heap of the best k (see top_k); returns the new threshold.
+template <typename T, typename Better>
+T push_candidate(std::vector<ScoredItem>& heap, Index k, ItemId item, T score, Better better) {
+  const ScoredItem candidate{item, static_cast<float>(score)};
+  if (static_cast<Index>(heap.size()) < k) {
+    heap.push_back(candidate);
+    std::push_heap(heap.begin(), heap.end(), better);
+    // Until the heap is full every unmasked item enters, so the threshold stays at -inf.
+    return static_cast<Index>(heap.size()) == k ? static_cast<T>(heap.front().score)
+                                                : -std::numeric_limits<T>::infinity();
+  }
+  std::pop_heap(heap.begin(), heap.end(), better);
+  heap.back() = candidate;
+  std::push_heap(heap.begin(), heap.end(), better);
+  return static_cast<T>(heap.front().score);
+}
+
+}  // namespace detail
+
 template <typename T>
 void top_k(const T* scores, Index num_items, Index k, std::vector<ScoredItem>& out) {
   out.clear();
@@ -75,25 +98,27 @@ void top_k(const T* scores, Index num_items, Index k, std::vector<ScoredItem>& o
   };
   out.reserve(static_cast<std::size_t>(k));
   T threshold = -std::numeric_limits<T>::infinity();
-  for (Index j = 0; j < num_items; ++j) {
-    const T s = scores[j];
-    if (!(s > threshold)) {
-      if (s != s) throw Error(detail::concat("scoring: NaN score for item ", j + 1));
-      continue;  // masked, or not better than the k-th best (ties keep the lower id seen first)
+  // An item enters only if strictly better than the k-th best so far (ties keep the lower id,
+  // seen first). Most items are not: whole SIMD vectors at or below the threshold are skipped
+  // with one comparison; NaN scores are an error, never silently skipped.
+  auto scalar = [&](Index begin, Index end) {
+    for (Index j = begin; j < end; ++j) {
+      const T s = scores[j];
+      if (s > threshold) {
+        threshold = detail::push_candidate(out, k, static_cast<ItemId>(j + 1), s, better);
+      } else if (s != s) {
+        throw Error(distillrec::detail::concat("scoring: NaN score for item ", j + 1));
+      }
     }
-    const ScoredItem candidate{static_cast<ItemId>(j + 1), static_cast<float>(s)};
-    if (static_cast<Index>(out.size()) < k) {
-      out.push_back(candidate);
-      std::push_heap(out.begin(), out.end(), better);
-      // Until the heap is full every unmasked item enters, so the threshold stays at -inf.
-      if (static_cast<Index>(out.size()) == k) threshold = static_cast<T>(out.front().score);
-    } else {
-      std::pop_heap(out.begin(), out.end(), better);
-      out.back() = candidate;
-      std::push_heap(out.begin(), out.end(), better);
-      threshold = static_cast<T>(out.front().score);
-    }
+  };
+  using B = xsimd::batch<T>;
+  constexpr Index W = static_cast<Index>(B::size);
+  const Index vec_end = num_items - num_items % W;
+  for (Index j = 0; j < vec_end; j += W) {
+    const B v = B::load_unaligned(scores + j);
+    if (xsimd::any(v > B(threshold)) || xsimd::any(xsimd::isnan(v))) scalar(j, j + W);
   }
+  scalar(vec_end, num_items);
   std::sort_heap(out.begin(), out.end(), better);
 }
 

@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""Runs the C++ SASRec benchmark and the PyTorch reference on the same data, machine and thread
+count, one after the other, and prints quality side by side and speed as ratios.
+
+    /usr/bin/python3 bench/compare_pytorch.py --data ../shared/data/amazon-games.txt --epochs 20
+
+The C++ side (build/bench/sasrec_bench) writes the sampled-100 candidates first; the reference
+loads them, so both are judged on the same candidates. Both train the same SASRec (same sizes,
+loss, optimiser, sampling) for the same number of epochs. Results are printed as a table (and as
+Markdown with --markdown FILE); the raw JSON of both runs is kept in --out.
+Only the Python standard library is needed here; the reference itself needs Debian's
+python3-torch.
+"""
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+
+def run(cmd, log_path):
+    print("$ " + " ".join(cmd), flush=True)
+    start = time.time()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            sys.stdout.write("  | " + line)
+            log.write(line)
+        proc.wait()
+    if proc.returncode != 0:
+        sys.exit(f"command failed ({proc.returncode}): {' '.join(cmd)}; log: {log_path}")
+    return time.time() - start
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def torch_blas():
+    try:
+        out = subprocess.run(["/usr/bin/python3", "-c",
+                              "import torch,os;print(torch.__version__);"
+                              "print(os.path.realpath('/usr/lib/x86_64-linux-gnu/libblas.so.3'))"],
+                             capture_output=True, text=True, timeout=120)
+        lines = out.stdout.split()
+        return lines[0], lines[1] if len(lines) > 1 else "?"
+    except Exception:  # noqa: BLE001 - informational only
+        return "?", "?"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--loss", choices=("bce", "ce"), default="bce")
+    p.add_argument("--block-style", choices=("sasrec", "pre-ln", "post-ln"), default="sasrec")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--bench-binary", default=os.path.join("build", "bench", "sasrec_bench"))
+    p.add_argument("--reference", default=os.path.join(os.path.dirname(__file__), "pytorch", "sasrec_reference.py"))
+    p.add_argument("--out", default="bench-results", help="folder for logs, JSON and candidates")
+    p.add_argument("--markdown", help="also write the table as Markdown here")
+    p.add_argument("--reuse", action="store_true", help="re-render from the JSON files already in --out")
+    args = p.parse_args()
+
+    os.makedirs(args.out, exist_ok=True)
+    cpp_json = os.path.join(args.out, "distillrec.json")
+    torch_json = os.path.join(args.out, "pytorch.json")
+    candidates = os.path.join(args.out, "candidates")
+    common = ["--data", args.data, "--epochs", str(args.epochs), "--threads", str(args.threads),
+              "--seed", str(args.seed)]
+    if not args.reuse:
+        if not os.path.exists(args.bench_binary):
+            sys.exit(f"{args.bench_binary} not found: build it with cmake --build build --target sasrec_bench")
+        objective = "softmax" if args.loss == "ce" else "bce"
+        run([args.bench_binary] + common + ["--objective", objective, "--block-style", args.block_style,
+                                            "--candidates-dir", candidates, "--json", cpp_json],
+            os.path.join(args.out, "distillrec.log"))
+        style = "original" if args.block_style == "sasrec" else args.block_style
+        run(["/usr/bin/python3", args.reference] + common +
+            ["--loss", args.loss, "--block-style", style,
+             "--candidates-valid", os.path.join(candidates, "valid.npy"),
+             "--candidates-test", os.path.join(candidates, "test.npy"), "--json", torch_json],
+            os.path.join(args.out, "pytorch.log"))
+
+    with open(cpp_json) as f:
+        cpp = json.load(f)
+    with open(torch_json) as f:
+        ref = json.load(f)
+    torch_version, blas = torch_blas()
+
+    rows = []
+    for split in ("test", "valid"):
+        for protocol in ("full", "sampled-100"):
+            for metric in ("HR@10", "NDCG@10"):
+                a = cpp["metrics"][split][protocol][metric]
+                b = ref["metrics"][split][protocol][metric]
+                rows.append((f"{split} {protocol} {metric}", f"{a:.4f}", f"{b:.4f}", f"{(a - b) / b * 100:+.1f}%"))
+    speed = [
+        ("train s/epoch (median)", cpp["seconds_per_epoch_median"], ref["seconds_per_epoch_median"], "lower"),
+        ("peak memory MiB", cpp["peak_rss_mib"], ref["peak_rss_mib"], "lower"),
+    ]
+    if cpp.get("latency_ms") and ref.get("latency_ms"):
+        speed.append(("1-user top-10 p50 ms (1 thread)", cpp["latency_ms"]["p50"], ref["latency_ms"]["p50"], "lower"))
+        speed.append(("1-user top-10 p90 ms (1 thread)", cpp["latency_ms"]["p90"], ref["latency_ms"]["p90"], "lower"))
+        speed.append((f"batch top-10 users/s ({args.threads} threads)", cpp["batch_users_per_second"],
+                      ref["batch_users_per_second"], "higher"))
+    for name, a, b, better in speed:
+        ratio = b / a if better == "lower" else a / b
+        rows.append((name, f"{a:.4g}", f"{b:.4g}", f"{ratio:.1f}x better"))
+
+    header = (f"SASRec on {os.path.basename(args.data)}, {args.epochs} epochs, loss {args.loss}, block {args.block_style}, "
+              f"{args.threads} threads, seed {args.seed}; CPU: {cpu_model()}; torch {torch_version} (BLAS {blas})")
+    width = max(len(r[0]) for r in rows)
+    print("\n" + header)
+    print(f"{'':{width}}  {'distillrec':>12}  {'PyTorch':>12}  {'distillrec vs PyTorch':>22}")
+    for r in rows:
+        print(f"{r[0]:{width}}  {r[1]:>12}  {r[2]:>12}  {r[3]:>22}")
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(header + "\n\n| | distillrec | PyTorch | distillrec vs PyTorch |\n|---|---:|---:|---:|\n")
+            for r in rows:
+                f.write(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} |\n")
+        print(f"wrote {args.markdown}")
+
+
+if __name__ == "__main__":
+    main()

@@ -30,7 +30,7 @@ using namespace distillrec;
 
 int main(int argc, char** argv) {
   CLI::App app{"Train SASRec (Kang & McAuley, 2018) on an interaction log and evaluate it."};
-  std::string data_path, format = "auto", checkpoint = "sasrec.safetensors", json_path, candidates_dir;
+  std::string data_path, format = "auto", checkpoint = "sasrec.safetensors", json_path, candidates_dir, write_data;
   data::SyntheticConfig synthetic;
   models::SASRecConfig model_config;
   train::TrainerConfig trainer_config;
@@ -45,6 +45,7 @@ int main(int argc, char** argv) {
   app.add_option("--format", format, "Log format: auto (by extension), text or csv")->check(CLI::IsMember({"auto", "text", "csv"}));
   app.add_option("--synthetic-users", synthetic.num_users, "Synthetic data: number of users");
   app.add_option("--synthetic-items", synthetic.num_items, "Synthetic data: number of items");
+  app.add_option("--write-data", write_data, "Write the data (e.g. the synthetic log) to this file in the SASRec text format and train on what is read back");
   app.add_option("--hidden", model_config.hidden_size, "Hidden size d");
   app.add_option("--blocks", model_config.num_blocks, "Transformer blocks");
   app.add_option("--heads", model_config.num_heads, "Attention heads");
@@ -78,7 +79,12 @@ int main(int argc, char** argv) {
   try {
     parallel::set_num_threads(threads);
     const auto start = std::chrono::steady_clock::now();
-    const auto log = examples::load_data(data_path, format, synthetic);
+    auto log = examples::load_data(data_path, format, synthetic);
+    if (!write_data.empty()) {
+      data::write_sasrec_text(log, write_data);
+      log = data::read_sasrec_text(write_data);
+      std::cout << "wrote the data to " << write_data << "\n";
+    }
     const auto split = data::leave_one_out(log);
     std::cout << "data: " << log.source << ": " << log.num_users() << " users, " << log.num_items << " items, "
               << log.num_interactions() << " interactions; " << split.evaluable_users.size() << " users evaluated\n";

@@ -56,6 +56,8 @@ Example
 """
 
 import argparse
+import os
+import struct
 import json
 import math
 import resource
@@ -568,10 +570,63 @@ def parse_args(argv=None):
     p.add_argument("--no-speed", action="store_true",
                    help="skip the latency / throughput measurements (quality-only runs)")
     p.add_argument("--json", help="write the results as JSON to this file")
+    p.add_argument("--export-checkpoint",
+                   help="after training, write the model as a distillrec SASRec checkpoint "
+                        "(safetensors, parameter names of distillrec/models/sasrec.hpp)")
     args = p.parse_args(argv)
     if args.attention_projection is None:
         args.attention_projection = args.block_style != "original"
     return args
+
+
+# distillrec parameter names for this module's state_dict keys (models/sasrec.hpp documents them).
+DISTILLREC_NAMES = [("item_emb.", "item_embedding."), ("pos_emb.", "position_embedding."),
+                    (".ln_attn.", ".attention_norm."), (".attn.q_proj.", ".attention.query."),
+                    (".attn.k_proj.", ".attention.key."), (".attn.v_proj.", ".attention.value."),
+                    (".attn.out_proj.", ".attention.output."), (".ln_ffn.", ".ffn_norm."),
+                    (".ffn.linear1.", ".ffn.fc1."), (".ffn.linear2.", ".ffn.fc2."),
+                    ("final_ln.", "final_norm.")]
+
+
+def write_safetensors(path, tensors, metadata):
+    """Minimal safetensors writer (the format of safetensors.torch.save_file), numpy only:
+    8-byte little-endian header length, JSON header, then the little-endian data."""
+    header, offset, blobs = {"__metadata__": metadata}, 0, []
+    for name in sorted(tensors):
+        array = np.ascontiguousarray(tensors[name], dtype="<f4")
+        header[name] = {"dtype": "F32", "shape": list(array.shape),
+                        "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
+        blobs.append(array.tobytes())
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(encoded)))
+        f.write(encoded)
+        for blob in blobs:
+            f.write(blob)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def export_distillrec_checkpoint(model, args, num_items, path):
+    tensors = {}
+    for key, value in model.state_dict().items():
+        name = key
+        for a, b in DISTILLREC_NAMES:
+            name = name.replace(a, b)
+        tensors[name] = value.detach().cpu().numpy()
+    config = {"model": "sasrec", "num_items": int(num_items), "hidden_size": args.hidden,
+              "num_blocks": args.blocks, "num_heads": args.heads, "max_length": args.max_length,
+              "ffn_size": args.hidden, "dropout": args.dropout,
+              "block_style": "sasrec" if args.block_style == "original" else args.block_style,
+              "attention_projection": bool(args.attention_projection), "activation": "relu",
+              "layer_norm_eps": LN_EPS}
+    write_safetensors(path, tensors, {"format": "distillrec", "format_version": "1", "model": "sasrec",
+                                      "config": json.dumps(config), "source": "bench/pytorch/sasrec_reference.py"})
+    log(f"wrote {path} (distillrec SASRec checkpoint)")
 
 
 def main(argv=None):
@@ -651,6 +706,9 @@ def main(argv=None):
         log(f"batch serving ({args.threads} threads, chunks of {args.serve_batch}): "
             f"{throughput:.0f} users/s")
     log(f"peak RSS after training: {peak_rss_mib:.1f} MiB")
+
+    if args.export_checkpoint:
+        export_distillrec_checkpoint(model, args, data.num_items, args.export_checkpoint)
 
     if args.json:
         config = dict(vars(args))

@@ -306,3 +306,18 @@ TEST_CASE("the Amazon Games log loads fast with its published statistics",
     ++dense;
   }
 }
+
+TEST_CASE("write_sasrec_text round-trips a log through the text format", "[data][interactions]") {
+  const auto dir = test::temp_dir("write_log");
+  const auto log = data::make_log({{3, 1, 2}, {2, 4}, {4, 4, 1}}, 4, "memory");
+  const std::string path = (dir / "log.txt").string();
+  data::write_sasrec_text(log, path);
+  const auto back = data::read_sasrec_text(path);
+  REQUIRE(back.sequences == log.sequences);
+  REQUIRE(back.num_items == log.num_items);
+  // An item that never occurs cannot be written: reading compacts the ids.
+  const auto sparse = data::make_log({{1, 3}}, 3, "memory");
+  data::write_sasrec_text(sparse, path);
+  REQUIRE(data::read_sasrec_text(path).num_items == 2);
+  std::filesystem::remove_all(dir);
+}

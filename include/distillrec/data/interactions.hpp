@@ -37,6 +37,7 @@
 
 #include "distillrec/core/error.hpp"
 #include "distillrec/core/types.hpp"
+#include "distillrec/io/atomic_file.hpp"
 
 namespace distillrec::data {
 
@@ -443,6 +444,22 @@ inline InteractionLog make_log(std::vector<Sequence> sequences, ItemId num_items
   log.item_raw_ids[0] = -1;
   log.source = std::move(source);
   return log;
+}
+
+/// Writes a log in the SASRec text format ("user item" per line, users in dense order, each
+/// user's items chronologically) with the log's raw ids, atomically. read_sasrec_text() of the
+/// file gives the same sequences back when every item id occurs at least once (items that never
+/// occur cannot be represented in the format, so reading compacts the ids).
+inline void write_sasrec_text(const InteractionLog& log, const std::string& path) {
+  io::write_file_atomic(path, [&](std::ostream& out) {
+    for (std::size_t u = 0; u < log.sequences.size(); ++u) {
+      const std::int64_t user = u < log.user_raw_ids.size() ? log.user_raw_ids[u] : static_cast<std::int64_t>(u + 1);
+      for (ItemId item : log.sequences[u]) {
+        const auto i = static_cast<std::size_t>(item);
+        out << user << ' ' << (i < log.item_raw_ids.size() ? log.item_raw_ids[i] : static_cast<std::int64_t>(item)) << '\n';
+      }
+    }
+  });
 }
 
 }  // namespace distillrec::data

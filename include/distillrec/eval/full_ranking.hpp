@@ -53,6 +53,36 @@ Index rank_of_target(const T* scores, Index num_items, ItemId target) {
   return at_least - 1;  // the target itself
 }
 
+/// Encodes the evaluation histories of `users` in parallel blocks of `block_users`, each thread
+/// with its own workspace, and calls body(begin, end, histories, user_vectors, scores) for every
+/// block [begin, end) of `users`; `scores` is per-thread scratch the body may size and use.
+/// Exceptions thrown inside are re-thrown after the parallel region.
+template <typename Model, typename Body>
+void for_each_encoded_block(const Model& model, const data::LeaveOneOutSplit& split, const std::vector<Index>& users,
+                            EvalSplit which, Index block_users, Body&& body) {
+  using T = typename Model::Scalar;
+  const Index num_users = static_cast<Index>(users.size());
+  const Index block = std::max<Index>(1, block_users);
+  const Index num_blocks = (num_users + block - 1) / block;
+  parallel::ExceptionCollector errors;
+#pragma omp parallel if (num_blocks > 1 && !parallel::in_parallel())
+  {
+    typename Model::Workspace ws;
+    Matrix<T> user_vectors, scores;
+    std::vector<Sequence> histories;
+#pragma omp for schedule(dynamic, 1)
+    for (Index bi = 0; bi < num_blocks; ++bi) errors.run([&] {
+      const Index begin = bi * block, end = std::min(num_users, begin + block);
+      histories.clear();
+      for (Index i = begin; i < end; ++i) histories.push_back(evaluation_history(split, users[static_cast<std::size_t>(i)], which));
+      user_vectors.resize(end - begin, model.hidden_size());
+      model.encode(histories, user_vectors, ws);
+      body(begin, end, histories, user_vectors, scores);
+    });
+  }
+  errors.rethrow();
+}
+
 template <typename Model>
 EvaluationResult evaluate_full_ranking(const Model& model, const data::LeaveOneOutSplit& split, EvalSplit which,
                                        const FullRankingOptions& options = {}) {
@@ -66,35 +96,20 @@ EvaluationResult evaluate_full_ranking(const Model& model, const data::LeaveOneO
   if (users.empty()) throw ConfigError("evaluation: no evaluable users");
   const Index num_users = static_cast<Index>(users.size());
   const Index num_items = model.num_items();
-  const Index block = std::max<Index>(1, options.block_users);
-  const Index num_blocks = (num_users + block - 1) / block;
   std::vector<Index> ranks(static_cast<std::size_t>(num_users));
   const auto table = model.item_table();
-
-  parallel::ExceptionCollector errors;
-#pragma omp parallel if (num_blocks > 1 && !parallel::in_parallel())
-  {
-    typename Model::Workspace ws;
-    Matrix<T> user_vectors, scores;
-    std::vector<Sequence> histories;
-#pragma omp for schedule(dynamic, 1)
-    for (Index bi = 0; bi < num_blocks; ++bi) errors.run([&] {
-      const Index begin = bi * block, end = std::min(num_users, begin + block);
-      histories.clear();
-      for (Index i = begin; i < end; ++i) histories.push_back(evaluation_history(split, users[static_cast<std::size_t>(i)], which));
-      user_vectors.resize(end - begin, model.hidden_size());
-      scores.resize(end - begin, num_items);
-      model.encode(histories, user_vectors, ws);
-      serve::score_items<T>(user_vectors, table, scores);
-      for (Index i = begin; i < end; ++i) {
-        const Index row = i - begin;
-        if (options.mask_history) serve::mask_items<T>(scores, row, histories[static_cast<std::size_t>(row)]);
-        ranks[static_cast<std::size_t>(i)] =
-            rank_of_target(scores.row(row).data(), num_items, evaluation_target(split, users[static_cast<std::size_t>(i)], which));
-      }
-    });
-  }
-  errors.rethrow();
+  for_each_encoded_block(model, split, users, which, options.block_users,
+                         [&](Index begin, Index end, const std::vector<Sequence>& histories,
+                             const Matrix<T>& user_vectors, Matrix<T>& scores) {
+                           scores.resize(end - begin, num_items);
+                           serve::score_items<T>(user_vectors, table, scores);
+                           for (Index i = begin; i < end; ++i) {
+                             const Index row = i - begin;
+                             if (options.mask_history) serve::mask_items<T>(scores, row, histories[static_cast<std::size_t>(row)]);
+                             ranks[static_cast<std::size_t>(i)] = rank_of_target(
+                                 scores.row(row).data(), num_items, evaluation_target(split, users[static_cast<std::size_t>(i)], which));
+                           }
+                         });
 
   RankingMetrics metrics(options.cutoffs);
   for (Index r : ranks) metrics.add(r);

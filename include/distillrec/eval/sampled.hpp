@@ -128,36 +128,23 @@ EvaluationResult evaluate_sampled(const Model& model, const data::LeaveOneOutSpl
   const Index num_users = static_cast<Index>(candidates.users.size());
   if (num_users == 0) throw ConfigError("sampled evaluation: no candidates");
   const Index width = candidates.items.cols();
-  const Index num_blocks = (num_users + block_users - 1) / block_users;
   std::vector<Index> ranks(static_cast<std::size_t>(num_users));
   const auto table = model.item_table();
-  parallel::ExceptionCollector errors;
-#pragma omp parallel if (num_blocks > 1 && !parallel::in_parallel())
-  {
-    typename Model::Workspace ws;
-    Matrix<T> user_vectors, scores;
-    std::vector<Sequence> histories;
-#pragma omp for schedule(dynamic, 1)
-    for (Index bi = 0; bi < num_blocks; ++bi) errors.run([&] {
-      const Index begin = bi * block_users, end = std::min(num_users, begin + block_users);
-      histories.clear();
-      for (Index i = begin; i < end; ++i) histories.push_back(evaluation_history(data_split, candidates.users[static_cast<std::size_t>(i)], which));
-      user_vectors.resize(end - begin, model.hidden_size());
-      model.encode(histories, user_vectors, ws);
-      const Matrix<ItemId> block_items = candidates.items.middleRows(begin, end - begin);
-      scores.resize(end - begin, width);
-      serve::score_candidates<T>(user_vectors, table, block_items, scores);
-      for (Index i = begin; i < end; ++i) {
-        const auto row = scores.row(i - begin);
-        const T target = row(0);
-        if (target != target) throw Error("sampled evaluation: NaN score");
-        Index rank = 0;
-        for (Index c = 1; c < width; ++c) rank += row(c) >= target;
-        ranks[static_cast<std::size_t>(i)] = rank;
-      }
-    });
-  }
-  errors.rethrow();
+  for_each_encoded_block(model, data_split, candidates.users, which, block_users,
+                         [&](Index begin, Index end, const std::vector<Sequence>& /*histories*/,
+                             const Matrix<T>& user_vectors, Matrix<T>& scores) {
+                           const Matrix<ItemId> block_items = candidates.items.middleRows(begin, end - begin);
+                           scores.resize(end - begin, width);
+                           serve::score_candidates<T>(user_vectors, table, block_items, scores);
+                           for (Index i = begin; i < end; ++i) {
+                             const auto row = scores.row(i - begin);
+                             const T target = row(0);
+                             if (target != target) throw Error("sampled evaluation: NaN score");
+                             Index rank = 0;
+                             for (Index c = 1; c < width; ++c) rank += row(c) >= target;
+                             ranks[static_cast<std::size_t>(i)] = rank;
+                           }
+                         });
   RankingMetrics metrics(std::move(cutoffs));
   for (Index r : ranks) metrics.add(r);
   EvaluationResult result;

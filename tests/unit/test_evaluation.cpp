@@ -139,3 +139,25 @@ TEST_CASE("Sampled evaluation ranks the target among its candidates", "[eval][sa
   REQUIRE(result.value("MRR") == Approx(expected.values().at("MRR")));
   REQUIRE_THROWS_AS(eval::evaluate_sampled(model, split, eval::EvalSplit::kValid, candidates), ConfigError);
 }
+
+TEST_CASE("Errors inside the parallel evaluation reach the caller as exceptions", "[eval][full_ranking]") {
+  struct ThrowingModel : FixedModel {
+    void encode(const std::vector<Sequence>& histories, MatrixRef<float> out, Workspace& ws) const {
+      for (const auto& h : histories) {
+        if (std::find(h.begin(), h.end(), 250) != h.end()) throw ShapeError("item 250 rejected");
+      }
+      FixedModel::encode(histories, out, ws);
+    }
+  };
+  std::vector<Sequence> sequences;
+  for (int u = 0; u < 600; ++u) {
+    sequences.push_back(u == 517 ? Sequence{250, 2, 3, 4} : Sequence{1 + u % 200, 2 + u % 200, 3 + u % 200, 4});
+  }
+  const auto split = data::leave_one_out(data::make_log(sequences, 300, "many"));
+  ThrowingModel model;
+  model.table = Matrix<float>::Ones(301, 1);
+  eval::FullRankingOptions options;
+  options.block_users = 16;  // many blocks, in parallel
+  REQUIRE_THROWS_WITH(eval::evaluate_full_ranking(model, split, eval::EvalSplit::kTest, options),
+                      Catch::Matchers::Contains("item 250 rejected"));
+}

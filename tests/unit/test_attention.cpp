@@ -135,3 +135,82 @@ TEST_CASE("Attention dropout is deterministic for a seed and independent of thre
   attention.forward(x, x, layout, y2, ws, nn::RunMode::train(b));
   REQUIRE(y1 == y2);
 }
+
+template <typename T>
+void check_llama_attention_gradients(Index heads, Index kv_heads) {
+  Rng rng(12);
+  Parameters<T> params;
+  nn::AttentionOptions options;
+  options.num_kv_heads = kv_heads;
+  options.bias = false;
+  options.rope = true;
+  options.max_positions = 8;
+  nn::MultiHeadAttention<T> attention(params, "attn", 8, heads, 0.0, true, options);
+  params.allocate();
+  attention.initialize(rng);
+  const nn::SequenceLayout layout({4, 1, 3});
+  const Index n = layout.num_tokens();
+  typename nn::MultiHeadAttention<T>::Workspace ws;
+  const auto result = test::check_gradients<T>(
+      params, test::random_matrix<T>(n, 8, rng), n, 8,
+      [&](const Matrix<T>& x, Matrix<T>& y) { attention.forward(x, x, layout, y, ws, nn::RunMode::inference()); },
+      [&](const Matrix<T>& x, const Matrix<T>& dy, Matrix<T>& dx) {
+        attention.backward(x, x, layout, dy, dx, dx, ws, T(0), T(1));
+      },
+      rng);
+  CHECK(result.input_error < test::GradTolerance<T>::tolerance);
+  CHECK(result.param_error < test::GradTolerance<T>::tolerance);
+}
+
+TEMPLATE_TEST_CASE("Rotary and grouped-query attention gradients match finite differences",
+                   "[nn][attention][gradcheck]", float, double) {
+  SECTION("rotary, 2 heads") { check_llama_attention_gradients<TestType>(2, 0); }
+  SECTION("rotary, 4 heads sharing 2 key/value heads") { check_llama_attention_gradients<TestType>(4, 2); }
+  SECTION("rotary, 4 heads sharing 1 key/value head") { check_llama_attention_gradients<TestType>(4, 1); }
+}
+
+TEST_CASE("Grouped-query attention equals multi-head attention with repeated key/value heads", "[nn][attention]") {
+  Rng rng(13);
+  nn::AttentionOptions grouped;
+  grouped.num_kv_heads = 2;
+  grouped.bias = false;
+  grouped.rope = true;
+  grouped.max_positions = 16;
+  nn::AttentionOptions full = grouped;
+  full.num_kv_heads = 4;
+  Parameters<double> pg, pf;
+  nn::MultiHeadAttention<double> gqa(pg, "a", 8, 4, 0.0, true, grouped), mha(pf, "a", 8, 4, 0.0, true, full);
+  pg.allocate();
+  pf.allocate();
+  gqa.initialize(rng);
+  REQUIRE(pg.value(pg.find("a.key.weight")).rows() == 4);  // 2 kv heads of size 2
+  pf.value(pf.find("a.query.weight")) = pg.value(pg.find("a.query.weight"));
+  pf.value(pf.find("a.output.weight")) = pg.value(pg.find("a.output.weight"));
+  for (const char* name : {"a.key.weight", "a.value.weight"}) {
+    const auto w = pg.value(pg.find(name));
+    auto wf = pf.value(pf.find(name));
+    for (Index h = 0; h < 4; ++h) wf.middleRows(2 * h, 2) = w.middleRows(2 * (h / 2), 2);  // heads 0,1 -> kv 0
+  }
+  const nn::SequenceLayout layout({5, 2, 9});
+  const Matrix<double> x = test::random_matrix<double>(layout.num_tokens(), 8, rng);
+  Matrix<double> yg(layout.num_tokens(), 8), yf(layout.num_tokens(), 8);
+  nn::MultiHeadAttention<double>::Workspace wsg, wsf;
+  gqa.forward(x, x, layout, yg, wsg, nn::RunMode::inference());
+  mha.forward(x, x, layout, yf, wsf, nn::RunMode::inference());
+  REQUIRE((yg - yf).cwiseAbs().maxCoeff() < 1e-12);
+  Matrix<double> last(3, 8), xq_last(3, 8);
+  for (Index s = 0; s < 3; ++s) xq_last.row(s) = x.row(layout.last(s));
+  gqa.forward_last(xq_last, x, layout, last, wsg);
+  for (Index s = 0; s < 3; ++s) REQUIRE((last.row(s) - yf.row(layout.last(s))).cwiseAbs().maxCoeff() < 1e-12);
+}
+
+TEST_CASE("Grouped-query attention rejects a key/value head count that does not divide the heads", "[nn][attention]") {
+  Parameters<float> params;
+  nn::AttentionOptions options;
+  options.num_kv_heads = 3;
+  REQUIRE_THROWS_AS(nn::MultiHeadAttention<float>(params, "a", 8, 4, 0.0, false, options), ConfigError);
+  options.num_kv_heads = 0;
+  options.rope = true;
+  Parameters<float> odd;
+  REQUIRE_THROWS_AS(nn::MultiHeadAttention<float>(odd, "a", 9, 3, 0.0, false, options), ConfigError);  // head size 3
+}

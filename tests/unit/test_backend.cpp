@@ -123,6 +123,38 @@ TEMPLATE_TEST_CASE("xsimd kernels match their scalar references", "[backend][ker
     backend::kernels::multiply(x.data(), dy.data(), ya.data(), n);
     backend::kernels::reference::multiply(x.data(), dy.data(), yb.data(), n);
     REQUIRE(ya == yb);
+
+    const T sa = backend::kernels::rms_norm_forward(x.data(), gamma.data(), ya.data(), ha.data(), n, T(1e-6));
+    const T sb = backend::kernels::reference::rms_norm_forward(x.data(), gamma.data(), yb.data(), hb.data(), n, T(1e-6));
+    REQUIRE(std::abs(sa - sb) / sb < 10 * tol);
+    REQUIRE((ya - yb).cwiseAbs().maxCoeff() < 10 * tol);
+    backend::kernels::rms_norm_backward(ha.data(), gamma.data(), dy.data(), sa, dxa.data(), n);
+    backend::kernels::reference::rms_norm_backward(hb.data(), gamma.data(), dy.data(), sb, dxb.data(), n);
+    REQUIRE((dxa - dxb).cwiseAbs().maxCoeff() < 100 * tol);
+
+    backend::kernels::swiglu(x.data(), gamma.data(), ya.data(), n);
+    backend::kernels::reference::swiglu(x.data(), gamma.data(), yb.data(), n);
+    REQUIRE((ya - yb).cwiseAbs().maxCoeff() < 10 * tol);
+    Matrix<T> dba(1, n), dbb(1, n);
+    backend::kernels::swiglu_backward(x.data(), gamma.data(), dy.data(), dxa.data(), dba.data(), n);
+    backend::kernels::reference::swiglu_backward(x.data(), gamma.data(), dy.data(), dxb.data(), dbb.data(), n);
+    REQUIRE((dxa - dxb).cwiseAbs().maxCoeff() < 10 * tol);
+    REQUIRE((dba - dbb).cwiseAbs().maxCoeff() < 10 * tol);
+
+    if (n % 2 == 0) {  // one head of size n: cos/sin tables of n/2 angles
+      const Index half = n / 2;
+      Matrix<T> c(1, half), s(1, half);
+      for (Index j = 0; j < half; ++j) {
+        c(0, j) = std::cos(T(0.3) * T(j + 1));
+        s(0, j) = std::sin(T(0.3) * T(j + 1));
+      }
+      for (T sign : {T(1), T(-1)}) {
+        Matrix<T> ra_ = x, rb_ = x;
+        backend::kernels::rope_rotate(ra_.data(), c.data(), s.data(), half, sign);
+        backend::kernels::reference::rope_rotate(rb_.data(), c.data(), s.data(), half, sign);
+        REQUIRE((ra_ - rb_).cwiseAbs().maxCoeff() < 10 * tol);
+      }
+    }
   }
 }
 

@@ -47,3 +47,43 @@ TEMPLATE_TEST_CASE("Feed-forward gradients match finite differences", "[nn][feed
   SECTION("ReLU, dropout 0.5") { check_ffn_gradients<TestType, nn::Relu>(0.5); }
   SECTION("GELU, dropout 0.2") { check_ffn_gradients<TestType, nn::Gelu>(0.2); }
 }
+
+TEMPLATE_TEST_CASE("SwiGLU gradients match finite differences", "[nn][feed_forward][gradcheck]", float, double) {
+  using T = TestType;
+  Rng rng(17);
+  Parameters<T> params;
+  nn::SwiGLU<T> ffn(params, "ffn", 5, 7, GENERATE(0.0, 0.3));
+  params.allocate();
+  ffn.initialize(rng);
+  typename nn::SwiGLU<T>::Workspace ws;
+  const auto result = test::check_gradients<T>(
+      params, test::random_matrix<T>(4, 5, rng), 4, 5,
+      [&](const Matrix<T>& x, Matrix<T>& y) {
+        Rng mask_rng(2);
+        ffn.forward(x, y, ws, nn::RunMode::train(mask_rng));
+      },
+      [&](const Matrix<T>& x, const Matrix<T>& dy, Matrix<T>& dx) { ffn.backward(x, dy, dx, ws); }, rng);
+  CHECK(result.input_error < test::GradTolerance<T>::tolerance);
+  CHECK(result.param_error < test::GradTolerance<T>::tolerance);
+}
+
+TEST_CASE("SwiGLU computes down(silu(gate x) * up x) without biases", "[nn][feed_forward]") {
+  Rng rng(3);
+  Parameters<double> params;
+  nn::SwiGLU<double> ffn(params, "ffn", 3, 4);
+  params.allocate();
+  ffn.initialize(rng);
+  REQUIRE(params.find("ffn.gate.weight") >= 0);
+  REQUIRE(params.find("ffn.up.weight") >= 0);
+  REQUIRE(params.find("ffn.down.weight") >= 0);
+  REQUIRE(params.infos().size() == 3);
+  const Matrix<double> x = test::random_matrix<double>(2, 3, rng);
+  Matrix<double> y(2, 3);
+  nn::SwiGLU<double>::Workspace ws;
+  ffn.forward(x, y, ws, nn::RunMode::inference());
+  const Matrix<double> a = x * params.value(params.find("ffn.gate.weight")).transpose();
+  const Matrix<double> b = x * params.value(params.find("ffn.up.weight")).transpose();
+  const Matrix<double> h = (a.array() / (1.0 + (-a.array()).exp()) * b.array()).matrix();
+  const Matrix<double> expected = h * params.value(params.find("ffn.down.weight")).transpose();
+  REQUIRE((y - expected).cwiseAbs().maxCoeff() < 1e-12);
+}

@@ -102,3 +102,65 @@ TEST_CASE("TransformerBlock::forward_last equals the last rows of forward", "[nn
   check_forward_last<nn::PreNorm>();
   check_forward_last<nn::PostNorm>();
 }
+
+template <typename T>
+using LlamaBlock = nn::TransformerBlock<T, nn::PreNorm, nn::RMSNorm<T>, nn::SwiGLU<T>>;
+
+template <typename T>
+nn::TransformerBlockConfig llama_block_config() {
+  nn::TransformerBlockConfig config;
+  config.dim = 8;
+  config.num_heads = 4;
+  config.ffn_dim = 12;
+  config.attention_output_projection = true;
+  config.norm_eps = 1e-6;
+  config.attention.bias = false;
+  config.attention.rope = true;
+  config.attention.num_kv_heads = 2;
+  config.attention.max_positions = 16;
+  return config;
+}
+
+TEMPLATE_TEST_CASE("LLaMA block (RMSNorm, RoPE, SwiGLU, grouped-query, pre-norm) gradients match finite differences",
+                   "[nn][transformer_block][gradcheck]", float, double) {
+  using T = TestType;
+  Rng rng(22);
+  Parameters<T> params;
+  LlamaBlock<T> block(params, "block", llama_block_config<T>());
+  params.allocate();
+  block.initialize(rng);
+  for (const auto& info : params.infos()) {
+    if (info.name.find("norm") != std::string::npos) {
+      params.value(params.find(info.name)).array() += test::random_matrix<T>(1, info.cols, rng, 0.2).array();
+    }
+  }
+  const nn::SequenceLayout layout({3, 1, 5});
+  const Index n = layout.num_tokens();
+  typename LlamaBlock<T>::Workspace ws;
+  const auto result = test::check_gradients<T>(
+      params, test::random_matrix<T>(n, 8, rng), n, 8,
+      [&](const Matrix<T>& x, Matrix<T>& y) { block.forward(x, layout, y, ws, nn::RunMode::inference()); },
+      [&](const Matrix<T>& x, const Matrix<T>& dy, Matrix<T>& dx) { block.backward(x, layout, dy, dx, ws); }, rng);
+  CHECK(result.input_error < test::GradTolerance<T>::tolerance);
+  CHECK(result.param_error < test::GradTolerance<T>::tolerance);
+}
+
+TEST_CASE("LLaMA block: forward_last equals the last rows of forward; parameters have LLaMA's shapes",
+          "[nn][transformer_block]") {
+  Rng rng(32);
+  Parameters<double> params;
+  LlamaBlock<double> block(params, "block", llama_block_config<double>());
+  params.allocate();
+  block.initialize(rng);
+  REQUIRE(params.find("block.attention.query.bias") < 0);
+  REQUIRE(params.value(params.find("block.attention.key.weight")).rows() == 4);
+  REQUIRE(params.value(params.find("block.ffn.gate.weight")).rows() == 12);
+  REQUIRE(params.value(params.find("block.attention_norm.weight")).cols() == 8);
+  const nn::SequenceLayout layout({5, 1, 3, 7});
+  const Matrix<double> x = test::random_matrix<double>(layout.num_tokens(), 8, rng);
+  Matrix<double> full(layout.num_tokens(), 8), last(4, 8);
+  LlamaBlock<double>::Workspace ws;
+  block.forward(x, layout, full, ws, nn::RunMode::inference());
+  block.forward_last(x, layout, last, ws);
+  for (Index s = 0; s < 4; ++s) REQUIRE((last.row(s) - full.row(layout.last(s))).cwiseAbs().maxCoeff() < 1e-12);
+}

@@ -13,6 +13,13 @@
 //   gelu / gelu_backward exact GELU, x * Phi(x) (PyTorch's default), dPhi via the normal pdf
 //   dropout_mask         mask[i] = 0 with probability p, else 1 / (1 - p) (inverted dropout)
 //   multiply             y = x * m element-wise
+//   rms_norm_forward     xhat = x * rstd, rstd = 1 / sqrt(mean(x^2) + eps), y = xhat * gamma;
+//                        returns rstd
+//   rms_norm_backward    dx = rstd * (g - xhat * mean(g * xhat)),  g = dy * gamma
+//   swiglu / backward    h = silu(a) * b, silu(a) = a * sigmoid(a) (LLaMA's gated FFN)
+//   rope_rotate          rotary position embedding of one head vector, HF LLaMA's "rotate
+//                        half" layout: for j < d/2, (x_j, x_{j+d/2}) is rotated by the angle
+//                        pos * theta^(-2j/d); sign = -1 rotates back (the backward pass)
 #pragma once
 
 #include "distillrec/core/rng.hpp"
@@ -106,6 +113,50 @@ void gelu_backward(const T* x, const T* dy, T* dx, Index n) {
 template <typename T>
 void multiply(const T* x, const T* m, T* y, Index n) {
   for (Index i = 0; i < n; ++i) y[i] = x[i] * m[i];
+}
+
+template <typename T>
+T rms_norm_forward(const T* x, const T* gamma, T* y, T* xhat, Index n, T eps) {
+  T sq = 0;
+  for (Index i = 0; i < n; ++i) sq += x[i] * x[i];
+  const T rstd = T(1) / std::sqrt(sq / static_cast<T>(n) + eps);
+  for (Index i = 0; i < n; ++i) {
+    xhat[i] = x[i] * rstd;
+    y[i] = xhat[i] * gamma[i];
+  }
+  return rstd;
+}
+
+template <typename T>
+void rms_norm_backward(const T* xhat, const T* gamma, const T* dy, T rstd, T* dx, Index n) {
+  T mean_gx = 0;
+  for (Index i = 0; i < n; ++i) mean_gx += dy[i] * gamma[i] * xhat[i];
+  mean_gx /= static_cast<T>(n);
+  for (Index i = 0; i < n; ++i) dx[i] = rstd * (dy[i] * gamma[i] - xhat[i] * mean_gx);
+}
+
+template <typename T>
+void swiglu(const T* a, const T* b, T* h, Index n) {
+  for (Index i = 0; i < n; ++i) h[i] = a[i] / (T(1) + std::exp(-a[i])) * b[i];
+}
+
+template <typename T>
+void swiglu_backward(const T* a, const T* b, const T* dh, T* da, T* db, Index n) {
+  for (Index i = 0; i < n; ++i) {
+    const T sig = T(1) / (T(1) + std::exp(-a[i]));
+    const T silu = a[i] * sig;
+    db[i] = dh[i] * silu;
+    da[i] = dh[i] * b[i] * sig * (T(1) + a[i] * (T(1) - sig));
+  }
+}
+
+template <typename T>
+void rope_rotate(T* x, const T* cos, const T* sin, Index half, T sign = T(1)) {
+  for (Index j = 0; j < half; ++j) {
+    const T x1 = x[j], x2 = x[j + half], s = sign * sin[j];
+    x[j] = x1 * cos[j] - x2 * s;
+    x[j + half] = x2 * cos[j] + x1 * s;
+  }
 }
 
 }  // namespace reference
@@ -296,6 +347,106 @@ void multiply(const T* x, const T* m, T* y, Index n) {
   const Index vec_end = n - n % W;
   for (Index i = 0; i < vec_end; i += W) (B::load_unaligned(x + i) * B::load_unaligned(m + i)).store_unaligned(y + i);
   for (Index i = vec_end; i < n; ++i) y[i] = x[i] * m[i];
+}
+
+template <typename T, typename Arch = xsimd::default_arch>
+T rms_norm_forward(const T* x, const T* gamma, T* y, T* xhat, Index n, T eps) {
+  using B = detail::Batch<T, Arch>;
+  constexpr Index W = detail::lanes<T, Arch>();
+  const Index vec_end = n - n % W;
+  B acc(T(0));
+  for (Index i = 0; i < vec_end; i += W) {
+    const B v = B::load_unaligned(x + i);
+    acc = xsimd::fma(v, v, acc);
+  }
+  T sq = xsimd::hadd(acc);
+  for (Index i = vec_end; i < n; ++i) sq += x[i] * x[i];
+  const T rstd = T(1) / std::sqrt(sq / static_cast<T>(n) + eps);
+  const B vr(rstd);
+  for (Index i = 0; i < vec_end; i += W) {
+    const B h = B::load_unaligned(x + i) * vr;
+    h.store_unaligned(xhat + i);
+    (h * B::load_unaligned(gamma + i)).store_unaligned(y + i);
+  }
+  for (Index i = vec_end; i < n; ++i) {
+    xhat[i] = x[i] * rstd;
+    y[i] = xhat[i] * gamma[i];
+  }
+  return rstd;
+}
+
+template <typename T, typename Arch = xsimd::default_arch>
+void rms_norm_backward(const T* xhat, const T* gamma, const T* dy, T rstd, T* dx, Index n) {
+  using B = detail::Batch<T, Arch>;
+  constexpr Index W = detail::lanes<T, Arch>();
+  const Index vec_end = n - n % W;
+  B acc(T(0));
+  for (Index i = 0; i < vec_end; i += W) {
+    acc = xsimd::fma(B::load_unaligned(dy + i) * B::load_unaligned(gamma + i), B::load_unaligned(xhat + i), acc);
+  }
+  T mean_gx = xsimd::hadd(acc);
+  for (Index i = vec_end; i < n; ++i) mean_gx += dy[i] * gamma[i] * xhat[i];
+  mean_gx /= static_cast<T>(n);
+  const B vm(mean_gx), vr(rstd);
+  for (Index i = 0; i < vec_end; i += W) {
+    const B g = B::load_unaligned(dy + i) * B::load_unaligned(gamma + i);
+    (vr * (g - B::load_unaligned(xhat + i) * vm)).store_unaligned(dx + i);
+  }
+  for (Index i = vec_end; i < n; ++i) dx[i] = rstd * (dy[i] * gamma[i] - xhat[i] * mean_gx);
+}
+
+template <typename T, typename Arch = xsimd::default_arch>
+void swiglu(const T* a, const T* b, T* h, Index n) {
+  using B = detail::Batch<T, Arch>;
+  constexpr Index W = detail::lanes<T, Arch>();
+  const Index vec_end = n - n % W;
+  const B one(T(1));
+  for (Index i = 0; i < vec_end; i += W) {
+    const B va = B::load_unaligned(a + i);
+    (va / (one + xsimd::exp(-va)) * B::load_unaligned(b + i)).store_unaligned(h + i);
+  }
+  for (Index i = vec_end; i < n; ++i) h[i] = a[i] / (T(1) + std::exp(-a[i])) * b[i];
+}
+
+template <typename T, typename Arch = xsimd::default_arch>
+void swiglu_backward(const T* a, const T* b, const T* dh, T* da, T* db, Index n) {
+  using B = detail::Batch<T, Arch>;
+  constexpr Index W = detail::lanes<T, Arch>();
+  const Index vec_end = n - n % W;
+  const B one(T(1));
+  for (Index i = 0; i < vec_end; i += W) {
+    const B va = B::load_unaligned(a + i);
+    const B vdh = B::load_unaligned(dh + i);
+    const B sig = one / (one + xsimd::exp(-va));
+    const B silu = va * sig;
+    const B vb = B::load_unaligned(b + i);
+    (vdh * silu).store_unaligned(db + i);
+    (vdh * vb * sig * xsimd::fma(va, one - sig, one)).store_unaligned(da + i);
+  }
+  for (Index i = vec_end; i < n; ++i) {
+    const T sig = T(1) / (T(1) + std::exp(-a[i]));
+    db[i] = dh[i] * a[i] * sig;
+    da[i] = dh[i] * b[i] * sig * (T(1) + a[i] * (T(1) - sig));
+  }
+}
+
+template <typename T, typename Arch = xsimd::default_arch>
+void rope_rotate(T* x, const T* cos, const T* sin, Index half, T sign = T(1)) {
+  using B = detail::Batch<T, Arch>;
+  constexpr Index W = detail::lanes<T, Arch>();
+  const Index vec_end = half - half % W;
+  const B vs(sign);
+  for (Index j = 0; j < vec_end; j += W) {
+    const B x1 = B::load_unaligned(x + j), x2 = B::load_unaligned(x + j + half);
+    const B c = B::load_unaligned(cos + j), s = B::load_unaligned(sin + j) * vs;
+    xsimd::fms(x1, c, x2 * s).store_unaligned(x + j);
+    xsimd::fma(x1, s, x2 * c).store_unaligned(x + j + half);
+  }
+  for (Index j = vec_end; j < half; ++j) {
+    const T x1 = x[j], x2 = x[j + half], s = sign * sin[j];
+    x[j] = x1 * cos[j] - x2 * s;
+    x[j + half] = x2 * cos[j] + x1 * s;
+  }
 }
 
 /// Inverted-dropout mask: 0 with probability p, 1 / (1 - p) otherwise (so E[mask] = 1).

@@ -10,11 +10,18 @@
 // Queries and keys/values may come from different inputs: SASRec's original block queries with
 // the normalised input and attends over the raw one.
 //
+// Options for LLaMA-style attention (AttentionOptions): no biases; rotary position embedding
+// applied to Q and K after the projections (nn/rope.hpp); grouped-query attention (Ainslie et
+// al., 2023) with num_kv_heads dividing num_heads: K and V have num_kv_heads heads of the same
+// size, query head h reads key/value head h / (num_heads / num_kv_heads); num_kv_heads =
+// num_heads is ordinary multi-head attention.
+//
 // Sequences are packed (see SequenceLayout): a token attends to itself and the earlier tokens
 // of its own sequence only. This is exactly a padded batch with a key-padding mask, a query
 // mask and a causal mask, without computing the padded rows at all.
 //
-// Parameters "<name>.query|key|value[.output].{weight,bias}". Sequences are processed in
+// Parameters "<name>.query|key|value[.output].{weight,bias}" (weights [dim, dim], key and value
+// [num_kv_heads * head_dim, dim]; no biases with bias = false). Sequences are processed in
 // parallel (OpenMP); dropout masks come from a generator derived per sequence, so results do
 // not depend on the thread count.
 #pragma once
@@ -23,6 +30,7 @@
 #include "distillrec/backend/parallel.hpp"
 #include "distillrec/core/workspace.hpp"
 #include "distillrec/nn/linear.hpp"
+#include "distillrec/nn/rope.hpp"
 #include "distillrec/nn/run_mode.hpp"
 #include "distillrec/nn/sequence_layout.hpp"
 
@@ -32,6 +40,14 @@
 #include <vector>
 
 namespace distillrec::nn {
+
+struct AttentionOptions {
+  Index num_kv_heads = 0;       // 0: num_heads (no grouping)
+  bool bias = true;             // biases on the projections (SASRec: yes, LLaMA: no)
+  bool rope = false;            // rotary position embedding on Q and K
+  double rope_theta = 10000.0;
+  Index max_positions = 512;    // size of the rotary table (longest sequence)
+};
 
 template <typename T>
 class MultiHeadAttention {
@@ -49,19 +65,17 @@ class MultiHeadAttention {
   };
 
   MultiHeadAttention(Parameters<T>& params, const std::string& name, Index dim, Index num_heads,
-                     double attention_dropout, bool output_projection)
-      : query_(params, name + ".query", dim, dim), key_(params, name + ".key", dim, dim),
-        value_(params, name + ".value", dim, dim), dim_(dim), heads_(num_heads),
+                     double attention_dropout, bool output_projection, const AttentionOptions& options = {})
+      : query_(params, name + ".query", dim, dim, options.bias),
+        key_(params, name + ".key", dim, checked_kv_dim(dim, num_heads, options.num_kv_heads), options.bias),
+        value_(params, name + ".value", dim, kv_dim(dim, num_heads, options.num_kv_heads), options.bias), dim_(dim),
+        heads_(num_heads), kv_heads_(options.num_kv_heads > 0 ? options.num_kv_heads : num_heads),
         dropout_(attention_dropout) {
-    if (num_heads <= 0 || dim % num_heads != 0) {
-      throw ConfigError(detail::concat("attention: hidden size ", dim,
-                                       " must be a positive multiple of the number of heads (",
-                                       num_heads, ")"));
-    }
+    if (options.rope) rope_.emplace(dim / num_heads, options.max_positions, options.rope_theta);
     if (!(attention_dropout >= 0.0 && attention_dropout < 1.0)) {
       throw ConfigError(detail::concat("attention dropout must be in [0, 1), got ", attention_dropout));
     }
-    if (output_projection) output_.emplace(params, name + ".output", dim, dim);
+    if (output_projection) output_.emplace(params, name + ".output", dim, dim, options.bias);
   }
 
   void initialize(Rng& rng) {
@@ -74,6 +88,8 @@ class MultiHeadAttention {
   Index dim() const { return dim_; }
   Index num_heads() const { return heads_; }
   Index head_dim() const { return dim_ / heads_; }
+  Index num_kv_heads() const { return kv_heads_; }
+  bool has_rope() const { return rope_.has_value(); }
   bool has_output_projection() const { return output_.has_value(); }
 
   void forward(const ConstMatrixRef<T>& xq, const ConstMatrixRef<T>& xkv, const SequenceLayout& layout,
@@ -82,12 +98,17 @@ class MultiHeadAttention {
     require_shape(xq, n, dim_, "attention query input");
     require_shape(xkv, n, dim_, "attention key/value input");
     require_shape(y, n, dim_, "attention output");
+    const Index kvd = kv_heads_ * head_dim();
     auto q = ws.query.resize(n, dim_);
-    auto k = ws.key.resize(n, dim_);
-    auto v = ws.value.resize(n, dim_);
+    auto k = ws.key.resize(n, kvd);
+    auto v = ws.value.resize(n, kvd);
     query_.forward(xq, q);
     key_.forward(xkv, k);
     value_.forward(xkv, v);
+    if (rope_) {
+      rope_->rotate(q, layout);
+      rope_->rotate(k, layout);
+    }
 
     const Index num_seq = layout.num_sequences();
     ws.prob_offsets.resize(static_cast<std::size_t>(num_seq) + 1);
@@ -105,6 +126,7 @@ class MultiHeadAttention {
     auto ctx = ws.context.resize(n, dim_);
     const T scale = T(1) / std::sqrt(static_cast<T>(head_dim()));
     const Index dh = head_dim();
+    const Index group = heads_ / kv_heads_;
 
 #pragma omp parallel for schedule(dynamic, 4) if (num_seq > 1 && n > 64 && !parallel::in_parallel())
     for (Index s = 0; s < num_seq; ++s) {
@@ -114,9 +136,10 @@ class MultiHeadAttention {
       for (Index h = 0; h < heads_; ++h) {
         T* p_data = ws.probs.data() + ws.prob_offsets[static_cast<std::size_t>(s)] + h * len * len;
         MatrixMap<T> p(p_data, len, len);
+        const Index g = h / group;
         const auto qh = q.block(b, h * dh, len, dh);
-        const auto kh = k.block(b, h * dh, len, dh);
-        const auto vh = v.block(b, h * dh, len, dh);
+        const auto kh = k.block(b, g * dh, len, dh);
+        const auto vh = v.block(b, g * dh, len, dh);
         p.noalias() = qh * kh.transpose();
         for (Index i = 0; i < len; ++i) {
           backend::kernels::softmax<T>(p.row(i).data(), i + 1, scale);
@@ -152,15 +175,21 @@ class MultiHeadAttention {
     require_shape(xq_last, num_seq, dim_, "attention last-token query input");
     require_shape(xkv, n, dim_, "attention key/value input");
     require_shape(y_last, num_seq, dim_, "attention last-token output");
+    const Index kvd = kv_heads_ * head_dim();
     auto q = ws.query.resize(num_seq, dim_);
-    auto k = ws.key.resize(n, dim_);
-    auto v = ws.value.resize(n, dim_);
+    auto k = ws.key.resize(n, kvd);
+    auto v = ws.value.resize(n, kvd);
     query_.forward(xq_last, q);
     key_.forward(xkv, k);
     value_.forward(xkv, v);
+    if (rope_) {
+      for (Index s = 0; s < num_seq; ++s) rope_->rotate_row(q, s, layout.length(s) - 1);
+      rope_->rotate(k, layout);
+    }
     auto ctx = ws.context.resize(num_seq, dim_);
     const T scale = T(1) / std::sqrt(static_cast<T>(head_dim()));
     const Index dh = head_dim();
+    const Index group = heads_ / kv_heads_;
 #pragma omp parallel if (num_seq > 8 && n > 256 && !parallel::in_parallel())
     {
       std::vector<T> scores;
@@ -170,9 +199,10 @@ class MultiHeadAttention {
         scores.resize(static_cast<std::size_t>(len));
         Eigen::Map<RowVector<T>> p(scores.data(), len);
         for (Index h = 0; h < heads_; ++h) {
-          p.noalias() = q.row(s).segment(h * dh, dh) * k.block(b, h * dh, len, dh).transpose();
+          const Index g = h / group;
+          p.noalias() = q.row(s).segment(h * dh, dh) * k.block(b, g * dh, len, dh).transpose();
           backend::kernels::softmax<T>(p.data(), len, scale);
-          ctx.row(s).segment(h * dh, dh).noalias() = p * v.block(b, h * dh, len, dh);
+          ctx.row(s).segment(h * dh, dh).noalias() = p * v.block(b, g * dh, len, dh);
         }
       }
     }
@@ -201,11 +231,13 @@ class MultiHeadAttention {
     const auto q = ws.query.map();
     const auto k = ws.key.map();
     const auto v = ws.value.map();
+    const Index kvd = kv_heads_ * head_dim();
     auto dq = ws.grad_query.resize(n, dim_);
-    auto dk = ws.grad_key.resize(n, dim_);
-    auto dv = ws.grad_value.resize(n, dim_);
+    auto dk = ws.grad_key.resize(n, kvd);
+    auto dv = ws.grad_value.resize(n, kvd);
     const T scale = T(1) / std::sqrt(static_cast<T>(head_dim()));
     const Index dh = head_dim();
+    const Index group = heads_ / kv_heads_;
     const Index num_seq = layout.num_sequences();
 
 #pragma omp parallel for schedule(dynamic, 4) if (num_seq > 1 && n > 64 && !parallel::in_parallel())
@@ -214,21 +246,24 @@ class MultiHeadAttention {
       std::vector<T> buffer(static_cast<std::size_t>(2 * len * len));
       MatrixMap<T> pd(buffer.data(), len, len);                 // dropped probabilities
       MatrixMap<T> dp(buffer.data() + len * len, len, len);     // gradient w.r.t. probabilities
+      dk.middleRows(b, len).setZero();  // key/value heads shared by a group add up
+      dv.middleRows(b, len).setZero();
       for (Index h = 0; h < heads_; ++h) {
+        const Index g = h / group;
         const T* p_data = ws.probs.data() + ws.prob_offsets[static_cast<std::size_t>(s)] + h * len * len;
         ConstMatrixMap<T> p(p_data, len, len);
         const auto qh = q.block(b, h * dh, len, dh);
-        const auto kh = k.block(b, h * dh, len, dh);
-        const auto vh = v.block(b, h * dh, len, dh);
+        const auto kh = k.block(b, g * dh, len, dh);
+        const auto vh = v.block(b, g * dh, len, dh);
         const auto dctx_h = dctx.block(b, h * dh, len, dh);
         const T* m_data = ws.dropout_active
                               ? ws.mask.data() + ws.prob_offsets[static_cast<std::size_t>(s)] + h * len * len
                               : nullptr;
         if (m_data != nullptr) {
           pd = p.cwiseProduct(ConstMatrixMap<T>(m_data, len, len));
-          dv.block(b, h * dh, len, dh).noalias() = pd.transpose() * dctx_h;
+          dv.block(b, g * dh, len, dh).noalias() += pd.transpose() * dctx_h;
         } else {
-          dv.block(b, h * dh, len, dh).noalias() = p.transpose() * dctx_h;
+          dv.block(b, g * dh, len, dh).noalias() += p.transpose() * dctx_h;
         }
         dp.noalias() = dctx_h * vh.transpose();
         if (m_data != nullptr) dp = dp.cwiseProduct(ConstMatrixMap<T>(m_data, len, len));
@@ -238,8 +273,12 @@ class MultiHeadAttention {
           dp.row(i).tail(len - i - 1).setZero();
         }
         dq.block(b, h * dh, len, dh).noalias() = dp * kh;
-        dk.block(b, h * dh, len, dh).noalias() = dp.transpose() * qh;
+        dk.block(b, g * dh, len, dh).noalias() += dp.transpose() * qh;
       }
+    }
+    if (rope_) {  // back from the rotated Q and K to the projections
+      rope_->rotate(dq, layout, /*inverse=*/true);
+      rope_->rotate(dk, layout, /*inverse=*/true);
     }
     query_.accumulate_grad(xq, dq);
     key_.accumulate_grad(xkv, dk);
@@ -250,9 +289,25 @@ class MultiHeadAttention {
   }
 
  private:
+  static Index kv_dim(Index dim, Index num_heads, Index num_kv_heads) {
+    return (num_kv_heads > 0 ? num_kv_heads : num_heads) * (num_heads > 0 ? dim / num_heads : 0);
+  }
+  static Index checked_kv_dim(Index dim, Index num_heads, Index num_kv_heads) {
+    if (num_heads <= 0 || dim % num_heads != 0) {
+      throw ConfigError(detail::concat("attention: hidden size ", dim,
+                                       " must be a positive multiple of the number of heads (", num_heads, ")"));
+    }
+    if (num_kv_heads < 0 || (num_kv_heads > 0 && num_heads % num_kv_heads != 0)) {
+      throw ConfigError(detail::concat("attention: the number of key/value heads (", num_kv_heads,
+                                       ") must divide the number of heads (", num_heads, ")"));
+    }
+    return kv_dim(dim, num_heads, num_kv_heads);
+  }
+
   Linear<T> query_, key_, value_;
   std::optional<Linear<T>> output_;
-  Index dim_, heads_;
+  std::optional<RotaryEmbedding<T>> rope_;
+  Index dim_, heads_, kv_heads_;
   double dropout_;
 };
 

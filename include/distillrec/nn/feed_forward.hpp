@@ -6,6 +6,11 @@
 // act is a policy: ReLU (SASRec) or GELU (BERT4Rec, HLLM's ID baselines).
 // Parameters "<name>.fc1.{weight,bias}" [hidden, dim] and "<name>.fc2.{weight,bias}" [dim, hidden].
 //
+// SwiGLU (Shazeer, 2020; LLaMA) is the gated variant of LLaMA's MLP, without biases:
+//   y = Dropout(W_down (silu(W_gate x) * W_up x))
+// Parameters "<name>.gate.weight" [hidden, dim], "<name>.up.weight" [hidden, dim],
+// "<name>.down.weight" [dim, hidden] (HF LLaMA's gate_proj, up_proj, down_proj).
+//
 // backward() runs both phases of its sub-layers: it propagates the gradient to x and adds the
 // parameter gradients.
 #pragma once
@@ -103,6 +108,68 @@ class PointwiseFeedForward {
 
  private:
   Linear<T> fc1_, fc2_;
+  Dropout<T> dropout_;
+};
+
+template <typename T>
+class SwiGLU {
+ public:
+  using Scalar = T;
+
+  struct Workspace {
+    ScratchMatrix<T> gate, up;          // W_gate x, W_up x           [n, hidden]
+    ScratchMatrix<T> hidden;            // silu(gate) * up            [n, hidden]
+    ScratchMatrix<T> grad_gate, grad_up, grad_hidden;
+    ScratchMatrix<T> grad_out;          //                            [n, dim]
+    typename Dropout<T>::Workspace dropout_out;
+  };
+
+  SwiGLU(Parameters<T>& params, const std::string& name, Index dim, Index hidden_dim, double dropout = 0.0)
+      : gate_(params, name + ".gate", dim, hidden_dim, false), up_(params, name + ".up", dim, hidden_dim, false),
+        down_(params, name + ".down", hidden_dim, dim, false), dropout_(dropout) {}
+
+  void initialize(Rng& rng) {
+    gate_.initialize(rng);
+    up_.initialize(rng);
+    down_.initialize(rng);
+  }
+
+  Index dim() const { return gate_.in_features(); }
+  Index hidden_dim() const { return gate_.out_features(); }
+
+  void forward(const ConstMatrixRef<T>& x, MatrixRef<T> y, Workspace& ws, const RunMode& mode) const {
+    const Index n = x.rows(), f = hidden_dim();
+    auto gate = ws.gate.resize(n, f);
+    auto up = ws.up.resize(n, f);
+    auto hidden = ws.hidden.resize(n, f);
+    gate_.forward(x, gate);
+    up_.forward(x, up);
+    backend::kernels::swiglu<T>(gate.data(), up.data(), hidden.data(), n * f);
+    down_.forward(hidden, y);
+    dropout_.forward(y, y, ws.dropout_out, mode);
+  }
+
+  /// dx = beta * dx + d(FFN)/dx^T dy; adds the parameter gradients.
+  void backward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& dy, MatrixRef<T> dx, Workspace& ws,
+                T beta = T(0)) {
+    const Index n = x.rows(), f = hidden_dim();
+    auto grad_out = ws.grad_out.resize(n, dim());
+    dropout_.backward(dy, grad_out, ws.dropout_out);
+    down_.accumulate_grad(ws.hidden.map(), grad_out);
+    auto grad_hidden = ws.grad_hidden.resize(n, f);
+    down_.backward(grad_out, grad_hidden);
+    auto grad_gate = ws.grad_gate.resize(n, f);
+    auto grad_up = ws.grad_up.resize(n, f);
+    backend::kernels::swiglu_backward<T>(ws.gate.data(), ws.up.data(), grad_hidden.data(), grad_gate.data(),
+                                         grad_up.data(), n * f);
+    gate_.accumulate_grad(x, grad_gate);
+    up_.accumulate_grad(x, grad_up);
+    gate_.backward(grad_gate, dx, beta);
+    up_.backward(grad_up, dx, T(1));
+  }
+
+ private:
+  Linear<T> gate_, up_, down_;
   Dropout<T> dropout_;
 };
 

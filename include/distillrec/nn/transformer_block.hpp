@@ -11,6 +11,10 @@
 //   PostNorm (Vaswani et al., 2017; BERT):
 //       h = LN_a(x + Attn(x));  y = LN_f(h + FFN(h))
 //
+// The policies compose SASRec's block (LayerNorm, PointwiseFeedForward<Relu>, MultiHeadAttention
+// with biases, SASRecNorm) and LLaMA's (RMSNorm, SwiGLU, MultiHeadAttention without biases, with
+// rotary positions and optionally grouped-query attention, PreNorm): see models/llm_rec.hpp.
+//
 // x, y [n, dim] over packed sequences (SequenceLayout). Parameters:
 // "<name>.attention_norm.*", "<name>.attention.*", "<name>.ffn_norm.*", "<name>.ffn.*".
 // backward() propagates dy to dx and adds every parameter gradient of the block.
@@ -20,6 +24,7 @@
 #include "distillrec/nn/attention.hpp"
 #include "distillrec/nn/feed_forward.hpp"
 #include "distillrec/nn/layer_norm.hpp"
+#include "distillrec/nn/rms_norm.hpp"
 #include "distillrec/nn/run_mode.hpp"
 #include "distillrec/nn/sequence_layout.hpp"
 
@@ -46,6 +51,7 @@ struct TransformerBlockConfig {
   double attention_dropout = 0.0;  // on the attention probabilities
   bool attention_output_projection = false;
   double norm_eps = 1e-8;
+  AttentionOptions attention;  // biases, rotary positions, grouped-query heads
 };
 
 template <typename T, typename Placement = SASRecNorm, typename Norm = LayerNorm<T>,
@@ -71,7 +77,7 @@ class TransformerBlock {
   TransformerBlock(Parameters<T>& params, const std::string& name, const TransformerBlockConfig& config)
       : attention_norm_(params, name + ".attention_norm", config.dim, config.norm_eps),
         attention_(params, name + ".attention", config.dim, config.num_heads, config.attention_dropout,
-                   config.attention_output_projection),
+                   config.attention_output_projection, config.attention),
         ffn_norm_(params, name + ".ffn_norm", config.dim, config.norm_eps),
         ffn_(params, name + ".ffn", config.dim, config.ffn_dim, config.dropout),
         dim_(config.dim) {}

@@ -75,7 +75,7 @@ void for_each_encoded_block(const Model& model, const data::LeaveOneOutSplit& sp
       const Index begin = bi * block, end = std::min(num_users, begin + block);
       histories.clear();
       for (Index i = begin; i < end; ++i) histories.push_back(evaluation_history(split, users[static_cast<std::size_t>(i)], which));
-      user_vectors.resize(end - begin, model.hidden_size());
+      user_vectors.resize(end - begin, model.item_table().cols());
       model.encode(histories, user_vectors, ws);
       body(begin, end, histories, user_vectors, scores);
     });

@@ -35,7 +35,8 @@ template <typename T>
 struct SampledBinaryCrossEntropy {
   Reduction reduction = Reduction::kMean;
 
-  /// Returns the loss; overwrites grad_h [n, d], adds into grad_table [(N+1), d].
+  /// Returns the loss; overwrites grad_h [n, d], adds into grad_table [(N+1), d] (skipped when
+  /// grad_table has no rows: a frozen table).
   T operator()(const ConstMatrixRef<T>& h, const ConstMatrixRef<T>& table, const std::vector<ItemId>& positives,
                const std::vector<ItemId>& negatives, Index num_negatives, MatrixRef<T> grad_h,
                MatrixRef<T> grad_table) const {
@@ -50,7 +51,7 @@ struct SampledBinaryCrossEntropy {
                                                   n * num_negatives, ")"));
     }
     require_shape(grad_h, n, d, "binary cross-entropy user-vector gradient");
-    require_shape(grad_table, table.rows(), d, "binary cross-entropy item-table gradient");
+    if (grad_table.rows() > 0) require_shape(grad_table, table.rows(), d, "binary cross-entropy item-table gradient");
     auto check_id = [&](ItemId id, const char* what) {
       if (id < 1 || id > num_items) {
         throw ShapeError(distillrec::detail::concat("binary cross-entropy: ", what, " item ", id, " is outside 1..", num_items));
@@ -82,7 +83,7 @@ struct SampledBinaryCrossEntropy {
       for (Index j = 0; j < k; ++j) gh += g[1 + j] * table.row(negatives[static_cast<std::size_t>(i * k + j)]);
     }
     // Scatter into the table gradient in a fixed order (deterministic).
-    for (Index i = 0; i < n; ++i) {
+    for (Index i = 0; i < n && grad_table.rows() > 0; ++i) {
       const T* g = score_grads.data() + i * (1 + k);
       grad_table.row(positives[static_cast<std::size_t>(i)]) += g[0] * h.row(i);
       for (Index j = 0; j < k; ++j) grad_table.row(negatives[static_cast<std::size_t>(i * k + j)]) += g[1 + j] * h.row(i);

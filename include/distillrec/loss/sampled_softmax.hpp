@@ -99,7 +99,8 @@ class SampledSoftmaxCrossEntropy {
   T temperature = T(1);
   bool remove_accidental_hits = true;
 
-  /// Returns the loss; overwrites grad_h [n, d], adds into grad_table [(N+1), d].
+  /// Returns the loss; overwrites grad_h [n, d], adds into grad_table [(N+1), d] (skipped when
+  /// grad_table has no rows: a frozen table).
   T operator()(const ConstMatrixRef<T>& h, const ConstMatrixRef<T>& table, const std::vector<ItemId>& positives,
                const std::vector<T>& log_q_positives, const std::vector<ItemId>& negatives,
                const std::vector<T>& log_q_negatives, MatrixRef<T> grad_h, MatrixRef<T> grad_table,
@@ -115,7 +116,8 @@ class SampledSoftmaxCrossEntropy {
     }
     if (!(temperature > T(0))) throw ConfigError("sampled softmax: temperature must be positive");
     require_shape(grad_h, n, d, "sampled softmax user-vector gradient");
-    require_shape(grad_table, table.rows(), d, "sampled softmax item-table gradient");
+    const bool table_grad = grad_table.rows() > 0;
+    if (table_grad) require_shape(grad_table, table.rows(), d, "sampled softmax item-table gradient");
     for (ItemId id : positives) {
       if (id < 1 || id > num_items) throw ShapeError(distillrec::detail::concat("sampled softmax: positive item ", id, " is outside 1..", num_items));
     }
@@ -147,8 +149,9 @@ class SampledSoftmaxCrossEntropy {
     for (Index i = 0; i < n; ++i) {
       const ItemId p = positives[static_cast<std::size_t>(i)];
       grad_h.row(i) += logits(i, 0) * table.row(p);
-      grad_table.row(p) += logits(i, 0) * h.row(i);
+      if (table_grad) grad_table.row(p) += logits(i, 0) * h.row(i);
     }
+    if (!table_grad) return value;
     auto neg_grads = ws.negative_grads.resize(m, d);
     backend::gemm(backend::Trans::kYes, backend::Trans::kNo, T(1), logits.rightCols(m), h, T(0), neg_grads);
     for (Index j = 0; j < m; ++j) grad_table.row(negatives[static_cast<std::size_t>(j)]) += neg_grads.row(j);

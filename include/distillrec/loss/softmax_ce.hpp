@@ -84,7 +84,8 @@ class CatalogueSoftmaxCrossEntropy {
   Index block_rows = 256;
 
   /// h [n, d] user vectors, table [(N+1), d] (row 0 = padding), targets [n] in 1..N (0 = ignore
-  /// the row). Overwrites grad_h [n, d]; adds into grad_table [(N+1), d] (row 0 untouched).
+  /// the row). Overwrites grad_h [n, d]; adds into grad_table [(N+1), d] (row 0 untouched), or
+  /// skips the table gradient when grad_table has no rows (a frozen table).
   T operator()(const ConstMatrixRef<T>& h, const ConstMatrixRef<T>& table, const std::vector<ItemId>& targets,
                MatrixRef<T> grad_h, MatrixRef<T> grad_table, Workspace& ws) const {
     const Index n = h.rows(), d = h.cols(), num_items = table.rows() - 1;
@@ -95,7 +96,8 @@ class CatalogueSoftmaxCrossEntropy {
       throw ShapeError(distillrec::detail::concat("catalogue softmax: ", n, " user vectors but ", targets.size(), " targets"));
     }
     require_shape(grad_h, n, d, "catalogue softmax user-vector gradient");
-    require_shape(grad_table, table.rows(), d, "catalogue softmax item-table gradient");
+    const bool table_grad = grad_table.rows() > 0;
+    if (table_grad) require_shape(grad_table, table.rows(), d, "catalogue softmax item-table gradient");
     Index count = 0;
     for (Index i = 0; i < n; ++i) {
       const ItemId t = targets[static_cast<std::size_t>(i)];
@@ -106,7 +108,7 @@ class CatalogueSoftmaxCrossEntropy {
     }
     const Index divisor = reduction == Reduction::kMean ? std::max<Index>(count, 1) : 1;
     const auto items = table.bottomRows(num_items);
-    auto item_grads = grad_table.bottomRows(num_items);
+
     SoftmaxCrossEntropyWithLogits<T> ce;
     double total = 0.0;
     for (Index start = 0; start < n; start += block_rows) {
@@ -119,7 +121,10 @@ class CatalogueSoftmaxCrossEntropy {
       }
       total += static_cast<double>(ce(logits, ws.block_targets, logits, divisor)) * static_cast<double>(divisor);
       backend::gemm(backend::Trans::kNo, backend::Trans::kNo, T(1), logits, items, T(0), grad_h.middleRows(start, rows));
-      backend::gemm(backend::Trans::kYes, backend::Trans::kNo, T(1), logits, h.middleRows(start, rows), T(1), item_grads);
+      if (table_grad) {
+        backend::gemm(backend::Trans::kYes, backend::Trans::kNo, T(1), logits, h.middleRows(start, rows), T(1),
+                      grad_table.bottomRows(num_items));
+      }
     }
     return static_cast<T>(total / static_cast<double>(divisor));
   }

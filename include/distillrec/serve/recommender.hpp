@@ -98,7 +98,7 @@ class Recommender {
 
   void encode(Slot& slot) const {
     const Index rows = static_cast<Index>(slot.histories.size());
-    slot.user_vectors.resize(rows, model_->hidden_size());
+    slot.user_vectors.resize(rows, model_->item_table().cols());
     slot.scores.resize(rows, model_->num_items());
     model_->encode(slot.histories, slot.user_vectors, slot.workspace);
     score_items<T>(slot.user_vectors, model_->item_table(), slot.scores);

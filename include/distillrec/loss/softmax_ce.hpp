@@ -82,6 +82,7 @@ class CatalogueSoftmaxCrossEntropy {
 
   Reduction reduction = Reduction::kMean;
   Index block_rows = 256;
+  T weight = T(1);  // scales both gradients (a weighted term of a larger loss); the value returned is unweighted
 
   /// h [n, d] user vectors, table [(N+1), d] (row 0 = padding), targets [n] in 1..N (0 = ignore
   /// the row). Overwrites grad_h [n, d]; adds into grad_table [(N+1), d] (row 0 untouched), or
@@ -120,6 +121,7 @@ class CatalogueSoftmaxCrossEntropy {
         ws.block_targets[static_cast<std::size_t>(i)] = static_cast<Index>(targets[static_cast<std::size_t>(start + i)]) - 1;
       }
       total += static_cast<double>(ce(logits, ws.block_targets, logits, divisor)) * static_cast<double>(divisor);
+      if (weight != T(1)) logits *= weight;
       backend::gemm(backend::Trans::kNo, backend::Trans::kNo, T(1), logits, items, T(0), grad_h.middleRows(start, rows));
       if (table_grad) {
         backend::gemm(backend::Trans::kYes, backend::Trans::kNo, T(1), logits, h.middleRows(start, rows), T(1),

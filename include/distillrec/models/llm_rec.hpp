@@ -433,6 +433,7 @@ class LLMRec {
   /// Item lookup, input adapter, dropout and the blocks over ws.items / ws.layout.
   void run_blocks(Workspace& ws, const nn::RunMode& mode, bool last_block_only_last_tokens) const {
     const Index n = ws.layout.num_tokens(), h = hidden_size(), L = config_.num_layers;
+    std::fill(ws.has_extra_grad.begin(), ws.has_extra_grad.end(), 0);  // a new pass invalidates them
     ws.hidden.resize(static_cast<std::size_t>(L) + 1);
     ws.blocks.resize(static_cast<std::size_t>(L));
     auto items = ws.item_inputs.resize(n, config_.item_dim);

@@ -8,6 +8,10 @@
 // the end; training stops early after `patience` validations without improvement. The test
 // split is never looked at here.
 //
+// An auxiliary loss (set_auxiliary_loss; e.g. distillation) runs after the objective at every
+// step: it returns its part of the loss and leaves its gradients where the model's backward
+// picks them up (LLMRec::hidden_state_grad) or directly in the parameter gradients.
+//
 // Progress goes to `log` (per epoch: loss, seconds, steps/s, validation metrics, ETA; with
 // log_every_steps > 0 also within an epoch). A non-finite loss stops training with an Error
 // naming the epoch and step.
@@ -149,6 +153,10 @@ class Trainer {
     total_steps_ = config_.epochs * batcher_->batches_per_epoch();
   }
 
+  /// Extra loss terms computed after the objective at every step (see the header comment).
+  using AuxiliaryLoss = std::function<T(Model&, typename Model::Workspace&, const data::TrainingBatch&)>;
+  void set_auxiliary_loss(AuxiliaryLoss loss) { auxiliary_ = std::move(loss); }
+
   /// Called after every epoch (after validation, if any); return false to stop training.
   void on_epoch_end(std::function<bool(const EpochRecord&)> callback) { callback_ = std::move(callback); }
 
@@ -222,8 +230,9 @@ class Trainer {
       params.zero_grad();
       const auto hidden = model_.forward_train(batch_, rng_, workspace_);
       auto grad_hidden = grad_hidden_.resize(hidden.rows(), hidden.cols());
-      const T loss = objective_.compute(hidden, model_.item_table(), workspace_.targets, workspace_.negatives,
-                                        workspace_.num_negatives, grad_hidden, model_.item_table_grad(), rng_);
+      T loss = objective_.compute(hidden, model_.item_table(), workspace_.targets, workspace_.negatives,
+                                  workspace_.num_negatives, grad_hidden, model_.item_table_grad(), rng_);
+      if (auxiliary_) loss += auxiliary_(model_, workspace_, batch_);
       if (!std::isfinite(static_cast<double>(loss))) {
         throw Error(detail::concat("training diverged: loss is ", loss, " at epoch ", epoch, ", step ", steps + 1,
                                    " (lower the learning rate, or enable gradient clipping)"));
@@ -277,6 +286,7 @@ class Trainer {
   long global_step_ = 0;
   Index total_steps_ = 0;
   std::function<bool(const EpochRecord&)> callback_;
+  AuxiliaryLoss auxiliary_;
 };
 
 }  // namespace distillrec::train

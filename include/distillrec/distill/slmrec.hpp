@@ -1,0 +1,299 @@
+// distillrec/distill/slmrec.hpp
+//
+// SLMRec distillation (Xu et al., ICLR 2025; methods.md §1.7): a shallow LLMRec student learns
+// from a deep, frozen LLMRec teacher through block-wise hidden-state alignment and extra
+// supervision of its intermediate layers:
+//
+//   L = L_ce + λ_cos D_cos + λ_norm D_norm + λ_ms L_ms                  defaults 1.0, 0.1, 1.0
+//   D_cos  = Σ_{i=1..B} (1 - mean_b cos(s_i[b], t_i[b]))                loss/alignment.hpp
+//   D_norm = Σ_{i=1..B} mean_b |s_i[b] - t_i[b]|_2                      un-squared as in the
+//                                                                       reference (flag: squared,
+//                                                                       the paper's formula)
+//   L_ms   = Σ_{i=1..B-1} CE(W_a^(i) s_i · E^T, y)                      the student's supervision
+//                                                                       heads, full softmax
+// s_i, t_i: student and teacher hidden states at the i-th pair of the layer map
+// (distill/layer_map.hpp), at the newest position of each training window (the reference) or,
+// with AlignPositions::kAll, at every position. L_ce is the trainer's next-item objective
+// (full-softmax cross-entropy over the catalogue, at every position). Each term can be switched
+// off for ablations. Teacher states come from TeacherSignals (distill/teacher.hpp), computed
+// once, never differentiated.
+//
+// Use: build SLMRecDistillation (it checks the signals against the data and the student) and
+// hand it to train::Trainer::set_auxiliary_loss; the trainer calls it after the objective at
+// every step, it returns its part of the loss and leaves its gradients at the student's hidden
+// states (LLMRec::hidden_state_grad), its heads and its item table.
+//
+// Differences from the reference, on purpose: a failing term raises instead of silently falling
+// back to L_ce; the softmax excludes the padding row; the layer counts must divide.
+#pragma once
+
+#include "distillrec/core/error.hpp"
+#include "distillrec/data/batcher.hpp"
+#include "distillrec/data/split.hpp"
+#include "distillrec/distill/layer_map.hpp"
+#include "distillrec/distill/teacher.hpp"
+#include "distillrec/loss/alignment.hpp"
+#include "distillrec/loss/softmax_ce.hpp"
+#include "distillrec/models/llm_rec.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace distillrec::distill {
+
+struct SLMRecConfig {
+  Index blocks = 4;            // B
+  double lambda_cos = 1.0;
+  double lambda_norm = 0.1;
+  double lambda_ms = 1.0;
+  bool use_cos = true;         // switches for ablations
+  bool use_norm = true;
+  bool use_ms = true;
+  bool squared_norm = false;   // D_norm as |s - t|^2 (the paper) instead of |s - t| (the code)
+  AlignPositions positions = AlignPositions::kLast;
+
+  void validate() const {
+    if (blocks <= 0) throw ConfigError(detail::concat("SLMRec: blocks must be positive, got ", blocks));
+    for (double l : {lambda_cos, lambda_norm, lambda_ms}) {
+      if (!(l >= 0.0) || !std::isfinite(l)) throw ConfigError(detail::concat("SLMRec: the λ weights must be finite and >= 0, got ", l));
+    }
+  }
+
+  nlohmann::json to_json() const {
+    return nlohmann::json{{"blocks", blocks},         {"lambda_cos", lambda_cos}, {"lambda_norm", lambda_norm},
+                          {"lambda_ms", lambda_ms},   {"use_cos", use_cos},       {"use_norm", use_norm},
+                          {"use_ms", use_ms},         {"squared_norm", squared_norm},
+                          {"positions", to_string(positions)}};
+  }
+};
+
+/// Mean value of each term over the steps since the last call of take_terms().
+struct SLMRecTerms {
+  double cos = 0.0, norm = 0.0, ms = 0.0;  // D_cos, D_norm, L_ms (unweighted)
+  Index steps = 0;
+};
+
+/// Copies the teacher's item table, adapters, first N blocks and final norm into a student of
+/// the same widths (SLMRec's students start from the teacher's first layers). Supervision heads
+/// stay as they are. ShapeError if a shape differs.
+template <typename T>
+void init_student_from_teacher(const models::LLMRec<T>& teacher, models::LLMRec<T>& student) {
+  if (student.num_layers() > teacher.num_layers()) {
+    throw ConfigError(detail::concat("student initialisation: the student has ", student.num_layers(), " layers, the teacher only ",
+                                     teacher.num_layers()));
+  }
+  const auto& tp = teacher.parameters();
+  auto& sp = student.parameters();
+  for (const auto& info : sp.infos()) {
+    if (info.name.rfind("supervision_heads.", 0) == 0) continue;
+    const Index id = tp.find(info.name);
+    if (id < 0) throw ShapeError("student initialisation: the teacher has no parameter \"" + info.name + "\"");
+    const auto& ti = tp.info(id);
+    if (ti.rows != info.rows || ti.cols != info.cols) {
+      throw ShapeError(detail::concat("student initialisation: \"", info.name, "\" is [", ti.rows, ", ", ti.cols, "] in the teacher and [",
+                                      info.rows, ", ", info.cols, "] in the student"));
+    }
+    sp.value(sp.find(info.name)) = tp.value(id);
+  }
+}
+
+template <typename T>
+class SLMRecDistillation {
+ public:
+  using Student = models::LLMRec<T>;
+
+  /// Checks everything before training: the signals' layers against the map, their hidden size
+  /// against the student's, the student's depth and supervision heads, and every training
+  /// user's example (present, same window length and newest item). example_ids[u] names dense
+  /// user u as in the signals (the log's raw user ids); item_raw_ids (dense item -> raw id)
+  /// enables the newest-item check when the signals carry last_items.
+  SLMRecDistillation(const SLMRecConfig& config, const LayerMap& map, const TeacherSignals<T>& signals,
+                     const data::LeaveOneOutSplit& split, const std::vector<std::int64_t>& example_ids, const Student& student,
+                     const std::vector<std::int64_t>* item_raw_ids = nullptr)
+      : config_(config), map_(map), signals_(&signals) {
+    config_.validate();
+    const std::string& src = signals.source();
+    if (map.blocks != config.blocks) {
+      throw ConfigError(detail::concat("SLMRec: the layer map has ", map.blocks, " blocks, the configuration ", config.blocks));
+    }
+    if (student.num_layers() != map.student_layers) {
+      throw ConfigError(detail::concat("SLMRec: the student has ", student.num_layers(), " layers, the layer map expects ",
+                                       map.student_layers));
+    }
+    if (signals.layers() != map.teacher_indices()) {
+      throw ConfigError(detail::concat(src, ": teacher signals hold layers ", nlohmann::json(signals.layers()).dump(),
+                                       " but the layer map aligns teacher layers ", nlohmann::json(map.teacher_indices()).dump()));
+    }
+    if (signals.hidden_size() != student.hidden_size()) {
+      throw ShapeError(detail::concat(src, ": teacher hidden size ", signals.hidden_size(), " differs from the student's ",
+                                      student.hidden_size(), " (feature alignment compares states of equal width)"));
+    }
+    if (signals.positions() != config.positions) {
+      throw ConfigError(src + ": teacher signals were taken at \"" + to_string(signals.positions()) +
+                        "\" positions, the distillation aligns \"" + to_string(config.positions) + "\" positions");
+    }
+    if (config.use_ms && student.config().supervision_layers != map.supervision_layers) {
+      throw ConfigError(detail::concat("SLMRec: multi-supervision needs the student configured with supervision_layers ",
+                                       nlohmann::json(map.supervision_layers).dump(), ", it has ",
+                                       nlohmann::json(student.config().supervision_layers).dump()));
+    }
+    if (static_cast<Index>(example_ids.size()) != split.num_users()) {
+      throw ShapeError(detail::concat("SLMRec: ", example_ids.size(), " example ids for ", split.num_users(), " users"));
+    }
+    // Every training user has exactly its window in the signals, and the signals nothing else.
+    const Index max_length = student.config().max_length;
+    signal_of_user_.assign(static_cast<std::size_t>(split.num_users()), -1);
+    Index used = 0;
+    for (Index u = 0; u < split.num_users(); ++u) {
+      const Sequence window = training_window(split.train[static_cast<std::size_t>(u)], max_length);
+      if (window.empty()) continue;
+      const std::int64_t id = example_ids[static_cast<std::size_t>(u)];
+      const Index e = signals.find(id);
+      if (e < 0) {
+        throw FormatError(detail::concat(src, ": no teacher states for example id ", id,
+                                         " (a training user of the data); the signals' example ids do not match the data"));
+      }
+      const Index expected = config.positions == AlignPositions::kLast ? 1 : static_cast<Index>(window.size());
+      if (signals.length(e) != expected) {
+        throw FormatError(detail::concat(src, ": example id ", id, " has ", signals.length(e), " positions, its window in the data has ",
+                                         expected, " (were the signals written for another max_length or split?)"));
+      }
+      const std::int64_t last = signals.last_items()[static_cast<std::size_t>(e)];
+      if (item_raw_ids != nullptr && last >= 0 && item_raw_ids->at(static_cast<std::size_t>(window.back())) != last) {
+        throw FormatError(detail::concat(src, ": example id ", id, ": the newest window item is ", last, " in the signals but ",
+                                         item_raw_ids->at(static_cast<std::size_t>(window.back())),
+                                         " in the data (rows belong to other windows)"));
+      }
+      signal_of_user_[static_cast<std::size_t>(u)] = e;
+      ++used;
+    }
+    if (used != signals.num_examples()) {
+      throw FormatError(detail::concat(src, ": ", signals.num_examples() - used, " of the ", signals.num_examples(),
+                                       " examples are not training users of the data; the signals' example ids do not match"));
+    }
+  }
+
+  const SLMRecConfig& config() const { return config_; }
+  const LayerMap& layer_map() const { return map_; }
+
+  /// The distillation part of the loss for the batch of the student's last forward_train call;
+  /// leaves its gradients at the student's hidden states, heads and item table.
+  T operator()(Student& student, typename Student::Workspace& ws, const data::TrainingBatch& batch) {
+    gather_rows(ws, batch);
+    const Index rows = static_cast<Index>(token_rows_.size());
+    const Index h = student.hidden_size();
+    double cos_total = 0.0, norm_total = 0.0, ms_total = 0.0;
+    for (std::size_t i = 0; i < map_.pairs.size(); ++i) {
+      const Index k = map_.pairs[i].student;
+      if (!config_.use_cos && !config_.use_norm) break;
+      const auto hidden = student.hidden_state(ws, k);
+      auto s = s_.resize(rows, h);
+      auto t = t_.resize(rows, h);
+      for (Index r = 0; r < rows; ++r) {
+        s.row(r) = hidden.row(token_rows_[static_cast<std::size_t>(r)]);
+        t.row(r) = signals_->states(signal_rows_[static_cast<std::size_t>(r)].first)
+                       .row(signal_rows_[static_cast<std::size_t>(r)].second)
+                       .segment(static_cast<Index>(i) * h, h);
+      }
+      auto g = g_.resize(rows, h);
+      auto total = gsum_.zeros(rows, h);
+      if (config_.use_cos) {
+        cos_total += static_cast<double>(cosine_(s, t, g));
+        total += static_cast<T>(config_.lambda_cos) * g;
+      }
+      if (config_.use_norm) {
+        distance_.squared = config_.squared_norm;
+        norm_total += static_cast<double>(distance_(s, t, g));
+        total += static_cast<T>(config_.lambda_norm) * g;
+      }
+      scatter(student.hidden_state_grad(ws, k), total);
+    }
+    if (config_.use_ms) {
+      targets_.resize(static_cast<std::size_t>(rows));
+      for (Index r = 0; r < rows; ++r) targets_[static_cast<std::size_t>(r)] = ws.targets[static_cast<std::size_t>(token_rows_[static_cast<std::size_t>(r)])];
+      ce_.weight = static_cast<T>(config_.lambda_ms);
+      for (Index j = 0; j < student.num_supervision_heads(); ++j) {
+        const Index k = map_.supervision_layers[static_cast<std::size_t>(j)];
+        const auto hidden = student.hidden_state(ws, k);
+        auto s = s_.resize(rows, h);
+        for (Index r = 0; r < rows; ++r) s.row(r) = hidden.row(token_rows_[static_cast<std::size_t>(r)]);
+        auto& head = student.supervision_head(j);
+        auto u = u_.resize(rows, student.item_dim());
+        head.forward(s, u);
+        auto gu = gu_.resize(rows, student.item_dim());
+        ms_total += static_cast<double>(ce_(u, student.item_table(), targets_, gu, student.item_table_grad(), ce_ws_));
+        head.accumulate_grad(s, gu);  // gu already carries λ_ms
+        auto gs = g_.resize(rows, h);
+        head.backward(gu, gs);
+        scatter(student.hidden_state_grad(ws, k), gs);
+      }
+    }
+    terms_.cos += cos_total;
+    terms_.norm += norm_total;
+    terms_.ms += ms_total;
+    ++terms_.steps;
+    return static_cast<T>(config_.lambda_cos * cos_total + config_.lambda_norm * norm_total + config_.lambda_ms * ms_total);
+  }
+
+  /// Mean unweighted terms since the last call (for progress output), then resets.
+  SLMRecTerms take_terms() {
+    SLMRecTerms out = terms_;
+    if (out.steps > 0) {
+      out.cos /= static_cast<double>(out.steps);
+      out.norm /= static_cast<double>(out.steps);
+      out.ms /= static_cast<double>(out.steps);
+    }
+    terms_ = SLMRecTerms{};
+    return out;
+  }
+
+ private:
+  void gather_rows(const typename Student::Workspace& ws, const data::TrainingBatch& batch) {
+    token_rows_.clear();
+    signal_rows_.clear();
+    const auto& layout = ws.layout;
+    for (Index s = 0; s < layout.num_sequences(); ++s) {
+      const Index row = ws.sequence_rows[static_cast<std::size_t>(s)];
+      const Index user = batch.users.at(static_cast<std::size_t>(row));
+      const Index e = user >= 0 && user < static_cast<Index>(signal_of_user_.size()) ? signal_of_user_[static_cast<std::size_t>(user)] : -1;
+      if (e < 0) throw ShapeError(detail::concat("SLMRec: batch user ", user, " has no teacher states"));
+      if (config_.positions == AlignPositions::kLast) {
+        token_rows_.push_back(layout.last(s));
+        signal_rows_.emplace_back(e, 0);
+      } else {
+        if (signals_->length(e) != layout.length(s)) {
+          throw ShapeError(detail::concat("SLMRec: batch user ", user, " has a window of ", layout.length(s), " items, its teacher states ",
+                                          signals_->length(e)));
+        }
+        for (Index t = layout.begin(s); t < layout.end(s); ++t) {
+          token_rows_.push_back(t);
+          signal_rows_.emplace_back(e, t - layout.begin(s));
+        }
+      }
+    }
+  }
+
+  void scatter(MatrixMap<T> grad, const ConstMatrixRef<T>& rows_grad) const {
+    for (Index r = 0; r < rows_grad.rows(); ++r) grad.row(token_rows_[static_cast<std::size_t>(r)]) += rows_grad.row(r);
+  }
+
+  SLMRecConfig config_;
+  LayerMap map_;
+  const TeacherSignals<T>* signals_;
+  std::vector<Index> signal_of_user_;
+  std::vector<Index> token_rows_;
+  std::vector<std::pair<Index, Index>> signal_rows_;
+  std::vector<ItemId> targets_;
+  ScratchMatrix<T> s_, t_, g_, gsum_, u_, gu_;
+  loss::CosineAlignment<T> cosine_;
+  loss::FeatureDistance<T> distance_;
+  loss::CatalogueSoftmaxCrossEntropy<T> ce_;
+  typename loss::CatalogueSoftmaxCrossEntropy<T>::Workspace ce_ws_;
+  SLMRecTerms terms_;
+};
+
+}  // namespace distillrec::distill

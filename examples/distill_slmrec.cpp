@@ -51,6 +51,7 @@ struct RunResult {
   Index layers = 0;
   Index block_parameters = 0;
   Index parameters = 0;
+  Index trainable_parameters = 0;
   double seconds_per_epoch = 0.0;
   double encode_ms = 0.0;   // one user's vector, 1 thread, median
   double top10_ms = 0.0;    // one user's top-10 over the catalogue, 1 thread, median
@@ -64,6 +65,7 @@ struct RunResult {
                      {"layers", layers},
                      {"block_parameters", block_parameters},
                      {"parameters", parameters},
+                     {"trainable_parameters", trainable_parameters},
                      {"seconds_per_epoch", seconds_per_epoch},
                      {"encode_ms_per_user", encode_ms},
                      {"top10_ms_per_user", top10_ms},
@@ -133,7 +135,7 @@ std::string fmt(const Stats& s, const char* f) {
 int main(int argc, char** argv) {
   CLI::App app{"SLMRec distillation: a shallow LLaMA-style student learns from a deep teacher (Xu et al., ICLR 2025)."};
   std::string data_path, format = "auto", json_path, item_table = "teacher", init = "scratch", positions = "last";
-  std::string signals_path, save_signals_path, checkpoint_dir;
+  std::string signals_path, save_signals_path, checkpoint_dir, teacher_checkpoint;
   data::SyntheticConfig synthetic;
   models::LLMRecConfig base;
   base.item_dim = 64;
@@ -183,6 +185,7 @@ int main(int argc, char** argv) {
   app.add_flag("--ablation", ablation, "Also train distilled students without D_cos, without D_norm and without L_ms");
   app.add_option("--ablation-seeds", ablation_seeds, "Run the ablation for the first k seeds only (default: all)");
   app.add_option("--teacher-signals", signals_path, "Read the teacher's hidden states from this safetensors file instead of training a teacher");
+  app.add_option("--teacher-checkpoint", teacher_checkpoint, "Use this trained LLMRec teacher (a distillrec checkpoint) instead of training one");
   app.add_option("--save-signals", save_signals_path, "Write the in-process teacher's states here (first seed)");
   app.add_option("--epochs", training.epochs, "Maximum epochs per model");
   app.add_option("--patience", training.patience, "Validations without improvement before stopping");
@@ -242,6 +245,31 @@ int main(int argc, char** argv) {
       training.seed = seed;
       std::printf("\n=== seed %lu ===\n", static_cast<unsigned long>(seed));
 
+      // Test metrics, sizes and latency of a trained model; adds the run to the results.
+      auto report = [&](Model& model, const std::string& name, double seconds_per_epoch, Index best_epoch, RunResult& run) {
+        run.name = name;
+        run.seed = static_cast<Index>(seed);
+        run.layers = model.num_layers();
+        run.block_parameters = model.num_block_parameters();
+        run.parameters = model.parameters().num_scalars();
+        run.trainable_parameters = model.parameters().num_trainable_scalars();
+        run.seconds_per_epoch = seconds_per_epoch;
+        run.best_epoch = best_epoch;
+        run.test = eval::evaluate_full_ranking(model, split, eval::EvalSplit::kTest);
+        std::tie(run.encode_ms, run.top10_ms) = measure_latency(model, latency_histories, threads);
+        std::printf("%s: test [%s] HR@10 %.4f NDCG@10 %.4f MRR %.4f; best epoch %ld; %.2f s/epoch; %.3f ms/user (vector), %.3f ms/user (top-10)\n",
+                    name.c_str(), run.test.protocol.c_str(), run.test.value("HR@10"), run.test.value("NDCG@10"), run.test.value("MRR"),
+                    static_cast<long>(run.best_epoch), run.seconds_per_epoch, run.encode_ms, run.top10_ms);
+        if (!checkpoint_dir.empty()) {
+          std::filesystem::create_directories(checkpoint_dir);
+          std::string file = name;
+          std::replace(file.begin(), file.end(), ' ', '_');
+          io::save_checkpoint(model, (std::filesystem::path(checkpoint_dir) / (file + "_seed" + std::to_string(seed) + ".safetensors")).string());
+        }
+        std::fflush(stdout);
+        runs.push_back(run);
+      };
+
       // Trains a model, keeps the best validation epoch, times it; `aux` adds distillation.
       auto fit = [&](Model& model, const std::string& name, distill::SLMRecDistillation<float>* aux) {
         std::printf("\n--- %s: %ld layers, %ld parameters (%ld in blocks, %ld trainable) ---\n", name.c_str(),
@@ -260,26 +288,7 @@ int main(int argc, char** argv) {
           });
         }
         const auto summary = trainer.fit();
-        run.name = name;
-        run.seed = static_cast<Index>(seed);
-        run.layers = model.num_layers();
-        run.block_parameters = model.num_block_parameters();
-        run.parameters = model.parameters().num_scalars();
-        run.seconds_per_epoch = summary.median_epoch_seconds();
-        run.best_epoch = summary.best_epoch;
-        run.test = eval::evaluate_full_ranking(model, split, eval::EvalSplit::kTest);
-        std::tie(run.encode_ms, run.top10_ms) = measure_latency(model, latency_histories, threads);
-        std::printf("%s: test [%s] HR@10 %.4f NDCG@10 %.4f MRR %.4f; best epoch %ld; %.2f s/epoch; %.3f ms/user (vector), %.3f ms/user (top-10)\n",
-                    name.c_str(), run.test.protocol.c_str(), run.test.value("HR@10"), run.test.value("NDCG@10"), run.test.value("MRR"),
-                    static_cast<long>(run.best_epoch), run.seconds_per_epoch, run.encode_ms, run.top10_ms);
-        if (!checkpoint_dir.empty()) {
-          std::filesystem::create_directories(checkpoint_dir);
-          std::string file = name;
-          std::replace(file.begin(), file.end(), ' ', '_');
-          io::save_checkpoint(model, (std::filesystem::path(checkpoint_dir) / (file + "_seed" + std::to_string(seed) + ".safetensors")).string());
-        }
-        std::fflush(stdout);
-        runs.push_back(run);
+        report(model, name, summary.median_epoch_seconds(), summary.best_epoch, run);
       };
 
       // The shared item table, if any.
@@ -304,13 +313,27 @@ int main(int argc, char** argv) {
       std::optional<Model> teacher;
       const distill::TeacherSignals<float>* signals = nullptr;
       std::optional<distill::TeacherSignals<float>> computed;
-      if (!from_file) {
-        teacher.emplace(teacher_config);
-        Rng rng(seed);
-        teacher->initialize(rng);
-        if (table) teacher->set_item_table(*table);
-        fit(*teacher, "teacher", nullptr);
+      if (!from_file && !teacher_checkpoint.empty()) {
+        teacher.emplace(io::load_checkpoint<Model>(teacher_checkpoint));
+        if (teacher->num_layers() != teacher_layers || teacher->num_items() != split.num_items) {
+          throw ConfigError(detail::concat(teacher_checkpoint, ": the teacher has ", teacher->num_layers(), " layers and ",
+                                           teacher->num_items(), " items; expected ", teacher_layers, " layers (--teacher-layers) and the data's ",
+                                           split.num_items, " items"));
+        }
+        std::printf("teacher: %s (not trained here)\n", teacher_checkpoint.c_str());
+        RunResult run;
+        report(*teacher, "teacher", std::nan(""), 0, run);
         if (item_table == "teacher") table = Matrix<float>(teacher->item_table());
+      }
+      if (!from_file) {
+        if (!teacher) {
+          teacher.emplace(teacher_config);
+          Rng rng(seed);
+          teacher->initialize(rng);
+          if (table) teacher->set_item_table(*table);
+          fit(*teacher, "teacher", nullptr);
+          if (item_table == "teacher") table = Matrix<float>(teacher->item_table());
+        }
         const auto start = std::chrono::steady_clock::now();
         computed = distill::compute_teacher_signals(*teacher, map.teacher_indices(), split, log.user_raw_ids, slm.positions, &log.item_raw_ids);
         std::printf("teacher signals: %ld examples, %.1f MiB, %.1f s\n", static_cast<long>(computed->num_examples()),

@@ -41,6 +41,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace distillrec::distill {
@@ -106,7 +107,7 @@ class SLMRecDistillation {
  public:
   using Student = models::LLMRec<T>;
 
-  /// Checks everything before training: the signals' layers against the map, their hidden size
+  /// Keeps a reference to `signals`, which must outlive it. Checks everything before training: the signals' layers against the map, their hidden size
   /// against the student's, the student's depth and supervision heads, and every training
   /// user's example (present, same window length and newest item). example_ids[u] names dense
   /// user u as in the signals (the log's raw user ids); item_raw_ids (dense item -> raw id)

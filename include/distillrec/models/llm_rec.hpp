@@ -48,6 +48,7 @@
 #include "distillrec/nn/feed_forward.hpp"
 #include "distillrec/nn/linear.hpp"
 #include "distillrec/nn/rms_norm.hpp"
+#include "distillrec/models/packing.hpp"
 #include "distillrec/nn/sequence_layout.hpp"
 #include "distillrec/nn/transformer_block.hpp"
 
@@ -164,10 +165,8 @@ class LLMRec {
   using Block = nn::TransformerBlock<T, nn::PreNorm, nn::RMSNorm<T>, nn::SwiGLU<T>>;
 
   /// Per-call memory of a forward (and backward) pass. One per thread; reusable across calls.
-  struct Workspace {
-    nn::SequenceLayout layout;
-    std::vector<ItemId> items;              // packed input item per token
-    std::vector<Index> sequence_rows;       // batch row (training) or history index of each sequence
+  /// The packed tokens (layout, items, sequence rows, targets, negatives) come from PackedTokens.
+  struct Workspace : PackedTokens {
     std::vector<ScratchMatrix<T>> hidden;   // hidden[0] = H_0, hidden[k] = output of block k
     ScratchMatrix<T> item_inputs;           // E[items]                  [tokens, d_item]
     ScratchMatrix<T> normed;                // F = RMSNorm(H_L)          [tokens, hidden]
@@ -178,10 +177,6 @@ class LLMRec {
     typename nn::Dropout<T>::Workspace input_dropout;
     typename nn::RMSNorm<T>::Workspace final_norm;
     std::vector<typename Block::Workspace> blocks;
-    // Training targets aligned with the packed tokens.
-    std::vector<ItemId> targets;
-    std::vector<ItemId> negatives;
-    Index num_negatives = 0;
   };
 
   explicit LLMRec(const LLMRecConfig& config) : config_(config), params_(std::make_unique<Parameters<T>>()) {
@@ -280,7 +275,7 @@ class LLMRec {
   /// distinct workspaces.
   void encode(const std::vector<Sequence>& histories, MatrixRef<T> out, Workspace& ws) const {
     require_shape(out, static_cast<Index>(histories.size()), config_.item_dim, "LLMRec::encode output");
-    pack_histories(histories, ws);
+    pack_histories(histories, packing_rules(), ws);
     run_blocks(ws, nn::RunMode::inference(), /*last_block_only_last_tokens=*/true);
     const Index b = ws.layout.num_sequences();
     auto normed = ws.normed.resize(b, hidden_size());
@@ -291,7 +286,7 @@ class LLMRec {
   /// Inference over every token of the histories, keeping all hidden states: afterwards
   /// hidden_state(ws, k) holds them, packed by ws.layout (a teacher's signals).
   void forward_hidden_states(const std::vector<Sequence>& histories, Workspace& ws) const {
-    pack_histories(histories, ws);
+    pack_histories(histories, packing_rules(), ws);
     forward_packed(ws, nn::RunMode::inference());
   }
 
@@ -308,7 +303,7 @@ class LLMRec {
   /// per non-padding position, packed; ws.targets hold the next items, ws.sequence_rows the batch
   /// row of every packed sequence.
   ConstMatrixMap<T> forward_train(const data::TrainingBatch& batch, Rng& rng, Workspace& ws) const {
-    pack_batch(batch, ws);
+    pack_batch(batch, packing_rules(), ws);
     return forward_packed(ws, nn::RunMode::train(rng));
   }
 
@@ -375,59 +370,8 @@ class LLMRec {
     }
   }
 
-  void check_item(ItemId item, Index row) const {
-    if (item < 1 || item > config_.num_items) {
-      throw ShapeError(detail::concat("LLMRec: item id ", item, " in sequence ", row, " is outside 1..", config_.num_items));
-    }
-  }
-
-  void pack_histories(const std::vector<Sequence>& histories, Workspace& ws) const {
-    ws.layout.clear();
-    ws.items.clear();
-    ws.sequence_rows.clear();
-    const Index max_len = config_.max_length;
-    for (std::size_t s = 0; s < histories.size(); ++s) {
-      const Sequence& h = histories[s];
-      if (h.empty()) {
-        throw ShapeError(detail::concat("LLMRec: history ", s, " is empty; a user vector needs at least one item"));
-      }
-      const Index len = std::min<Index>(static_cast<Index>(h.size()), max_len);
-      for (Index j = 0; j < len; ++j) {
-        const ItemId item = h[h.size() - static_cast<std::size_t>(len) + static_cast<std::size_t>(j)];
-        check_item(item, static_cast<Index>(s));
-        ws.items.push_back(item);
-      }
-      ws.layout.add(len);
-      ws.sequence_rows.push_back(static_cast<Index>(s));
-    }
-  }
-
-  void pack_batch(const data::TrainingBatch& batch, Workspace& ws) const {
-    const Index rows = batch.inputs.rows(), width = batch.inputs.cols();
-    if (width > config_.max_length) {
-      throw ShapeError(detail::concat("LLMRec: batch windows have ", width, " columns but max_length is ", config_.max_length));
-    }
-    const Index k = batch.negatives.cols() / std::max<Index>(width, 1);
-    ws.layout.clear();
-    ws.items.clear();
-    ws.sequence_rows.clear();
-    ws.targets.clear();
-    ws.negatives.clear();
-    ws.num_negatives = k;
-    for (Index r = 0; r < rows; ++r) {
-      Index first = 0;
-      while (first < width && batch.inputs(r, first) == kPaddingId) ++first;
-      if (first == width) continue;  // an empty row contributes nothing
-      for (Index j = first; j < width; ++j) {
-        const ItemId item = batch.inputs(r, j);
-        check_item(item, r);
-        ws.items.push_back(item);
-        ws.targets.push_back(batch.targets(r, j));
-        for (Index m = 0; m < k; ++m) ws.negatives.push_back(batch.negatives(r, j * k + m));
-      }
-      ws.layout.add(width - first);
-      ws.sequence_rows.push_back(r);
-    }
+  PackingRules packing_rules() const {
+    return PackingRules{"LLMRec", config_.num_items, config_.max_length, false};
   }
 
   /// Item lookup, input adapter, dropout and the blocks over ws.items / ws.layout.

@@ -34,6 +34,7 @@
 #include "distillrec/nn/dropout.hpp"
 #include "distillrec/nn/embedding.hpp"
 #include "distillrec/nn/layer_norm.hpp"
+#include "distillrec/models/packing.hpp"
 #include "distillrec/nn/sequence_layout.hpp"
 #include "distillrec/nn/transformer_block.hpp"
 
@@ -167,20 +168,14 @@ class SASRec {
                    StackWorkspace<nn::PreNorm, nn::Gelu>, StackWorkspace<nn::PostNorm, nn::Gelu>>;
 
   /// Per-call memory of a forward (and backward) pass. One per thread; reusable across calls.
-  struct Workspace {
-    nn::SequenceLayout layout;
-    std::vector<ItemId> items;      // packed input item per token
-    std::vector<ItemId> positions;  // packed position per token
+  /// The packed tokens (layout, items, positions, targets, negatives) come from PackedTokens.
+  struct Workspace : PackedTokens {
     std::vector<ScratchMatrix<T>> hidden;  // hidden[b] = input of block b; hidden[B] = last block's output
     ScratchMatrix<T> output;        // final norm output F                    [tokens, d]
     ScratchMatrix<T> grad_a, grad_b;
     typename nn::Dropout<T>::Workspace embedding_dropout;
     typename nn::LayerNorm<T>::Workspace final_norm;
     BlockWorkspaces blocks;
-    // Training targets aligned with the packed tokens.
-    std::vector<ItemId> targets;
-    std::vector<ItemId> negatives;  // [tokens, num_negatives]
-    Index num_negatives = 0;
   };
 
   explicit SASRec(const SASRecConfig& config) : config_(config), params_(std::make_unique<Parameters<T>>()) {
@@ -249,7 +244,7 @@ class SASRec {
   /// Thread-safe for distinct workspaces (weights are only read).
   void encode(const std::vector<Sequence>& histories, MatrixRef<T> out, Workspace& ws) const {
     require_shape(out, static_cast<Index>(histories.size()), hidden_size(), "SASRec::encode output");
-    pack_histories(histories, ws);
+    pack_histories(histories, packing_rules(), ws);
     // All blocks but the last over every token; the last block and the final norm only at the
     // newest token of each history (the only rows a user vector needs).
     forward_packed(ws, nn::RunMode::inference(), /*last_block_only_last_tokens=*/true);
@@ -262,7 +257,7 @@ class SASRec {
   /// row per non-padding position, packed; ws.targets / ws.negatives hold the matching positive
   /// and negative items.
   ConstMatrixMap<T> forward_train(const data::TrainingBatch& batch, Rng& rng, Workspace& ws) const {
-    pack_batch(batch, ws);
+    pack_batch(batch, packing_rules(), ws);
     return forward_packed(ws, nn::RunMode::train(rng));
   }
 
@@ -306,59 +301,8 @@ class SASRec {
     blocks_ = std::move(blocks);
   }
 
-  void check_item(ItemId item, Index row) const {
-    if (item < 1 || item > config_.num_items) {
-      throw ShapeError(detail::concat("SASRec: item id ", item, " in sequence ", row, " is outside 1..", config_.num_items));
-    }
-  }
-
-  void pack_histories(const std::vector<Sequence>& histories, Workspace& ws) const {
-    ws.layout.clear();
-    ws.items.clear();
-    ws.positions.clear();
-    const Index max_len = config_.max_length;
-    for (std::size_t s = 0; s < histories.size(); ++s) {
-      const Sequence& h = histories[s];
-      if (h.empty()) {
-        throw ShapeError(detail::concat("SASRec: history ", s, " is empty; a user vector needs at least one item"));
-      }
-      const Index len = std::min<Index>(static_cast<Index>(h.size()), max_len);
-      for (Index j = 0; j < len; ++j) {
-        const ItemId item = h[h.size() - static_cast<std::size_t>(len) + static_cast<std::size_t>(j)];
-        check_item(item, static_cast<Index>(s));
-        ws.items.push_back(item);
-        ws.positions.push_back(static_cast<ItemId>(max_len - len + j));
-      }
-      ws.layout.add(len);
-    }
-  }
-
-  void pack_batch(const data::TrainingBatch& batch, Workspace& ws) const {
-    const Index rows = batch.inputs.rows(), width = batch.inputs.cols();
-    if (width != config_.max_length) {
-      throw ShapeError(detail::concat("SASRec: batch windows have ", width, " columns but max_length is ", config_.max_length));
-    }
-    const Index k = batch.targets.size() == 0 ? 0 : batch.negatives.cols() / std::max<Index>(width, 1);
-    ws.layout.clear();
-    ws.items.clear();
-    ws.positions.clear();
-    ws.targets.clear();
-    ws.negatives.clear();
-    ws.num_negatives = k;
-    for (Index r = 0; r < rows; ++r) {
-      Index first = 0;
-      while (first < width && batch.inputs(r, first) == kPaddingId) ++first;
-      if (first == width) continue;  // an empty row contributes nothing
-      for (Index j = first; j < width; ++j) {
-        const ItemId item = batch.inputs(r, j);
-        check_item(item, r);
-        ws.items.push_back(item);
-        ws.positions.push_back(static_cast<ItemId>(j));
-        ws.targets.push_back(batch.targets(r, j));
-        for (Index n = 0; n < k; ++n) ws.negatives.push_back(batch.negatives(r, j * k + n));
-      }
-      ws.layout.add(width - first);
-    }
+  PackingRules packing_rules() const {
+    return PackingRules{"SASRec", config_.num_items, config_.max_length, true};
   }
 
   /// Embeddings, blocks and final norm over ws.items / ws.positions / ws.layout.

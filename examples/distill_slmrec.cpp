@@ -56,6 +56,7 @@ struct RunResult {
   double encode_ms = 0.0;   // one user's vector, 1 thread, median
   double top10_ms = 0.0;    // one user's top-10 over the catalogue, 1 thread, median
   Index best_epoch = 0;
+  double validation = 0.0;  // the selection metric on the validation split, at the best epoch
   eval::EvaluationResult test;
   std::optional<distill::SLMRecTerms> terms;  // last epoch, distilled students only
 
@@ -70,6 +71,7 @@ struct RunResult {
                      {"encode_ms_per_user", encode_ms},
                      {"top10_ms_per_user", top10_ms},
                      {"best_epoch", best_epoch},
+                     {"validation_selection_metric", validation},
                      {"test", test.to_json()}};
     if (terms) j["last_epoch_terms"] = {{"cos", terms->cos}, {"norm", terms->norm}, {"ms", terms->ms}};
     return j;
@@ -246,7 +248,8 @@ int main(int argc, char** argv) {
       std::printf("\n=== seed %lu ===\n", static_cast<unsigned long>(seed));
 
       // Test metrics, sizes and latency of a trained model; adds the run to the results.
-      auto report = [&](Model& model, const std::string& name, double seconds_per_epoch, Index best_epoch, RunResult& run) {
+      auto report = [&](Model& model, const std::string& name, double seconds_per_epoch, Index best_epoch,
+                        double validation, RunResult& run) {
         run.name = name;
         run.seed = static_cast<Index>(seed);
         run.layers = model.num_layers();
@@ -255,10 +258,11 @@ int main(int argc, char** argv) {
         run.trainable_parameters = model.parameters().num_trainable_scalars();
         run.seconds_per_epoch = seconds_per_epoch;
         run.best_epoch = best_epoch;
+        run.validation = validation;
         run.test = eval::evaluate_full_ranking(model, split, eval::EvalSplit::kTest);
         std::tie(run.encode_ms, run.top10_ms) = measure_latency(model, latency_histories, threads);
-        std::printf("%s: test [%s] HR@10 %.4f NDCG@10 %.4f MRR %.4f; best epoch %ld; %.2f s/epoch; %.3f ms/user (vector), %.3f ms/user (top-10)\n",
-                    name.c_str(), run.test.protocol.c_str(), run.test.value("HR@10"), run.test.value("NDCG@10"), run.test.value("MRR"),
+        std::printf("%s: valid %s %.4f; test [%s] HR@10 %.4f NDCG@10 %.4f MRR %.4f; best epoch %ld; %.2f s/epoch; %.3f ms/user (vector), %.3f ms/user (top-10)\n",
+                    name.c_str(), training.selection_metric.c_str(), run.validation, run.test.protocol.c_str(), run.test.value("HR@10"), run.test.value("NDCG@10"), run.test.value("MRR"),
                     static_cast<long>(run.best_epoch), run.seconds_per_epoch, run.encode_ms, run.top10_ms);
         if (!checkpoint_dir.empty()) {
           std::filesystem::create_directories(checkpoint_dir);
@@ -288,7 +292,7 @@ int main(int argc, char** argv) {
           });
         }
         const auto summary = trainer.fit();
-        report(model, name, summary.median_epoch_seconds(), summary.best_epoch, run);
+        report(model, name, summary.median_epoch_seconds(), summary.best_epoch, summary.best_score, run);
       };
 
       // The shared item table, if any.
@@ -322,7 +326,8 @@ int main(int argc, char** argv) {
         }
         std::printf("teacher: %s (not trained here)\n", teacher_checkpoint.c_str());
         RunResult run;
-        report(*teacher, "teacher", std::nan(""), 0, run);
+        const double valid = eval::evaluate_full_ranking(*teacher, split, eval::EvalSplit::kValid).value(training.selection_metric);
+        report(*teacher, "teacher", std::nan(""), 0, valid, run);
         if (item_table == "teacher") table = Matrix<float>(teacher->item_table());
       }
       if (!from_file) {

@@ -266,7 +266,7 @@ int main(int argc, char** argv) {
                     static_cast<long>(run.best_epoch), run.seconds_per_epoch, run.encode_ms, run.top10_ms);
         if (!checkpoint_dir.empty()) {
           std::filesystem::create_directories(checkpoint_dir);
-          std::string file = name;
+          std::string file = name.substr(std::min(name.find_first_not_of(' '), name.size()));  // ablation names are indented
           std::replace(file.begin(), file.end(), ' ', '_');
           io::save_checkpoint(model, (std::filesystem::path(checkpoint_dir) / (file + "_seed" + std::to_string(seed) + ".safetensors")).string());
         }

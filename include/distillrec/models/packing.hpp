@@ -22,7 +22,6 @@
 #include "distillrec/nn/sequence_layout.hpp"
 
 #include <algorithm>
-#include <string>
 #include <vector>
 
 namespace distillrec::models {
@@ -41,7 +40,7 @@ struct PackedTokens {
 
 /// What a model accepts.
 struct PackingRules {
-  std::string model;               // named in errors
+  const char* model = "";         // named in errors (a string literal: packing is on every call's path)
   ItemId num_items = 0;            // valid ids are 1..num_items
   Index max_length = 0;            // longest window
   bool full_width_batches = true;  // training windows must be exactly max_length wide

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Runs the C++ SASRec benchmark and the PyTorch reference on the same data, machine and thread
-count, one after the other, and prints quality side by side and speed as ratios.
+"""Runs the C++ benchmark and the PyTorch reference of SASRec or GRU4Rec on the same data, machine
+and thread count, one after the other, and prints quality side by side and speed as ratios.
 
     /usr/bin/python3 bench/compare_pytorch.py --data ../shared/data/amazon-games.txt --epochs 20
+    /usr/bin/python3 bench/compare_pytorch.py --model gru4rec --loss ce --data ../shared/data/amazon-games.txt
 
-The C++ side (build/bench/sasrec_bench) writes the sampled-100 candidates first; the reference
-loads them, so both are judged on the same candidates. Both train the same SASRec (same sizes,
-loss, optimiser, sampling) for the same number of epochs. Results are printed as a table (and as
+The C++ side (build/bench/model_bench) writes the sampled-100 candidates first; the reference
+(bench/pytorch/sasrec_reference.py or gru4rec_reference.py) loads them, so both are judged on the
+same candidates. Both train the same model (same sizes, loss, optimiser, sampling) for the same
+number of epochs. Results are printed as a table (and as
 Markdown with --markdown FILE); the raw JSON of both runs is kept in --out.
 Only the Python standard library is needed here; the reference itself needs Debian's
 python3-torch.
@@ -59,18 +61,27 @@ def torch_blas():
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=("sasrec", "gru4rec"), default="sasrec")
     p.add_argument("--data", required=True)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--loss", choices=("bce", "ce"), default="bce")
-    p.add_argument("--block-style", choices=("sasrec", "pre-ln", "post-ln"), default="sasrec")
+    p.add_argument("--block-style", choices=("sasrec", "pre-ln", "post-ln"), default="sasrec", help="SASRec only")
+    p.add_argument("--head", choices=("untied", "tied"), default="untied", help="GRU4Rec only")
+    p.add_argument("--hidden", type=int, help="hidden size (default: the model's, SASRec 50, GRU4Rec 64)")
+    p.add_argument("--beta2", type=float, help="Adam beta2, passed to both sides (default: each side's default for "
+                   "the model: 0.98 for SASRec; for GRU4Rec 0.999 is passed)")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--bench-binary", default=os.path.join("build", "bench", "sasrec_bench"))
-    p.add_argument("--reference", default=os.path.join(os.path.dirname(__file__), "pytorch", "sasrec_reference.py"))
+    p.add_argument("--bench-binary", default=os.path.join("build", "bench", "model_bench"))
+    p.add_argument("--reference", help="default: bench/pytorch/<model>_reference.py")
     p.add_argument("--out", default="bench-results", help="folder for logs, JSON and candidates")
     p.add_argument("--markdown", help="also write the table as Markdown here")
     p.add_argument("--reuse", action="store_true", help="re-render from the JSON files already in --out")
     args = p.parse_args()
+    if args.reference is None:
+        args.reference = os.path.join(os.path.dirname(__file__), "pytorch", f"{args.model}_reference.py")
+    if args.beta2 is None and args.model == "gru4rec":
+        args.beta2 = 0.999
 
     os.makedirs(args.out, exist_ok=True)
     cpp_json = os.path.join(args.out, "distillrec.json")
@@ -78,16 +89,25 @@ def main():
     candidates = os.path.join(args.out, "candidates")
     common = ["--data", args.data, "--epochs", str(args.epochs), "--threads", str(args.threads),
               "--seed", str(args.seed)]
+    if args.hidden is not None:
+        common += ["--hidden", str(args.hidden)]
+    if args.beta2 is not None:
+        common += ["--beta2", str(args.beta2)]
     if not args.reuse:
         if not os.path.exists(args.bench_binary):
-            sys.exit(f"{args.bench_binary} not found: build it with cmake --build build --target sasrec_bench")
+            sys.exit(f"{args.bench_binary} not found: build it with cmake --build build --target model_bench")
         objective = "softmax" if args.loss == "ce" else "bce"
-        run([args.bench_binary] + common + ["--objective", objective, "--block-style", args.block_style,
-                                            "--candidates-dir", candidates, "--json", cpp_json],
+        if args.model == "sasrec":
+            cpp_model = ["--block-style", args.block_style]
+            style = "original" if args.block_style == "sasrec" else args.block_style
+            ref_model = ["--block-style", style]
+        else:
+            cpp_model = ref_model = ["--head", args.head]
+        run([args.bench_binary, "--model", args.model] + common + cpp_model +
+            ["--objective", objective, "--candidates-dir", candidates, "--json", cpp_json],
             os.path.join(args.out, "distillrec.log"))
-        style = "original" if args.block_style == "sasrec" else args.block_style
-        run(["/usr/bin/python3", args.reference] + common +
-            ["--loss", args.loss, "--block-style", style,
+        run(["/usr/bin/python3", args.reference] + common + ref_model +
+            ["--loss", args.loss,
              "--candidates-valid", os.path.join(candidates, "valid.npy"),
              "--candidates-test", os.path.join(candidates, "test.npy"), "--json", torch_json],
             os.path.join(args.out, "pytorch.log"))
@@ -118,8 +138,12 @@ def main():
         ratio = b / a if better == "lower" else a / b
         rows.append((name, f"{a:.4g}", f"{b:.4g}", f"{ratio:.1f}x better"))
 
-    header = (f"SASRec on {os.path.basename(args.data)}, {args.epochs} epochs, loss {args.loss}, block {args.block_style}, "
-              f"{args.threads} threads, seed {args.seed}; CPU: {cpu_model()}; torch {torch_version} (BLAS {blas})")
+    variant = f"block {args.block_style}" if args.model == "sasrec" else f"head {args.head}"
+    machine = cpp.get("machine", {})
+    flags = " ".join(machine.get("cpu_flags", [])) or "?"
+    header = (f"{'SASRec' if args.model == 'sasrec' else 'GRU4Rec'} on {os.path.basename(args.data)}, {args.epochs} epochs, "
+              f"loss {args.loss}, {variant}, {args.threads} threads, seed {args.seed}; CPU: {cpu_model()} ({flags}; "
+              f"kernels compiled for {machine.get('kernels_compiled_for', '?')}); torch {torch_version} (BLAS {blas})")
     width = max(len(r[0]) for r in rows)
     print("\n" + header)
     print(f"{'':{width}}  {'distillrec':>12}  {'PyTorch':>12}  {'distillrec vs PyTorch':>22}")

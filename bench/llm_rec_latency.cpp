@@ -14,6 +14,8 @@
 #include "distillrec/models/llm_rec.hpp"
 #include "distillrec/serve/recommender.hpp"
 
+#include "bench_support.hpp"
+
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
@@ -44,6 +46,7 @@ int main(int argc, char** argv) {
   app.add_option("--repeats", repeats, "Timed passes over the users");
   app.add_option("checkpoints", checkpoints, "LLMRec checkpoints (the first is the reference of the ratios)")->required();
   CLI11_PARSE(app, argc, argv);
+  bench::print_machine();
   try {
     parallel::set_num_threads(1);
     const auto split = data::leave_one_out(data::read_log(data_path));

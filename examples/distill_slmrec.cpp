@@ -227,9 +227,9 @@ int main(int argc, char** argv) {
       latency_histories.push_back(split.test_history(u));
     }
 
-    std::optional<distill::TeacherSignals<float>> file_signals;
+    std::shared_ptr<const distill::TeacherSignals<float>> file_signals;
     if (from_file) {
-      file_signals = distill::load_teacher_signals<float>(signals_path);
+      file_signals = std::make_shared<const distill::TeacherSignals<float>>(distill::load_teacher_signals<float>(signals_path));
       std::printf("teacher signals: %s: %ld examples, layers %s, hidden %ld, positions %s\n", signals_path.c_str(),
                   static_cast<long>(file_signals->num_examples()), nlohmann::json(file_signals->layers()).dump().c_str(),
                   static_cast<long>(file_signals->hidden_size()), distill::to_string(file_signals->positions()).c_str());
@@ -248,14 +248,15 @@ int main(int argc, char** argv) {
       std::printf("\n=== seed %lu ===\n", static_cast<unsigned long>(seed));
 
       // Test metrics, sizes and latency of a trained model; adds the run to the results.
+      // term_parameters: trainable parameters of the distillation (its supervision heads).
       auto report = [&](Model& model, const std::string& name, double seconds_per_epoch, Index best_epoch,
-                        double validation, RunResult& run) {
+                        double validation, RunResult& run, Index term_parameters = 0) {
         run.name = name;
         run.seed = static_cast<Index>(seed);
         run.layers = model.num_layers();
         run.block_parameters = model.num_block_parameters();
         run.parameters = model.parameters().num_scalars();
-        run.trainable_parameters = model.parameters().num_trainable_scalars();
+        run.trainable_parameters = model.parameters().num_trainable_scalars() + term_parameters;
         run.seconds_per_epoch = seconds_per_epoch;
         run.best_epoch = best_epoch;
         run.validation = validation;
@@ -274,25 +275,28 @@ int main(int argc, char** argv) {
         runs.push_back(run);
       };
 
-      // Trains a model, keeps the best validation epoch, times it; `aux` adds distillation.
-      auto fit = [&](Model& model, const std::string& name, distill::SLMRecDistillation<float>* aux) {
+      // Trains a model, keeps the best validation epoch, times it; `term` adds distillation.
+      auto fit = [&](Model& model, const std::string& name, std::shared_ptr<distill::SLMRecDistillation<float>> term) {
+        const Index term_parameters =
+            term && term->parameters() != nullptr ? term->parameters()->num_trainable_scalars() : 0;
         std::printf("\n--- %s: %ld layers, %ld parameters (%ld in blocks, %ld trainable) ---\n", name.c_str(),
                     static_cast<long>(model.num_layers()), static_cast<long>(model.parameters().num_scalars()),
-                    static_cast<long>(model.num_block_parameters()), static_cast<long>(model.parameters().num_trainable_scalars()));
+                    static_cast<long>(model.num_block_parameters()),
+                    static_cast<long>(model.parameters().num_trainable_scalars() + term_parameters));
         std::fflush(stdout);
         train::Trainer<Model> trainer(model, split, training);
         RunResult run;
-        if (aux != nullptr) {
-          trainer.set_auxiliary_loss([aux](Model& m, Model::Workspace& ws, const data::TrainingBatch& b) { return (*aux)(m, ws, b); });
-          trainer.on_epoch_end([aux, &run](const train::EpochRecord&) {
-            const auto t = aux->take_terms();
+        if (term) {
+          trainer.add_term(term);
+          trainer.on_epoch_end([term, &run](const train::EpochRecord&) {
+            const auto t = term->take_terms();
             std::printf("    distillation terms: D_cos %.4f  D_norm %.4f  L_ms %.4f\n", t.cos, t.norm, t.ms);
             run.terms = t;
             return true;
           });
         }
         const auto summary = trainer.fit();
-        report(model, name, summary.median_epoch_seconds(), summary.best_epoch, summary.best_score, run);
+        report(model, name, summary.median_epoch_seconds(), summary.best_epoch, summary.best_score, run, term_parameters);
       };
 
       // The shared item table, if any.
@@ -315,8 +319,7 @@ int main(int argc, char** argv) {
       teacher_config.num_layers = teacher_layers;
       teacher_config.freeze_item_table = table.has_value();
       std::optional<Model> teacher;
-      const distill::TeacherSignals<float>* signals = nullptr;
-      std::optional<distill::TeacherSignals<float>> computed;
+      std::shared_ptr<const distill::TeacherSignals<float>> signals;
       if (!from_file && !teacher_checkpoint.empty()) {
         teacher.emplace(io::load_checkpoint<Model>(teacher_checkpoint));
         if (teacher->num_layers() != teacher_layers || teacher->num_items() != split.num_items) {
@@ -340,7 +343,8 @@ int main(int argc, char** argv) {
           if (item_table == "teacher") table = Matrix<float>(teacher->item_table());
         }
         const auto start = std::chrono::steady_clock::now();
-        computed = distill::compute_teacher_signals(*teacher, map.teacher_indices(), split, log.user_raw_ids, slm.positions, &log.item_raw_ids);
+        auto computed = std::make_shared<const distill::TeacherSignals<float>>(
+            distill::compute_teacher_signals(*teacher, map.teacher_indices(), split, slm.positions, &log.item_raw_ids));
         std::printf("teacher signals: %ld examples, %.1f MiB, %.1f s\n", static_cast<long>(computed->num_examples()),
                     static_cast<double>(computed->bytes()) / (1024.0 * 1024.0),
                     std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
@@ -348,18 +352,17 @@ int main(int argc, char** argv) {
           distill::save_teacher_signals(*computed, save_signals_path);
           std::printf("wrote %s\n", save_signals_path.c_str());
         }
-        signals = &*computed;
+        signals = computed;
       } else {
-        signals = &*file_signals;
+        signals = file_signals;
       }
 
-      auto make_student = [&](bool heads) {
+      // A fresh student from `rng` (seeded with seed + 1000; a distillation's heads draw next).
+      auto make_student = [&](Rng& rng) {
         models::LLMRecConfig sc = base;
         sc.num_layers = student_layers;
         sc.freeze_item_table = table.has_value();
-        if (heads) sc.supervision_layers = map.supervision_layers;
         Model student(sc);
-        Rng rng(seed + 1000);
         student.initialize(rng);
         if (init == "teacher") {
           if (!teacher) throw ConfigError("--init teacher needs an in-process teacher (not --teacher-signals)");
@@ -370,13 +373,16 @@ int main(int argc, char** argv) {
       };
 
       {
-        Model student = make_student(false);
+        Rng rng(seed + 1000);
+        Model student = make_student(rng);
         fit(student, "student", nullptr);
       }
       auto distilled = [&](const std::string& name, distill::SLMRecConfig config) {
-        Model student = make_student(config.use_ms);
-        distill::SLMRecDistillation<float> distillation(config, map, *signals, split, log.user_raw_ids, student, &log.item_raw_ids);
-        fit(student, name, &distillation);
+        Rng rng(seed + 1000);
+        Model student = make_student(rng);
+        auto distillation = std::make_shared<distill::SLMRecDistillation<float>>(config, map, signals, split, student, &log.item_raw_ids);
+        distillation->initialize(rng);
+        fit(student, name, distillation);
       };
       distilled("student + SLMRec", slm);
       if (ablation && (ablation_seeds < 0 || si < ablation_seeds)) {

@@ -5,6 +5,7 @@
 #include "distillrec/core/params.hpp"
 #include "distillrec/core/rng.hpp"
 #include "distillrec/core/types.hpp"
+#include "distillrec/data/batcher.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -90,6 +91,29 @@ GradCheckResult check_gradients(Parameters<T>& params, Matrix<T> x, Index out_ro
   const Matrix<T> grads = Eigen::Map<const Matrix<T>>(params.grads(), 1, params.buffer_size());
   result.param_error = max_gradient_error<T>(loss, params.values(), grads.data(), params.buffer_size(), 400);
   return result;
+}
+
+/// A small training batch for model tests (items 1..12, negatives 2..11): row 0 a full window
+/// of max_length items, row 1 two items, row 2 one item; targets at every position.
+inline data::TrainingBatch tiny_batch(Index max_length) {
+  data::TrainingBatch batch;
+  batch.reset(3, max_length, 1);
+  batch.examples = {0, 1, 2};
+  for (Index j = 0; j < max_length; ++j) {
+    batch.inputs()(0, j) = static_cast<ItemId>(1 + j);
+    batch.targets()(0, j) = static_cast<ItemId>(2 + j);
+    batch.negatives()(0, j) = 11;
+  }
+  batch.inputs()(1, max_length - 2) = 9;
+  batch.inputs()(1, max_length - 1) = 4;
+  batch.targets()(1, max_length - 2) = 4;
+  batch.targets()(1, max_length - 1) = 7;
+  batch.negatives()(1, max_length - 2) = 2;
+  batch.negatives()(1, max_length - 1) = 3;
+  batch.inputs()(2, max_length - 1) = 12;
+  batch.targets()(2, max_length - 1) = 5;
+  batch.negatives()(2, max_length - 1) = 6;
+  return batch;
 }
 
 /// The real Amazon log if present (../shared/data beside the project, or $DISTILLREC_DATA_DIR).

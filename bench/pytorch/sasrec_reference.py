@@ -349,16 +349,28 @@ class SASRec(nn.Module):
         """[B, d] -> [B, N+1] scores against the whole table (column 0 = padding row)."""
         return user_vecs @ self.item_emb.weight.t()
 
+    def item_scores(self, vecs, items):
+        """Scores of given items: vecs [M, d] with items [M] -> [M], or items [M, k] -> [M, k]."""
+        if items.dim() == 1:
+            return (vecs * self.item_emb(items)).sum(-1)
+        return torch.einsum("md,mkd->mk", vecs, self.item_emb(items))
+
+    def item_logits(self, feats):
+        """[M, d] -> [M, N] logits over items 1..N (column j = item j+1), for the CE loss."""
+        return feats @ self.item_emb.weight[1:].t()
+
 
 # ----------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------
 
 def train_epoch(model, opt, data, args, rng):
+    """One shuffled pass over the training users. The model interface used here and in the
+    evaluation: encode(seqs [B, L] left-padded) -> [B, L, d] features at the left-padded positions,
+    item_scores, item_logits, user_vectors and all_scores (see SASRec)."""
     model.train()
     users = rng.permutation(data.train_users)
     losses = []
-    emb = model.item_emb
     for start in range(0, len(users), args.batch_size):
         idx = users[start:start + args.batch_size]
         seqs = torch.from_numpy(data.train_inputs[idx])
@@ -370,11 +382,11 @@ def train_epoch(model, opt, data, args, rng):
         feats = model.encode(seqs)[valid]                       # [M, d], non-padding positions
         if args.loss == "bce":
             neg = torch.from_numpy(sample_train_negatives(rng, data, idx[rows], args.negatives))
-            pos_logits = (feats * emb(pos)).sum(-1)                             # [M]
-            neg_logits = torch.einsum("md,mkd->mk", feats, emb(neg))            # [M, k]
+            pos_logits = model.item_scores(feats, pos)                          # [M]
+            neg_logits = model.item_scores(feats, neg)                          # [M, k]
             loss = (F.softplus(-pos_logits) + F.softplus(neg_logits).sum(-1)).mean()
         else:
-            logits = feats @ emb.weight[1:].t()                                  # [M, N]
+            logits = model.item_logits(feats)                                    # [M, N]
             loss = F.cross_entropy(logits, pos - 1)
 
         opt.zero_grad(set_to_none=True)
@@ -432,7 +444,7 @@ def evaluate_split(model, data, split, candidates, batch_size, history_mask):
 
         # Sampled: target (column 0) against its 100 negatives.
         cand = torch.from_numpy(candidates[b0:b1, 1:])                       # [B, 101]
-        cs = torch.einsum("bd,bcd->bc", user_vecs, model.item_emb(cand))
+        cs = model.item_scores(user_vecs, cand)
         sampled_ranks[b0:b1] = (cs[:, 1:] >= cs[:, :1]).sum(1).double().numpy()
     return {"full": metrics_from_ranks(full_ranks, FULL_KS, FULL_NDCG_KS),
             "sampled-100": metrics_from_ranks(sampled_ranks, SAMPLED_KS, SAMPLED_NDCG_KS)}
@@ -519,26 +531,13 @@ def measure_throughput(model, data, threads, serve_batch, repeats=3):
 # Main
 # ----------------------------------------------------------------------------------------------
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description="PyTorch SASRec reference for the distillrec benchmarks.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", required=True, help="'user item' file, 1-based, chronological")
-    p.add_argument("--block-style", choices=("original", "pre-ln", "post-ln"), default="original",
-                   help="transformer block layout")
-    p.add_argument("--attention-projection", action=argparse.BooleanOptionalAction, default=None,
-                   help="output projection after attention (None: off for original, "
-                        "on for pre-ln/post-ln)")
-    p.add_argument("--hidden", type=int, default=50,
-                   help="embedding / hidden size d")
-    p.add_argument("--blocks", type=int, default=2,
-                   help="number of transformer blocks")
-    p.add_argument("--heads", type=int, default=1,
-                   help="attention heads")
+def add_common_arguments(p, *, dropout, dropout_help, beta2, export_help):
+    """The options shared by the references (window, training, evaluation, speed, output), in
+    this order after the model-specific ones; only the defaults and help texts given differ."""
     p.add_argument("--max-length", type=int, default=50,
                    help="window length L")
-    p.add_argument("--dropout", type=float, default=0.5,
-                   help="dropout rate")
+    p.add_argument("--dropout", type=float, default=dropout,
+                   help=dropout_help)
     p.add_argument("--loss", choices=("bce", "ce"), default="bce",
                    help="sampled BCE or full-softmax CE")
     p.add_argument("--negatives", type=int, default=1, help="BCE negatives per position")
@@ -546,7 +545,7 @@ def parse_args(argv=None):
                    help="users per training batch")
     p.add_argument("--lr", type=float, default=1e-3,
                    help="Adam learning rate")
-    p.add_argument("--beta2", type=float, default=0.98,
+    p.add_argument("--beta2", type=float, default=beta2,
                    help="Adam beta2")
     p.add_argument("--epochs", type=int, default=20,
                    help="training epochs (0: evaluate the untrained model)")
@@ -570,9 +569,29 @@ def parse_args(argv=None):
     p.add_argument("--no-speed", action="store_true",
                    help="skip the latency / throughput measurements (quality-only runs)")
     p.add_argument("--json", help="write the results as JSON to this file")
-    p.add_argument("--export-checkpoint",
-                   help="after training, write the model as a distillrec SASRec checkpoint "
-                        "(safetensors, parameter names of distillrec/models/sasrec.hpp)")
+    p.add_argument("--export-checkpoint", help=export_help)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description="PyTorch SASRec reference for the distillrec benchmarks.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", required=True, help="'user item' file, 1-based, chronological")
+    p.add_argument("--block-style", choices=("original", "pre-ln", "post-ln"), default="original",
+                   help="transformer block layout")
+    p.add_argument("--attention-projection", action=argparse.BooleanOptionalAction, default=None,
+                   help="output projection after attention (None: off for original, "
+                        "on for pre-ln/post-ln)")
+    p.add_argument("--hidden", type=int, default=50,
+                   help="embedding / hidden size d")
+    p.add_argument("--blocks", type=int, default=2,
+                   help="number of transformer blocks")
+    p.add_argument("--heads", type=int, default=1,
+                   help="attention heads")
+    add_common_arguments(p, dropout=0.5, dropout_help="dropout rate", beta2=0.98,
+                         export_help="after training, write the model as a distillrec SASRec "
+                                     "checkpoint (safetensors, parameter names of "
+                                     "distillrec/models/sasrec.hpp)")
     args = p.parse_args(argv)
     if args.attention_projection is None:
         args.attention_projection = args.block_style != "original"
@@ -629,8 +648,12 @@ def export_distillrec_checkpoint(model, args, num_items, path):
     log(f"wrote {path} (distillrec SASRec checkpoint)")
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def run(args, build_model, describe_model, export_checkpoint, extra_config):
+    """The benchmark driver shared by the references: data, sampled candidates, training,
+    evaluation, speed, report, checkpoint export and JSON. build_model(data) -> the model (see
+    train_epoch for its interface); describe_model(args) -> its part of the "model:" log line;
+    export_checkpoint(model, args, num_items, path) writes --export-checkpoint; extra_config: keys
+    added to the JSON config after num_parameters."""
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
     torch.manual_seed(args.seed)
@@ -656,16 +679,12 @@ def main(argv=None):
     cand_source = {s: (p or "drawn") for s, p in
                    (("valid", args.candidates_valid), ("test", args.candidates_test))}
 
-    model = SASRec(data.num_items, args.max_length, args.hidden, args.blocks, args.heads,
-                   args.dropout, args.block_style, args.attention_projection)
+    model = build_model(data)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, args.beta2), eps=1e-8,
                            weight_decay=0.0)
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"model: SASRec {args.block_style}, d={args.hidden}, blocks={args.blocks}, "
-        f"heads={args.heads}, L={args.max_length}, dropout={args.dropout}, "
-        f"attention projection {'on' if args.attention_projection else 'off'}, "
-        f"{n_params} parameters; loss {args.loss}; torch {torch.__version__}, "
-        f"{args.threads} threads")
+    log(f"model: {describe_model(args)}, {n_params} parameters; loss {args.loss}; "
+        f"torch {torch.__version__}, {args.threads} threads")
 
     epochs, evaluations, metrics = [], [], None
     for epoch in range(1, args.epochs + 1):
@@ -708,7 +727,7 @@ def main(argv=None):
     log(f"peak RSS after training: {peak_rss_mib:.1f} MiB")
 
     if args.export_checkpoint:
-        export_distillrec_checkpoint(model, args, data.num_items, args.export_checkpoint)
+        export_checkpoint(model, args, data.num_items, args.export_checkpoint)
 
     if args.json:
         config = dict(vars(args))
@@ -716,8 +735,10 @@ def main(argv=None):
             "num_users": data.num_users, "num_items": data.num_items,
             "num_interactions": data.num_interactions, "items_remapped": data.remapped_items,
             "num_train_users": int(len(data.train_users)),
-            "num_eval_users": int(len(data.eval_users)), "num_parameters": n_params,
-            "layer_norm_eps": LN_EPS, "adam": {"betas": [0.9, args.beta2], "eps": 1e-8},
+            "num_eval_users": int(len(data.eval_users)), "num_parameters": n_params})
+        config.update(extra_config)
+        config.update({
+            "adam": {"betas": [0.9, args.beta2], "eps": 1e-8},
             "tie_policy": "pessimistic (other items with score >= target)",
             "sampled_candidates": cand_source,
             "epoch_loss": "mean of per-batch losses",
@@ -738,6 +759,20 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
         log(f"wrote {args.json}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    run(args,
+        build_model=lambda data: SASRec(data.num_items, args.max_length, args.hidden, args.blocks,
+                                        args.heads, args.dropout, args.block_style,
+                                        args.attention_projection),
+        describe_model=lambda a: (f"SASRec {a.block_style}, d={a.hidden}, blocks={a.blocks}, "
+                                  f"heads={a.heads}, L={a.max_length}, dropout={a.dropout}, "
+                                  f"attention projection "
+                                  f"{'on' if a.attention_projection else 'off'}"),
+        export_checkpoint=export_distillrec_checkpoint,
+        extra_config={"layer_norm_eps": LN_EPS})
 
 
 if __name__ == "__main__":

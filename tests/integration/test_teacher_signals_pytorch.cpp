@@ -53,7 +53,7 @@ TEST_CASE("examples/write_teacher_signals.py writes what the in-process teacher 
                                 " --threads 1 --out " + out + " > " + (dir / "script.log").string() + " 2>&1";
     REQUIRE(std::system(command.c_str()) == 0);
     const auto from_pytorch = distill::load_teacher_signals<float>(out);
-    const auto in_process = distill::compute_teacher_signals(teacher, {0, 2, 4}, split, log.user_raw_ids,
+    const auto in_process = distill::compute_teacher_signals(teacher, {0, 2, 4}, split,
                                                              distill::parse_align_positions(positions), &log.item_raw_ids);
     REQUIRE(from_pytorch.num_examples() == in_process.num_examples());
     REQUIRE(from_pytorch.total_rows() == in_process.total_rows());
@@ -77,7 +77,8 @@ TEST_CASE("examples/write_teacher_signals.py writes what the in-process teacher 
     map.pairs.insert(map.pairs.begin(), distill::LayerPair{0, 0});  // also align the block inputs
     map.blocks = 3;
     slm.blocks = 3;
-    REQUIRE_NOTHROW(distill::SLMRecDistillation<float>(slm, map, from_pytorch, split, log.user_raw_ids, student, &log.item_raw_ids));
+    REQUIRE_NOTHROW(distill::SLMRecDistillation<float>(slm, map, std::make_shared<const distill::TeacherSignals<float>>(from_pytorch),
+                                                       split, student, &log.item_raw_ids));
   }
   std::filesystem::remove_all(dir);
 }

@@ -102,7 +102,7 @@ void check_attention_gradients(Index heads, double dropout, bool projection, boo
           Matrix<T> dother(n, 6);
           attention.backward(x, other, layout, dy, dx, dother, ws);
         } else {
-          attention.backward(x, x, layout, dy, dx, dx, ws, T(0), T(1));
+          attention.backward(x, x, layout, dy, dx, dx, ws, nn::InputGrad::kOverwrite, nn::InputGrad::kAccumulate);
         }
       },
       rng);
@@ -155,7 +155,7 @@ void check_llama_attention_gradients(Index heads, Index kv_heads) {
       params, test::random_matrix<T>(n, 8, rng), n, 8,
       [&](const Matrix<T>& x, Matrix<T>& y) { attention.forward(x, x, layout, y, ws, nn::RunMode::inference()); },
       [&](const Matrix<T>& x, const Matrix<T>& dy, Matrix<T>& dx) {
-        attention.backward(x, x, layout, dy, dx, dx, ws, T(0), T(1));
+        attention.backward(x, x, layout, dy, dx, dx, ws, nn::InputGrad::kOverwrite, nn::InputGrad::kAccumulate);
       },
       rng);
   CHECK(result.input_error < test::GradTolerance<T>::tolerance);

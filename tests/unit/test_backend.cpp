@@ -101,8 +101,8 @@ TEMPLATE_TEST_CASE("xsimd kernels match their scalar references", "[backend][ker
     if (n > 1) {
       REQUIRE(std::abs(ra - rb) / rb < 10 * tol);
       REQUIRE((ya - yb).cwiseAbs().maxCoeff() < 10 * tol);
-      backend::kernels::layer_norm_backward(ha.data(), gamma.data(), dy.data(), ra, dxa.data(), n);
-      backend::kernels::reference::layer_norm_backward(hb.data(), gamma.data(), dy.data(), rb, dxb.data(), n);
+      backend::kernels::norm_backward(ha.data(), gamma.data(), dy.data(), ra, dxa.data(), n, true);
+      backend::kernels::reference::norm_backward(hb.data(), gamma.data(), dy.data(), rb, dxb.data(), n, true);
       REQUIRE((dxa - dxb).cwiseAbs().maxCoeff() < 100 * tol);
     }
 
@@ -128,8 +128,8 @@ TEMPLATE_TEST_CASE("xsimd kernels match their scalar references", "[backend][ker
     const T sb = backend::kernels::reference::rms_norm_forward(x.data(), gamma.data(), yb.data(), hb.data(), n, T(1e-6));
     REQUIRE(std::abs(sa - sb) / sb < 10 * tol);
     REQUIRE((ya - yb).cwiseAbs().maxCoeff() < 10 * tol);
-    backend::kernels::rms_norm_backward(ha.data(), gamma.data(), dy.data(), sa, dxa.data(), n);
-    backend::kernels::reference::rms_norm_backward(hb.data(), gamma.data(), dy.data(), sb, dxb.data(), n);
+    backend::kernels::norm_backward(ha.data(), gamma.data(), dy.data(), sa, dxa.data(), n, false);
+    backend::kernels::reference::norm_backward(hb.data(), gamma.data(), dy.data(), sb, dxb.data(), n, false);
     REQUIRE((dxa - dxb).cwiseAbs().maxCoeff() < 100 * tol);
 
     backend::kernels::swiglu(x.data(), gamma.data(), ya.data(), n);
@@ -166,6 +166,27 @@ TEST_CASE("softmax is stable for large inputs", "[backend][kernels]") {
   REQUIRE(std::abs(x[0] + x[1] + x[2] - 1.0f) < 1e-6f);
 }
 
+TEMPLATE_TEST_CASE("softmax of a row that is all -inf gives zeros, never NaN", "[backend][kernels]", float, double) {
+  using T = TestType;
+  const T inf = std::numeric_limits<T>::infinity();
+  for (Index n : {1, 3, 17}) {
+    std::vector<T> a(static_cast<std::size_t>(n), -inf), b = a;
+    const T lse_a = backend::kernels::softmax(a.data(), n, T(0.5));
+    const T lse_b = backend::kernels::reference::softmax(b.data(), n, T(0.5));
+    REQUIRE(lse_a == -inf);
+    REQUIRE(lse_b == -inf);
+    for (Index i = 0; i < n; ++i) {
+      REQUIRE(a[static_cast<std::size_t>(i)] == T(0));
+      REQUIRE(b[static_cast<std::size_t>(i)] == T(0));
+    }
+  }
+  // One finite entry among -inf ones takes all the mass.
+  std::vector<T> c = {-inf, T(2), -inf};
+  backend::kernels::softmax(c.data(), 3);
+  REQUIRE(c[1] == T(1));
+  REQUIRE(c[0] == T(0));
+}
+
 TEST_CASE("dropout mask keeps 1-p of the entries, scaled by 1/(1-p)", "[backend][kernels]") {
   Rng rng(5);
   std::vector<float> mask(100001);
@@ -180,4 +201,92 @@ TEST_CASE("dropout mask keeps 1-p of the entries, scaled by 1/(1-p)", "[backend]
   CHECK(std::abs(mean / mask.size() - 1.0) < 0.015);
   backend::kernels::dropout_mask(mask.data(), 10, 0.0, rng);
   for (int i = 0; i < 10; ++i) REQUIRE(mask[i] == 1.0f);
+}
+
+// Included here as well so this test does not depend on the umbrella listing the GRU kernels.
+#include "distillrec/backend/kernels/gru_gates.hpp"
+
+TEMPLATE_TEST_CASE("sigmoid, tanh and the fused GRU gate kernels match their scalar references",
+                   "[backend][kernels][gru]", float, double) {
+  using T = TestType;
+  namespace k = backend::kernels;
+  Rng rng(12);
+  const T tol = std::is_same<T, float>::value ? T(2e-6) : T(1e-13);
+  for (Index n : {1, 3, 8, 16, 37, 50, 128}) {
+    const Matrix<T> x = test::random_matrix<T>(1, n, rng, 4.0);
+    Matrix<T> ya(1, n), yb(1, n);
+    k::sigmoid(x.data(), ya.data(), n);
+    k::reference::sigmoid(x.data(), yb.data(), n);
+    REQUIRE((ya - yb).cwiseAbs().maxCoeff() < tol);
+    for (Index i = 0; i < n; ++i) REQUIRE(std::abs(yb(0, i) - T(1) / (T(1) + std::exp(-x(0, i)))) < tol);
+    k::tanh(x.data(), ya.data(), n);
+    k::reference::tanh(x.data(), yb.data(), n);
+    REQUIRE((ya - yb).cwiseAbs().maxCoeff() < tol);
+  }
+
+  // Extreme inputs: no overflow to Inf or NaN, exact saturation, in SIMD lanes and in tails.
+  const std::vector<T> extreme = {T(100),  T(-100), T(1e30), T(-1e30), T(0),     T(-0.0), T(88.8),
+                                  T(-88.8), T(1e-8), T(-1e-8), T(710),  T(-710),  T(20),   T(-20),
+                                  std::numeric_limits<T>::max(), std::numeric_limits<T>::lowest(), T(1e-30)};
+  const auto m = static_cast<Index>(extreme.size());
+  std::vector<T> sa(extreme.size()), sb(extreme.size()), ta(extreme.size()), tb(extreme.size());
+  k::sigmoid(extreme.data(), sa.data(), m);
+  k::reference::sigmoid(extreme.data(), sb.data(), m);
+  k::tanh(extreme.data(), ta.data(), m);
+  k::reference::tanh(extreme.data(), tb.data(), m);
+  for (Index i = 0; i < m; ++i) {
+    const T v = extreme[static_cast<std::size_t>(i)];
+    for (T s : {sa[static_cast<std::size_t>(i)], sb[static_cast<std::size_t>(i)]}) {
+      REQUIRE(std::isfinite(s));
+      REQUIRE(s >= T(0));
+      REQUIRE(s <= T(1));
+      if (v >= T(100)) REQUIRE(s == T(1));
+      if (v <= T(-100)) REQUIRE(s < T(1e-30));
+    }
+    for (T t : {ta[static_cast<std::size_t>(i)], tb[static_cast<std::size_t>(i)]}) {
+      REQUIRE(std::isfinite(t));
+      REQUIRE(std::abs(t) <= T(1));
+      if (std::abs(v) >= T(20)) REQUIRE(t == (v > 0 ? T(1) : T(-1)));
+    }
+    REQUIRE(std::abs(sa[static_cast<std::size_t>(i)] - sb[static_cast<std::size_t>(i)]) < tol);
+    REQUIRE(std::abs(ta[static_cast<std::size_t>(i)] - tb[static_cast<std::size_t>(i)]) < tol);
+  }
+  REQUIRE(sa[4] == T(0.5));
+  REQUIRE(std::abs(sa[8] - T(0.5) - T(0.25e-8)) < tol);
+
+  // GRU gates: forward with and without saved gates, in place, and backward.
+  for (Index hidden : {1, 3, 8, 13, 64}) {
+    const Matrix<T> gi = test::random_matrix<T>(1, 3 * hidden, rng, 2.0), gh = test::random_matrix<T>(1, 3 * hidden, rng, 2.0);
+    const Matrix<T> bih = test::random_matrix<T>(1, 3 * hidden, rng, 0.5), bhh = test::random_matrix<T>(1, 3 * hidden, rng, 0.5);
+    const Matrix<T> h = test::random_matrix<T>(1, hidden, rng);
+    Matrix<T> ha(1, hidden), hb(1, hidden), saved_a(1, 4 * hidden), saved_b(1, 4 * hidden);
+    k::gru_gates_forward(gi.data(), gh.data(), bih.data(), bhh.data(), h.data(), ha.data(), saved_a.data(), hidden);
+    k::reference::gru_gates_forward(gi.data(), gh.data(), bih.data(), bhh.data(), h.data(), hb.data(), saved_b.data(), hidden);
+    REQUIRE((ha - hb).cwiseAbs().maxCoeff() < 10 * tol);
+    REQUIRE((saved_a - saved_b).cwiseAbs().maxCoeff() < 10 * tol);
+    for (Index i = 0; i < hidden; ++i) {  // the definition, written out
+      const T r = T(1) / (T(1) + std::exp(-(gi(0, i) + bih(0, i) + gh(0, i) + bhh(0, i))));
+      const Index iz = hidden + i, in = 2 * hidden + i;
+      const T z = T(1) / (T(1) + std::exp(-(gi(0, iz) + bih(0, iz) + gh(0, iz) + bhh(0, iz))));
+      const T nn = std::tanh(gi(0, in) + bih(0, in) + r * (gh(0, in) + bhh(0, in)));
+      REQUIRE(std::abs(hb(0, i) - ((T(1) - z) * nn + z * h(0, i))) < 10 * tol);
+    }
+    Matrix<T> in_place = h;
+    k::gru_gates_forward(gi.data(), gh.data(), bih.data(), bhh.data(), in_place.data(), in_place.data(),
+                         static_cast<T*>(nullptr), hidden);
+    REQUIRE(in_place == ha);
+
+    const Matrix<T> dy = test::random_matrix<T>(1, hidden, rng), carried = test::random_matrix<T>(1, hidden, rng);
+    Matrix<T> dha = carried, dhb = carried, dgi_a(1, 3 * hidden), dgi_b(1, 3 * hidden), dgh_a(1, 3 * hidden),
+              dgh_b(1, 3 * hidden);
+    k::gru_gates_backward(saved_a.data(), h.data(), dy.data(), dha.data(), dgi_a.data(), dgh_a.data(), hidden);
+    k::reference::gru_gates_backward(saved_b.data(), h.data(), dy.data(), dhb.data(), dgi_b.data(), dgh_b.data(), hidden);
+    REQUIRE((dha - dhb).cwiseAbs().maxCoeff() < 10 * tol);
+    REQUIRE((dgi_a - dgi_b).cwiseAbs().maxCoeff() < 10 * tol);
+    REQUIRE((dgh_a - dgh_b).cwiseAbs().maxCoeff() < 10 * tol);
+    for (Index i = 0; i < hidden; ++i) {
+      REQUIRE(dhb(0, i) == (dy(0, i) + carried(0, i)) * saved_b(0, hidden + i));  // dL/dh' * z
+      REQUIRE(dgh_b(0, 2 * hidden + i) == dgi_b(0, 2 * hidden + i) * saved_b(0, i));  // da_n * r
+    }
+  }
 }

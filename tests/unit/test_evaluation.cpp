@@ -6,6 +6,9 @@
 
 #include "support.hpp"
 
+#include <cstdint>
+#include <limits>
+
 using namespace distillrec;
 
 namespace {
@@ -15,10 +18,12 @@ namespace {
 struct FixedModel {
   using Scalar = float;
   struct Workspace {};
-  Matrix<float> table;
+  Matrix<float> table;  // [N + 1, 1], row 0 unused (item ids index it directly)
+  std::vector<float> bias;  // empty, or [N]: an untied head's bias
   ItemId num_items() const { return static_cast<ItemId>(table.rows() - 1); }
-  Index hidden_size() const { return 1; }
-  ConstMatrixMap<float> item_table() const { return ConstMatrixMap<float>(table.data(), table.rows(), 1); }
+  nn::HeadWeights<float> output_weights() const {
+    return nn::HeadWeights<float>{ConstMatrixMap<float>(table.data() + 1, table.rows() - 1, 1), bias.empty() ? nullptr : bias.data()};
+  }
   void encode(const std::vector<Sequence>& histories, MatrixRef<float> out, Workspace&) const {
     for (std::size_t i = 0; i < histories.size(); ++i) {
       if (histories[i].empty()) throw ShapeError("empty history");
@@ -78,12 +83,55 @@ TEST_CASE("Full ranking ranks against all items, masks history, ties pessimistic
   REQUIRE_THROWS_AS(tied.value("HR@1000"), ConfigError);
 }
 
+TEST_CASE("A head's bias takes part in the ranking", "[eval][full_ranking]") {
+  FixedModel model;
+  model.table.resize(7, 1);
+  model.table << 0, 6, 5, 4, 3, 2, 1;
+  // A bias that reverses the order: scores 6, 5.5, 5, 4.5, 4, 3.5 -> items 1..6 still ordered,
+  // then one that makes item 6 the best.
+  model.bias = {0, 0.5f, 1, 1.5f, 2, 10};
+  const auto split = toy_split();
+  const auto valid = eval::evaluate_full_ranking(model, split, eval::EvalSplit::kValid);
+  // User 1's valid target is item 6 (score 11): first. User 0's item 3 (score 5) behind 6 -> rank 1.
+  REQUIRE(valid.value("MRR") == Approx((1.0 / 2 + 1.0) / 2));
+}
+
+TEST_CASE("A NaN score anywhere in a row is an error, not a silent rank", "[eval][full_ranking][errors]") {
+  FixedModel model;
+  model.table.resize(7, 1);
+  model.table << 0, 6, 5, 4, 3, 2, 1;
+  model.table(5, 0) = std::numeric_limits<float>::quiet_NaN();  // item 5, never a target here
+  const auto split = toy_split();
+  REQUIRE_THROWS_WITH(eval::evaluate_full_ranking(model, split, eval::EvalSplit::kValid),
+                      Catch::Matchers::Contains("NaN score for item 5"));
+  const float scores[] = {1.0f, std::numeric_limits<float>::quiet_NaN(), 0.5f};
+  REQUIRE_THROWS_AS(eval::rank_of_target(scores, 3, 1), Error);
+}
+
 TEST_CASE("Popularity baseline is evaluated on the same path", "[eval][full_ranking]") {
   const auto split = toy_split();
   models::Popularity<float> popularity(split.train, split.num_items);
-  REQUIRE(popularity.item_table()(1, 0) == 1.0f);  // item 1 once in training
+  REQUIRE(popularity.count(1) == 1);  // item 1 once in training
   const auto result = eval::evaluate_full_ranking(popularity, split, eval::EvalSplit::kTest);
   REQUIRE(result.num_users == 2);
+  // Counting what a split's training examples read gives the same counts.
+  const models::Popularity<float> from_examples{data::ExampleSplit(split)};
+  for (ItemId i = 1; i <= split.num_items; ++i) REQUIRE(from_examples.count(i) == popularity.count(i));
+}
+
+TEST_CASE("Popularity keeps counting beyond 2^24 occurrences", "[eval][popularity]") {
+  // Item 1 occurs 2^24 + 1 times, item 2 exactly 2^24 times: a float count would tie them.
+  const std::int64_t big = std::int64_t{1} << 24;
+  std::vector<Sequence> train(2);
+  train[0].assign(static_cast<std::size_t>(big + 1), 1);
+  train[1].assign(static_cast<std::size_t>(big), 2);
+  train[1].push_back(3);
+  const models::Popularity<float> popularity(train, 3);
+  REQUIRE(popularity.count(1) == big + 1);
+  REQUIRE(popularity.count(2) == big);
+  const auto head = popularity.output_weights();
+  REQUIRE(head.weight(0, 0) > head.weight(1, 0));  // item 1 strictly above item 2
+  REQUIRE(head.weight(1, 0) > head.weight(2, 0));
 }
 
 TEST_CASE("Sampled candidates are seeded, exclude the user's items and round-trip through a file",

@@ -6,6 +6,8 @@
 #include "distillrec/models/popularity.hpp"
 #include "distillrec/train/trainer.hpp"
 
+#include "distillrec/nn/linear.hpp"
+
 #include "support.hpp"
 
 #include <sstream>
@@ -13,25 +15,6 @@
 using namespace distillrec;
 
 namespace {
-
-data::TrainingBatch tiny_batch(Index max_length) {
-  data::TrainingBatch batch;
-  batch.users = {0, 1, 2};
-  batch.inputs = Matrix<ItemId>::Zero(3, max_length);
-  batch.targets = Matrix<ItemId>::Zero(3, max_length);
-  batch.negatives = Matrix<ItemId>::Zero(3, max_length);
-  for (Index j = 0; j < max_length; ++j) {
-    batch.inputs(0, j) = static_cast<ItemId>(1 + j);
-    batch.targets(0, j) = static_cast<ItemId>(2 + j);
-  }
-  batch.inputs(1, max_length - 2) = 9;
-  batch.inputs(1, max_length - 1) = 4;
-  batch.targets(1, max_length - 2) = 4;
-  batch.targets(1, max_length - 1) = 7;
-  batch.inputs(2, max_length - 1) = 12;
-  batch.targets(2, max_length - 1) = 5;
-  return batch;
-}
 
 models::LLMRecConfig tiny_config() {
   models::LLMRecConfig config;
@@ -44,7 +27,6 @@ models::LLMRecConfig tiny_config() {
   config.ffn_size = 10;
   config.max_length = 5;
   config.dropout = 0.2;
-  config.supervision_layers = {1, 2};
   return config;
 }
 
@@ -65,10 +47,15 @@ TEST_CASE("LLMRec gradients match finite differences, with gradients added at hi
         params.value(params.find(info.name)).array() += test::random_matrix<double>(1, info.cols, rng, 0.2).array();
       }
     }
-    const auto batch = tiny_batch(config.max_length);
+    const auto batch = test::tiny_batch(config.max_length);
     models::LLMRec<double>::Workspace ws;
     Matrix<double> r, r0, r2, r3;
-    // L = sum(u * r) + sum(H_0 * r0) + sum(H_2 * r2) + sum(F * r3) + CE of the supervision head on H_1.
+    // A head outside the model (as SLMRec's W_a) reading H_1.
+    Parameters<double> head_params;
+    nn::Linear<double> head(head_params, "head", 8, 6, false);
+    head_params.allocate();
+    head.initialize(rng);
+    // L = sum(u * r) + sum(H_0 * r0) + sum(H_2 * r2) + sum(F * r3) + CE of the head on H_1.
     loss::CatalogueSoftmaxCrossEntropy<double> ce;
     loss::CatalogueSoftmaxCrossEntropy<double>::Workspace ce_ws;
     auto loss = [&]() {
@@ -80,9 +67,10 @@ TEST_CASE("LLMRec gradients match finite differences, with gradients added at hi
         r2 = test::random_matrix<double>(u.rows(), 8, rng);
         r3 = test::random_matrix<double>(u.rows(), 8, rng);
       }
-      const Matrix<double> head = model.hidden_state(ws, 1) * params.value(params.find("supervision_heads.0.weight")).transpose();
-      Matrix<double> gh(head.rows(), head.cols()), gt(0, 6);
-      const double ms = ce(head, model.item_table(), ws.targets, gh, gt, ce_ws);
+      const Matrix<double> h1 = model.hidden_state(ws, 1);
+      Matrix<double> u1(h1.rows(), 6), gh(h1.rows(), 6);
+      head.forward(h1, u1);
+      const double ms = ce(u1, model.output_weights(), ws.targets, gh, nn::HeadGradients<double>{}, ce_ws);
       return (u.array() * r.array()).sum() + (model.hidden_state(ws, 0).array() * r0.array()).sum() +
              (model.hidden_state(ws, 2).array() * r2.array()).sum() + (model.hidden_state(ws, 3).array() * r3.array()).sum() + ms;
     };
@@ -93,13 +81,11 @@ TEST_CASE("LLMRec gradients match finite differences, with gradients added at hi
     model.hidden_state_grad(ws, 2) = r2;
     model.hidden_state_grad(ws, 3) = r3;
     {
-      auto& head = model.supervision_head(0);
       const Matrix<double> h1 = model.hidden_state(ws, 1);
       Matrix<double> u1(h1.rows(), 6), g1(h1.rows(), 6);
       head.forward(h1, u1);
-      ce(u1, model.item_table(), ws.targets, g1, frozen ? model.item_table_grad() : model.item_table_grad(), ce_ws);
-      head.accumulate_grad(h1, g1);
-      head.backward(g1, model.hidden_state_grad(ws, 1));
+      ce(u1, model.output_weights(), ws.targets, g1, model.output_gradients(), ce_ws);
+      head.backward(g1, model.hidden_state_grad(ws, 1), nn::InputGrad::kAccumulate);
     }
     model.backward(r, ws);
     const Matrix<double> grads = Eigen::Map<const Matrix<double>>(params.grads(), 1, params.buffer_size());
@@ -126,7 +112,7 @@ TEST_CASE("LLMRec hidden states follow HF indexing and encode equals the last po
   const Index n = ws.layout.num_tokens();
   REQUIRE(n == 3 + 1 + 5);  // the third history keeps its last max_length = 5 items
   // Index L is the final norm of the last block's output: recompute it by hand.
-  const auto last_block = ws.hidden[3].map();
+  const auto last_block = ws.stack.hidden[3].map();
   const auto& p = model.parameters();
   const auto gamma = p.value(p.find("final_norm.weight"));
   for (Index t = 0; t < n; ++t) {
@@ -134,7 +120,7 @@ TEST_CASE("LLMRec hidden states follow HF indexing and encode equals the last po
     const RowVector<double> expected = last_block.row(t).cwiseProduct(gamma.row(0)) / rms;
     REQUIRE((model.hidden_state(ws, 3).row(t) - expected).cwiseAbs().maxCoeff() < 1e-12);
   }
-  REQUIRE((model.hidden_state(ws, 1) - ws.hidden[1].map()).cwiseAbs().maxCoeff() == 0.0);
+  REQUIRE((model.hidden_state(ws, 1) - ws.stack.hidden[1].map()).cwiseAbs().maxCoeff() == 0.0);
   const Matrix<double> all_u = ws.output.map();
   Matrix<double> u(3, 6);
   models::LLMRec<double>::Workspace ws2;
@@ -154,9 +140,6 @@ TEST_CASE("LLMRec configuration validates, round-trips through JSON and counts b
   REQUIRE_THROWS_AS(bad.validate(), ConfigError);
   bad = config;
   bad.num_kv_heads = 3;
-  REQUIRE_THROWS_AS(bad.validate(), ConfigError);
-  bad = config;
-  bad.supervision_layers = {3};
   REQUIRE_THROWS_AS(bad.validate(), ConfigError);
   REQUIRE_THROWS_AS(models::LLMRecConfig::from_json(nlohmann::json{{"model", "sasrec"}, {"num_items", 3}}), ConfigError);
   models::LLMRec<float> model(config);

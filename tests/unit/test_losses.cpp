@@ -8,20 +8,43 @@ using namespace distillrec;
 
 namespace {
 
-// Gradient check of a loss L(h, table): analytic grads vs central differences over both inputs.
+// Gradient check of a loss L(h, head) through an output head W [N, d] with or without a bias b
+// [N]: analytic gradients of h, W and b against central differences.
 template <typename T, typename LossFn>
-void check_loss_gradients(Matrix<T> h, Matrix<T> table, LossFn loss_fn) {
-  Matrix<T> grad_h(h.rows(), h.cols()), grad_table = Matrix<T>::Zero(table.rows(), table.cols());
-  loss_fn(h, table, grad_h, grad_table);
-  Matrix<T> scratch_h(h.rows(), h.cols()), scratch_table(table.rows(), table.cols());
+void check_loss_gradients(Matrix<T> h, Matrix<T> weight, bool with_bias, LossFn loss_fn, Rng& rng) {
+  const Index n = weight.rows(), d = weight.cols();
+  Matrix<T> bias = test::random_matrix<T>(1, n, rng);
+  auto head = [&]() { return nn::HeadWeights<T>{ConstMatrixMap<T>(weight.data(), n, d), with_bias ? bias.data() : nullptr}; };
+  Matrix<T> grad_h(h.rows(), h.cols()), grad_w = Matrix<T>::Zero(n, d), grad_b = Matrix<T>::Zero(1, n);
+  loss_fn(h, head(), grad_h, nn::HeadGradients<T>{MatrixMap<T>(grad_w.data(), n, d), with_bias ? grad_b.data() : nullptr});
+  Matrix<T> scratch_h(h.rows(), h.cols()), scratch_w(n, d), scratch_b(1, n);
   auto value = [&]() {
-    scratch_table.setZero();
-    return static_cast<double>(loss_fn(h, table, scratch_h, scratch_table));
+    scratch_w.setZero();
+    scratch_b.setZero();
+    return static_cast<double>(
+        loss_fn(h, head(), scratch_h, nn::HeadGradients<T>{MatrixMap<T>(scratch_w.data(), n, d), scratch_b.data()}));
   };
   CHECK(test::max_gradient_error<T>(value, h.data(), grad_h.data(), h.size()) < test::GradTolerance<T>::tolerance);
-  CHECK(test::max_gradient_error<T>(value, table.data(), grad_table.data(), table.size()) <
-        test::GradTolerance<T>::tolerance);
-  CHECK(grad_table.row(0).isZero());  // the padding row is never a candidate
+  CHECK(test::max_gradient_error<T>(value, weight.data(), grad_w.data(), weight.size()) < test::GradTolerance<T>::tolerance);
+  if (with_bias) {
+    CHECK(test::max_gradient_error<T>(value, bias.data(), grad_b.data(), bias.size()) < test::GradTolerance<T>::tolerance);
+  } else {
+    CHECK(grad_b.isZero());
+  }
+  // A frozen weight (no rows in its gradient) is skipped; h's gradient is unchanged.
+  Matrix<T> frozen_h(h.rows(), h.cols());
+  loss_fn(h, head(), frozen_h, nn::HeadGradients<T>{MatrixMap<T>(nullptr, 0, d), nullptr});
+  CHECK((frozen_h - grad_h).cwiseAbs().maxCoeff() < T(1e-5));
+}
+
+template <typename T>
+nn::HeadWeights<T> view(const Matrix<T>& weight, const T* bias = nullptr) {
+  return nn::HeadWeights<T>{ConstMatrixMap<T>(weight.data(), weight.rows(), weight.cols()), bias};
+}
+
+template <typename T>
+nn::HeadGradients<T> grads(Matrix<T>& weight, T* bias = nullptr) {
+  return nn::HeadGradients<T>{MatrixMap<T>(weight.data(), weight.rows(), weight.cols()), bias};
 }
 
 }  // namespace
@@ -52,65 +75,76 @@ TEST_CASE("Softmax cross-entropy stays finite for extreme logits", "[loss][softm
   REQUIRE(value == Approx(2000.0f));
 }
 
-TEMPLATE_TEST_CASE("Catalogue softmax cross-entropy gradients", "[loss][softmax_ce][gradcheck]", float, double) {
+TEMPLATE_TEST_CASE("Catalogue softmax cross-entropy gradients, tied and untied heads", "[loss][softmax_ce][gradcheck]", float, double) {
   using T = TestType;
   Rng rng(1);
-  Matrix<T> table = test::random_matrix<T>(8, 4, rng);
-  table.row(0).setZero();
+  const Matrix<T> weight = test::random_matrix<T>(7, 4, rng);
   const std::vector<ItemId> targets = {3, 7, 1, 0, 5};
   loss::CatalogueSoftmaxCrossEntropy<T> ce;
   ce.block_rows = 2;  // exercise the blocked path
   typename loss::CatalogueSoftmaxCrossEntropy<T>::Workspace ws;
-  check_loss_gradients<T>(test::random_matrix<T>(5, 4, rng), table,
-                          [&](const Matrix<T>& h, const Matrix<T>& e, Matrix<T>& gh, Matrix<T>& ge) {
-                            return ce(h, e, targets, gh, ge, ws);
-                          });
-  // Matches the logits-level loss.
+  for (bool with_bias : {false, true}) {
+    CAPTURE(with_bias);
+    check_loss_gradients<T>(test::random_matrix<T>(5, 4, rng), weight, with_bias,
+                            [&](const Matrix<T>& h, const nn::HeadWeights<T>& head, Matrix<T>& gh, nn::HeadGradients<T> gw) {
+                              return ce(h, head, targets, gh, gw, ws);
+                            }, rng);
+  }
+  // Matches the logits-level loss, with the bias added to every row's logits.
   const Matrix<T> h = test::random_matrix<T>(5, 4, rng);
-  Matrix<T> gh(5, 4), ge = Matrix<T>::Zero(8, 4);
-  const T value = ce(h, table, targets, gh, ge, ws);
-  Matrix<T> logits = h * table.bottomRows(7).transpose(), g(5, 7);
+  const Matrix<T> bias = test::random_matrix<T>(1, 7, rng);
+  Matrix<T> gh(5, 4), gw = Matrix<T>::Zero(7, 4);
+  const T value = ce(h, view<T>(weight, bias.data()), targets, gh, grads<T>(gw), ws);
+  Matrix<T> logits = h * weight.transpose(), g(5, 7);
+  logits.rowwise() += bias.row(0);
   loss::SoftmaxCrossEntropyWithLogits<T> plain;
   const T expected = plain(logits, {2, 6, 0, -1, 4}, g);
   REQUIRE(value == Approx(expected).epsilon(1e-5));
   std::vector<ItemId> bad = {3, 8, 1, 0, 5};
-  REQUIRE_THROWS_AS(ce(h, table, bad, gh, ge, ws), ShapeError);
+  REQUIRE_THROWS_AS(ce(h, view<T>(weight), bad, gh, grads<T>(gw), ws), ShapeError);
 }
 
 TEST_CASE("Binary cross-entropy matches SASRec's formula", "[loss][bce]") {
-  Matrix<double> table(4, 2), h(1, 2);
-  table << 0, 0, 1, 0, 0, 1, 1, 1;
+  Matrix<double> weight(3, 2), h(1, 2);
+  weight << 1, 0, 0, 1, 1, 1;
   h << 2, -1;
-  Matrix<double> gh(1, 2), ge = Matrix<double>::Zero(4, 2);
+  Matrix<double> gh(1, 2), gw = Matrix<double>::Zero(3, 2);
   loss::SampledBinaryCrossEntropy<double> bce;
-  const double value = bce(h, table, {1}, {2, 3}, 2, gh, ge);
+  loss::SampledBinaryCrossEntropy<double>::Workspace ws;
+  const double value = bce(h, view<double>(weight), {1}, {2, 3}, 2, gh, grads<double>(gw), ws);
   auto sig = [](double x) { return 1 / (1 + std::exp(-x)); };
   const double expected = -std::log(sig(2)) - std::log(1 - sig(-1)) - std::log(1 - sig(1));
   REQUIRE(value == Approx(expected).epsilon(1e-12));
-  REQUIRE_THROWS_AS(bce(h, table, {4}, {2, 3}, 2, gh, ge), ShapeError);
-  REQUIRE_THROWS_AS(bce(h, table, {1}, {2, 0}, 2, gh, ge), ShapeError);
-  REQUIRE_THROWS_AS(bce(h, table, {1}, {2}, 2, gh, ge), ShapeError);
+  // With a bias b: scores 2 + b1, -1 + b2, 1 + b3.
+  const std::vector<double> bias = {0.5, -1.0, 2.0};
+  const double biased = bce(h, view<double>(weight, bias.data()), {1}, {2, 3}, 2, gh, grads<double>(gw), ws);
+  REQUIRE(biased == Approx(-std::log(sig(2.5)) - std::log(1 - sig(-2)) - std::log(1 - sig(3))).epsilon(1e-12));
+  REQUIRE_THROWS_AS(bce(h, view<double>(weight), {4}, {2, 3}, 2, gh, grads<double>(gw), ws), ShapeError);
+  REQUIRE_THROWS_AS(bce(h, view<double>(weight), {1}, {2, 0}, 2, gh, grads<double>(gw), ws), ShapeError);
+  REQUIRE_THROWS_AS(bce(h, view<double>(weight), {1}, {2}, 2, gh, grads<double>(gw), ws), ShapeError);
 }
 
-TEMPLATE_TEST_CASE("Binary cross-entropy gradients", "[loss][bce][gradcheck]", float, double) {
+TEMPLATE_TEST_CASE("Binary cross-entropy gradients, tied and untied heads", "[loss][bce][gradcheck]", float, double) {
   using T = TestType;
   Rng rng(2);
-  Matrix<T> table = test::random_matrix<T>(9, 3, rng);
-  table.row(0).setZero();
+  const Matrix<T> weight = test::random_matrix<T>(8, 3, rng);
   const std::vector<ItemId> positives = {1, 4, 4, 8};
   const std::vector<ItemId> negatives = {2, 3, 5, 6, 7, 1, 4, 2};  // 2 per row, repeats included
   loss::SampledBinaryCrossEntropy<T> bce;
-  check_loss_gradients<T>(test::random_matrix<T>(4, 3, rng), table,
-                          [&](const Matrix<T>& h, const Matrix<T>& e, Matrix<T>& gh, Matrix<T>& ge) {
-                            return bce(h, e, positives, negatives, 2, gh, ge);
-                          });
+  typename loss::SampledBinaryCrossEntropy<T>::Workspace ws;
+  for (bool with_bias : {false, true}) {
+    CAPTURE(with_bias);
+    check_loss_gradients<T>(test::random_matrix<T>(4, 3, rng), weight, with_bias,
+                            [&](const Matrix<T>& h, const nn::HeadWeights<T>& head, Matrix<T>& gh, nn::HeadGradients<T> gw) {
+                              return bce(h, head, positives, negatives, 2, gh, gw, ws);
+                            }, rng);
+  }
 }
 
-TEMPLATE_TEST_CASE("Sampled softmax with logQ correction: gradients", "[loss][sampled_softmax][gradcheck]", float, double) {
+TEMPLATE_TEST_CASE("Sampled softmax with logQ correction: gradients, tied and untied heads", "[loss][sampled_softmax][gradcheck]", float, double) {
   using T = TestType;
   Rng rng(3);
-  Matrix<T> table = test::random_matrix<T>(10, 4, rng);
-  table.row(0).setZero();
+  const Matrix<T> weight = test::random_matrix<T>(9, 4, rng);
   const std::vector<ItemId> positives = {2, 5, 9};
   const std::vector<T> log_q_pos = {T(-2), T(-1.5), T(-3)};
   const std::vector<ItemId> negatives = {1, 5, 7, 3};  // 5 is an accidental hit for row 1
@@ -118,21 +152,24 @@ TEMPLATE_TEST_CASE("Sampled softmax with logQ correction: gradients", "[loss][sa
   loss::SampledSoftmaxCrossEntropy<T> loss_fn;
   loss_fn.temperature = T(0.5);
   typename loss::SampledSoftmaxCrossEntropy<T>::Workspace ws;
-  check_loss_gradients<T>(test::random_matrix<T>(3, 4, rng), table,
-                          [&](const Matrix<T>& h, const Matrix<T>& e, Matrix<T>& gh, Matrix<T>& ge) {
-                            return loss_fn(h, e, positives, log_q_pos, negatives, log_q_neg, gh, ge, ws);
-                          });
+  for (bool with_bias : {false, true}) {
+    CAPTURE(with_bias);
+    check_loss_gradients<T>(test::random_matrix<T>(3, 4, rng), weight, with_bias,
+                            [&](const Matrix<T>& h, const nn::HeadWeights<T>& head, Matrix<T>& gh, nn::HeadGradients<T> gw) {
+                              return loss_fn(h, head, positives, log_q_pos, negatives, log_q_neg, gh, gw, ws);
+                            }, rng);
+  }
 }
 
 TEST_CASE("Sampled softmax: value by hand, accidental hits removed", "[loss][sampled_softmax]") {
-  Matrix<double> table(4, 1), h(1, 1);
-  table << 0, 1, 2, 3;
+  Matrix<double> weight(3, 1), h(1, 1);
+  weight << 1, 2, 3;
   h << 1;
-  Matrix<double> gh(1, 1), ge = Matrix<double>::Zero(4, 1);
+  Matrix<double> gh(1, 1), gw = Matrix<double>::Zero(3, 1);
   loss::SampledSoftmaxCrossEntropy<double> loss_fn;
   loss::SampledSoftmaxCrossEntropy<double>::Workspace ws;
   // Positive 2 (score 2, log q -1), negatives 3 (score 3, log q -2) and 2 (hit, removed).
-  const double value = loss_fn(h, table, {2}, {-1.0}, {3, 2}, {-2.0, -1.0}, gh, ge, ws);
+  const double value = loss_fn(h, view<double>(weight), {2}, {-1.0}, {3, 2}, {-2.0, -1.0}, gh, grads<double>(gw), ws);
   const double z0 = 2 + 1, z1 = 3 + 2;
   REQUIRE(value == Approx(std::log(std::exp(z0) + std::exp(z1)) - z0));
 }

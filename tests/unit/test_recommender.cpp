@@ -88,3 +88,14 @@ TEST_CASE("Recommender: batch equals single calls; concurrent calls are safe and
   for (const auto& results : per_thread) REQUIRE(results == singles);
   REQUIRE_THROWS_AS(serve::Recommender<models::SASRec<float>>(nullptr), ConfigError);
 }
+
+TEST_CASE("Recommender rejects a block size of 0 instead of returning empty lists", "[serve][recommender][errors]") {
+  serve::Recommender<models::SASRec<float>> recommender(make_model());
+  Rng rng(3);
+  const auto histories = random_histories(5, rng);
+  REQUIRE_THROWS_WITH(recommender.recommend_batch(histories, {10, true}, 0), Catch::Matchers::Contains("block_users must be positive"));
+  REQUIRE_THROWS_AS(recommender.recommend_batch(histories, {10, true}, -4), ConfigError);
+  // A failing query returns its workspace to the pool: the next query still works.
+  REQUIRE_THROWS_AS(recommender.recommend({0}), ShapeError);
+  REQUIRE(recommender.recommend({1, 2}, {3, true}).size() == 3);
+}

@@ -54,7 +54,7 @@ TEMPLATE_TEST_CASE("RMSNorm gradients match finite differences", "[nn][rms_norm]
         [&](const Matrix<T>&, const Matrix<T>& dy, Matrix<T>& dx) {
           dx.setZero();
           norm.accumulate_grad(dy, ws);
-          norm.backward(dy, dx, ws, /*accumulate=*/true);
+          norm.backward(dy, dx, ws, nn::InputGrad::kAccumulate);
         },
         rng);
     CHECK(result.input_error < test::GradTolerance<T>::tolerance);

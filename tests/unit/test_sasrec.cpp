@@ -6,30 +6,6 @@ using namespace distillrec;
 
 namespace {
 
-data::TrainingBatch tiny_batch(Index max_length) {
-  data::TrainingBatch batch;
-  batch.users = {0, 1, 2};
-  batch.inputs = Matrix<ItemId>::Zero(3, max_length);
-  batch.targets = Matrix<ItemId>::Zero(3, max_length);
-  batch.negatives = Matrix<ItemId>::Zero(3, max_length);
-  // Row 0: full window; row 1: two items; row 2: one item.
-  for (Index j = 0; j < max_length; ++j) {
-    batch.inputs(0, j) = static_cast<ItemId>(1 + j);
-    batch.targets(0, j) = static_cast<ItemId>(2 + j);
-    batch.negatives(0, j) = 11;
-  }
-  batch.inputs(1, max_length - 2) = 9;
-  batch.inputs(1, max_length - 1) = 4;
-  batch.targets(1, max_length - 2) = 4;
-  batch.targets(1, max_length - 1) = 7;
-  batch.negatives(1, max_length - 2) = 2;
-  batch.negatives(1, max_length - 1) = 3;
-  batch.inputs(2, max_length - 1) = 12;
-  batch.targets(2, max_length - 1) = 5;
-  batch.negatives(2, max_length - 1) = 6;
-  return batch;
-}
-
 models::SASRecConfig tiny_config(models::BlockStyle style) {
   models::SASRecConfig config;
   config.num_items = 12;
@@ -61,7 +37,7 @@ TEST_CASE("SASRec gradients match finite differences for every block style", "[m
           params.value(params.find(info.name)).array() += test::random_matrix<double>(1, info.cols, rng, 0.2).array();
         }
       }
-      const auto batch = tiny_batch(config.max_length);
+      const auto batch = test::tiny_batch(config.max_length);
       models::SASRec<double>::Workspace ws;
       Matrix<double> r;
       auto loss = [&]() {
@@ -149,17 +125,17 @@ TEST_CASE("SASRec encode equals the last positions of a full forward pass withou
     models::SASRec<double> model(config);
     Rng rng(9);
     model.initialize(rng);
-    const auto batch = tiny_batch(config.max_length);
+    const auto batch = test::tiny_batch(config.max_length);
     models::SASRec<double>::Workspace ws;
     Rng unused(1);
     const Matrix<double> full = model.forward_train(batch, unused, ws);
     const nn::SequenceLayout layout = ws.layout;
     // The same windows as histories: row r's non-padding inputs.
     std::vector<Sequence> histories;
-    for (Index r = 0; r < batch.inputs.rows(); ++r) {
+    for (Index r = 0; r < batch.inputs().rows(); ++r) {
       Sequence h;
-      for (Index j = 0; j < batch.inputs.cols(); ++j) {
-        if (batch.inputs(r, j) != 0) h.push_back(batch.inputs(r, j));
+      for (Index j = 0; j < batch.inputs().cols(); ++j) {
+        if (batch.inputs()(r, j) != 0) h.push_back(batch.inputs()(r, j));
       }
       histories.push_back(h);
     }

@@ -41,14 +41,18 @@ TEST_CASE("top_k agrees with a full sort on random scores", "[serve][scoring]") 
   }
 }
 
-TEST_CASE("score_items, mask_items and score_candidates agree", "[serve][scoring]") {
+TEST_CASE("score_items, mask_items and score_candidates agree, with and without a bias", "[serve][scoring]") {
   Rng rng(2);
-  Matrix<float> table = test::random_matrix<float>(6, 3, rng);
-  table.row(0).setZero();
+  const Matrix<float> weight = test::random_matrix<float>(5, 3, rng);  // items 1..5
+  const Matrix<float> bias = test::random_matrix<float>(1, 5, rng);
   const Matrix<float> users = test::random_matrix<float>(2, 3, rng);
   Matrix<float> scores(2, 5);
+  const nn::HeadWeights<float> untied{ConstMatrixMap<float>(weight.data(), 5, 3), bias.data()};
+  serve::score_items<float>(users, untied, scores);
+  REQUIRE(scores(1, 2) == Approx(users.row(1).dot(weight.row(2)) + bias(0, 2)));
+  const nn::HeadWeights<float> table{ConstMatrixMap<float>(weight.data(), 5, 3), nullptr};
   serve::score_items<float>(users, table, scores);
-  REQUIRE(scores(1, 2) == Approx(users.row(1).dot(table.row(3))));
+  REQUIRE(scores(1, 2) == Approx(users.row(1).dot(weight.row(2))));
   serve::mask_items<float>(scores, 0, {2, 5, 0, 99});
   REQUIRE(scores(0, 1) == -std::numeric_limits<float>::infinity());
   REQUIRE(scores(0, 4) == -std::numeric_limits<float>::infinity());
@@ -58,6 +62,8 @@ TEST_CASE("score_items, mask_items and score_candidates agree", "[serve][scoring
   Matrix<float> candidate_scores(2, 2);
   serve::score_candidates<float>(users, table, candidates, candidate_scores);
   REQUIRE(candidate_scores(1, 0) == Approx(scores(1, 4)));
+  serve::score_candidates<float>(users, untied, candidates, candidate_scores);
+  REQUIRE(candidate_scores(1, 0) == Approx(users.row(1).dot(weight.row(4)) + bias(0, 4)));
   candidates(0, 0) = 6;
   REQUIRE_THROWS_AS(serve::score_candidates<float>(users, table, candidates, candidate_scores), ShapeError);
   Matrix<float> wrong(2, 4);

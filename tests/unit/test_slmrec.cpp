@@ -8,6 +8,7 @@
 
 #include "support.hpp"
 
+#include <memory>
 #include <sstream>
 
 using namespace distillrec;
@@ -24,7 +25,7 @@ data::InteractionLog small_log() {
   return data::generate_synthetic(synthetic);
 }
 
-models::LLMRecConfig model_config(ItemId num_items, Index layers, std::vector<Index> supervision = {}) {
+models::LLMRecConfig model_config(ItemId num_items, Index layers) {
   models::LLMRecConfig config;
   config.num_items = num_items;
   config.item_dim = 6;
@@ -34,7 +35,6 @@ models::LLMRecConfig model_config(ItemId num_items, Index layers, std::vector<In
   config.ffn_size = 10;
   config.max_length = 6;
   config.dropout = 0.0;
-  config.supervision_layers = std::move(supervision);
   return config;
 }
 
@@ -48,15 +48,16 @@ TEST_CASE("In-process teacher signals equal the teacher's hidden states on every
   Rng rng(1);
   teacher.initialize(rng);
   for (auto positions : {distill::AlignPositions::kLast, distill::AlignPositions::kAll}) {
-    const auto signals =
-        distill::compute_teacher_signals(teacher, {2, 4}, split, log.user_raw_ids, positions, &log.item_raw_ids, 7);
+    const auto signals = distill::compute_teacher_signals(teacher, {2, 4}, split, positions, &log.item_raw_ids, 7);
     Index expected_examples = 0;
     for (const auto& t : split.train) expected_examples += t.size() >= 2;
     REQUIRE(signals.num_examples() == expected_examples);
     REQUIRE(signals.has_last_items());
-    // Check one user by hand.
+    // Check one user by hand: its window is the newest 6 items of train[:-1].
     const Index u = 5;
-    const auto window = distill::training_window(split.train[u], 6);
+    REQUIRE(split.train[u].size() >= 2);
+    const Sequence window(split.train[u].end() - 1 - std::min<std::ptrdiff_t>(6, static_cast<std::ptrdiff_t>(split.train[u].size()) - 1),
+                          split.train[u].end() - 1);
     models::LLMRec<double>::Workspace ws;
     teacher.forward_hidden_states({window}, ws);
     const Index e = signals.find(log.user_raw_ids[u]);
@@ -81,7 +82,7 @@ TEST_CASE("Teacher signals round-trip through the documented safetensors schema"
   teacher.initialize(rng);
   const auto dir = test::temp_dir("signals");
   for (auto positions : {distill::AlignPositions::kLast, distill::AlignPositions::kAll}) {
-    const auto signals = distill::compute_teacher_signals(teacher, {2, 4}, split, log.user_raw_ids, positions, &log.item_raw_ids);
+    const auto signals = distill::compute_teacher_signals(teacher, {2, 4}, split, positions, &log.item_raw_ids);
     const auto path = (dir / ("signals_" + distill::to_string(positions) + ".safetensors")).string();
     distill::save_teacher_signals(signals, path);
     const io::SafetensorsReader reader(path);
@@ -143,8 +144,9 @@ TEST_CASE("SLMRec loss: the whole objective's gradients match finite differences
   for (auto positions : {distill::AlignPositions::kLast, distill::AlignPositions::kAll}) {
     for (bool squared : {false, true}) {
       CAPTURE(distill::to_string(positions), squared);
-      const auto signals = distill::compute_teacher_signals(teacher, map.teacher_indices(), split, log.user_raw_ids, positions);
-      auto config = model_config(split.num_items, 2, map.supervision_layers);
+      const auto signals = std::make_shared<const distill::TeacherSignals<double>>(
+          distill::compute_teacher_signals(teacher, map.teacher_indices(), split, positions));
+      auto config = model_config(split.num_items, 2);
       config.dropout = 0.2;
       models::LLMRec<double> student(config);
       student.initialize(rng);
@@ -154,34 +156,55 @@ TEST_CASE("SLMRec loss: the whole objective's gradients match finite differences
       slm.squared_norm = squared;
       slm.lambda_norm = 0.3;
       slm.lambda_ms = 0.7;
-      distill::SLMRecDistillation<double> distillation(slm, map, signals, split, log.user_raw_ids, student);
+      distill::SLMRecDistillation<double> distillation(slm, map, signals, split, student);
+      distillation.initialize(rng);
+      REQUIRE(distillation.num_supervision_heads() == 1);
+      REQUIRE(distillation.parameters() != nullptr);
+      const data::ExampleSplit examples(split);
       data::BatcherConfig bc;
       bc.batch_size = 6;
       bc.max_length = 6;
-      data::SequenceBatcher batcher(split.train, split.num_items, bc);
+      data::ExampleBatcher batcher(examples, bc);
       batcher.start_epoch(0);
       data::TrainingBatch batch;
       REQUIRE(batcher.next(batch));
       models::LLMRec<double>::Workspace ws;
       loss::CatalogueSoftmaxCrossEntropy<double> ce;
       loss::CatalogueSoftmaxCrossEntropy<double>::Workspace ce_ws;
+      train::StepBuffers<models::LLMRec<double>> buffers;
       auto& params = student.parameters();
+      auto& heads = *distillation.parameters();
       Matrix<double> grad_u;
+      // L = CE of the student's outputs + the distillation term, as the trainer computes it.
       auto total_loss = [&](bool with_grads) {
         Rng dropout_rng(9);
         const auto u = student.forward_train(batch, dropout_rng, ws);
+        buffers.begin(u, ws, true);
         grad_u.resize(u.rows(), u.cols());
-        Matrix<double> scratch(with_grads ? 0 : params.grad(0).rows(), params.grad(0).cols());
-        const double l_ce = ce(u, student.item_table(), ws.targets, grad_u, with_grads ? student.item_table_grad() : MatrixMap<double>(scratch.data(), scratch.rows(), scratch.cols()), ce_ws);
-        return l_ce + distillation(student, ws, batch);
+        const double l_ce = ce(u, student.output_weights(), ws.targets, grad_u,
+                               with_grads ? student.output_gradients() : nn::HeadGradients<double>{}, ce_ws);
+        Rng term_rng(3);
+        auto ctx = buffers.context(student, ws, batch, examples, u, term_rng);
+        ctx.grad_outputs += grad_u;
+        const double l = l_ce + distillation.compute(ctx);
+        buffers.finish(ws);
+        return l;
       };
       params.zero_grad();
+      heads.zero_grad();
       total_loss(true);
-      student.backward(grad_u, ws);
+      student.backward(buffers.grad_outputs(), ws);
       const Matrix<double> grads = Eigen::Map<const Matrix<double>>(params.grads(), 1, params.buffer_size());
+      // (every evaluation of the loss adds to the heads' gradients again: keep this step's)
+      const Matrix<double> head_grads = Eigen::Map<const Matrix<double>>(heads.grads(), 1, heads.buffer_size());
       const double error = test::max_gradient_error<double>([&] { return total_loss(false); }, params.values(), grads.data(),
                                                             params.buffer_size(), 600);
       CHECK(error < 1e-6);
+      // The supervision heads are the term's own parameters.
+      const double head_error = test::max_gradient_error<double>([&] { return total_loss(false); }, heads.values(),
+                                                                 head_grads.data(), heads.buffer_size(), 200);
+      CHECK(head_error < 1e-6);
+      CHECK(head_grads.cwiseAbs().maxCoeff() > 0.0);
       const auto terms = distillation.take_terms();
       CHECK(terms.steps > 0);
       CHECK(terms.cos > 0.0);
@@ -198,61 +221,74 @@ TEST_CASE("SLMRec rejects signals that do not fit the student or the data", "[di
   Rng rng(5);
   teacher.initialize(rng);
   const auto map = distill::make_layer_map(4, 2, 2);
-  const auto signals =
-      distill::compute_teacher_signals(teacher, map.teacher_indices(), split, log.user_raw_ids, distill::AlignPositions::kLast, &log.item_raw_ids);
-  models::LLMRec<float> student(model_config(split.num_items, 2, map.supervision_layers));
+  const auto computed =
+      distill::compute_teacher_signals(teacher, map.teacher_indices(), split, distill::AlignPositions::kLast, &log.item_raw_ids);
+  const auto signals = std::make_shared<const distill::TeacherSignals<float>>(computed);
+  auto shared = [](distill::TeacherSignals<float> s) { return std::make_shared<const distill::TeacherSignals<float>>(std::move(s)); };
+  models::LLMRec<float> student(model_config(split.num_items, 2));
   distill::SLMRecConfig slm;
   slm.blocks = 2;
   // Fits.
-  REQUIRE_NOTHROW(distill::SLMRecDistillation<float>(slm, map, signals, split, log.user_raw_ids, student, &log.item_raw_ids));
+  REQUIRE_NOTHROW(distill::SLMRecDistillation<float>(slm, map, signals, split, student, &log.item_raw_ids));
 
   SECTION("hidden sizes differ") {
-    auto wide = model_config(split.num_items, 2, map.supervision_layers);
+    auto wide = model_config(split.num_items, 2);
     wide.hidden_size = 12;
     models::LLMRec<float> wide_student(wide);
-    REQUIRE_THROWS_AS(distill::SLMRecDistillation<float>(slm, map, signals, split, log.user_raw_ids, wide_student), ShapeError);
+    REQUIRE_THROWS_AS(distill::SLMRecDistillation<float>(slm, map, signals, split, wide_student), ShapeError);
   }
   SECTION("example ids do not match the data") {
-    auto shifted = log.user_raw_ids;
-    for (auto& id : shifted) id += 1000;
-    REQUIRE_THROWS_AS(distill::SLMRecDistillation<float>(slm, map, signals, split, shifted, student), FormatError);
+    auto shifted = split;
+    for (auto& id : shifted.user_ids) id += 1000;
+    REQUIRE_THROWS_AS(distill::SLMRecDistillation<float>(slm, map, signals, shifted, student), FormatError);
     // A file with an extra example the data does not have.
-    distill::TeacherSignals<float> extra = signals;
-    extra.add(999999, Matrix<float>::Zero(1, signals.width()));
-    REQUIRE_THROWS_AS(distill::SLMRecDistillation<float>(slm, map, extra, split, log.user_raw_ids, student), FormatError);
+    distill::TeacherSignals<float> extra = computed;
+    extra.add(999999, Matrix<float>::Zero(1, computed.width()));
+    REQUIRE_THROWS_AS(distill::SLMRecDistillation<float>(slm, map, shared(extra), split, student), FormatError);
+    // Two training examples with one id cannot be told apart.
+    data::ExampleSplit twice(split);
+    twice.train[1].id = twice.train[0].id;
+    REQUIRE_THROWS_WITH(distill::SLMRecDistillation<float>(slm, map, signals, twice, student),
+                        Catch::Matchers::Contains("share the id"));
   }
   SECTION("rows that belong to other windows") {
-    distill::TeacherSignals<float> swapped(signals.layers(), signals.hidden_size(), signals.positions(), "swapped.safetensors");
-    const Index n = signals.num_examples();
+    distill::TeacherSignals<float> swapped(computed.layers(), computed.hidden_size(), computed.positions(), "swapped.safetensors");
+    const Index n = computed.num_examples();
     for (Index e = 0; e < n; ++e) {
       const Index other = (e + 1) % n;  // ids in order, rows (and last items) of the next example
-      swapped.add(signals.example_ids()[static_cast<std::size_t>(e)], signals.states(other),
-                  signals.last_items()[static_cast<std::size_t>(other)]);
+      swapped.add(computed.example_ids()[static_cast<std::size_t>(e)], computed.states(other),
+                  computed.last_items()[static_cast<std::size_t>(other)]);
     }
     try {
-      distill::SLMRecDistillation<float>(slm, map, swapped, split, log.user_raw_ids, student, &log.item_raw_ids);
+      distill::SLMRecDistillation<float>(slm, map, shared(swapped), split, student, &log.item_raw_ids);
       FAIL("misaligned rows were accepted");
     } catch (const FormatError& e) {
       REQUIRE(std::string(e.what()).find("swapped.safetensors") != std::string::npos);
     }
   }
   SECTION("NaN in teacher states") {
-    distill::TeacherSignals<float> bad(signals.layers(), signals.hidden_size(), signals.positions(), "nan");
-    Matrix<float> row = Matrix<float>::Zero(1, signals.width());
+    distill::TeacherSignals<float> bad(computed.layers(), computed.hidden_size(), computed.positions(), "nan");
+    Matrix<float> row = Matrix<float>::Zero(1, computed.width());
     row(0, 3) = std::nanf("");
     REQUIRE_THROWS_AS(bad.add(1, row), FormatError);
   }
   SECTION("layers, positions and heads that disagree") {
-    REQUIRE_THROWS_AS(distill::SLMRecDistillation<float>(slm, distill::make_layer_map(4, 2, 1), signals, split, log.user_raw_ids, student),
+    REQUIRE_THROWS_AS(distill::SLMRecDistillation<float>(slm, distill::make_layer_map(4, 2, 1), signals, split, student),
                       ConfigError);
     auto all = slm;
     all.positions = distill::AlignPositions::kAll;
-    REQUIRE_THROWS_AS(distill::SLMRecDistillation<float>(all, map, signals, split, log.user_raw_ids, student), ConfigError);
-    models::LLMRec<float> no_heads(model_config(split.num_items, 2));
-    REQUIRE_THROWS_AS(distill::SLMRecDistillation<float>(slm, map, signals, split, log.user_raw_ids, no_heads), ConfigError);
+    REQUIRE_THROWS_AS(distill::SLMRecDistillation<float>(all, map, signals, split, student), ConfigError);
+    models::LLMRec<float> deeper(model_config(split.num_items, 4));
+    REQUIRE_THROWS_AS(distill::SLMRecDistillation<float>(slm, map, signals, split, deeper), ConfigError);
+    // Multi-supervision owns one head per intermediate block end; without it the term has no parameters.
+    distill::SLMRecDistillation<float> with_ms(slm, map, signals, split, student);
+    REQUIRE(with_ms.num_supervision_heads() == 1);
+    REQUIRE(with_ms.parameters()->find("supervision_heads.0.weight") >= 0);
     auto without_ms = slm;
     without_ms.use_ms = false;
-    REQUIRE_NOTHROW(distill::SLMRecDistillation<float>(without_ms, map, signals, split, log.user_raw_ids, no_heads));
+    distill::SLMRecDistillation<float> no_heads(without_ms, map, signals, split, student);
+    REQUIRE(no_heads.num_supervision_heads() == 0);
+    REQUIRE(no_heads.parameters() == nullptr);
   }
 }
 
@@ -260,7 +296,7 @@ TEST_CASE("Student initialisation copies the teacher's first layers and adapters
   models::LLMRec<float> teacher(model_config(20, 4));
   Rng rng(6);
   teacher.initialize(rng);
-  models::LLMRec<float> student(model_config(20, 2, {1}));
+  models::LLMRec<float> student(model_config(20, 2));
   student.initialize(rng);
   distill::init_student_from_teacher(teacher, student);
   const auto& tp = teacher.parameters();
@@ -301,27 +337,81 @@ TEST_CASE("SLMRec distillation trains a student through the trainer", "[distill]
   train::Trainer<models::LLMRec<float>>(teacher, split, training).fit();
 
   const auto map = distill::make_layer_map(4, 2, 2);
-  const auto signals = distill::compute_teacher_signals(teacher, map.teacher_indices(), split, log.user_raw_ids,
-                                                        distill::AlignPositions::kLast);
+  const auto signals = std::make_shared<const distill::TeacherSignals<float>>(
+      distill::compute_teacher_signals(teacher, map.teacher_indices(), split, distill::AlignPositions::kLast));
   auto student_config = teacher_config;
   student_config.num_layers = 2;
-  student_config.supervision_layers = map.supervision_layers;
   models::LLMRec<float> student(student_config);
   student.initialize(rng);
   distill::SLMRecConfig slm;
   slm.blocks = 2;
-  distill::SLMRecDistillation<float> distillation(slm, map, signals, split, log.user_raw_ids, student);
+  auto distillation = std::make_shared<distill::SLMRecDistillation<float>>(slm, map, signals, split, student);
+  distillation->initialize(rng);
+  const Matrix<float> heads_before = Eigen::Map<const Matrix<float>>(distillation->parameters()->values(), 1,
+                                                                      distillation->parameters()->buffer_size());
   train::Trainer<models::LLMRec<float>> trainer(student, split, training);
-  trainer.set_auxiliary_loss([&](auto& model, auto& ws, const auto& batch) { return distillation(model, ws, batch); });
+  trainer.add_term(distillation);
+  REQUIRE(trainer.parameter_groups().size() == 2);  // the student's and the heads'
   std::vector<distill::SLMRecTerms> terms;
-  trainer.on_epoch_end([&](const train::EpochRecord&) {
-    terms.push_back(distillation.take_terms());
+  trainer.on_epoch_end([&](const train::EpochRecord& record) {
+    terms.push_back(distillation->take_terms());
+    CHECK(record.terms.count("slmrec.cos") == 1);  // the term's components reach the epoch record
+    CHECK(record.terms.at("slmrec.cos") == Approx(terms.back().cos));
     return true;
   });
   const auto summary = trainer.fit();
   REQUIRE(terms.size() == 4);
+  // The trainer optimised the term's heads too.
+  const Matrix<float> heads_after = Eigen::Map<const Matrix<float>>(distillation->parameters()->values(), 1,
+                                                                     distillation->parameters()->buffer_size());
+  CHECK((heads_after - heads_before).cwiseAbs().maxCoeff() > 0.0f);
   CHECK(summary.epochs.back().loss < summary.epochs.front().loss);
   CHECK(terms.back().cos < terms.front().cos);    // the student's states turn towards the teacher's
   CHECK(terms.back().norm < terms.front().norm);
   CHECK(terms.back().ms < terms.front().ms);
+}
+
+TEST_CASE("Teacher signals are keyed by example id for every-prefix examples, and SLMRec trains on them",
+          "[distill][teacher][examples]") {
+  const auto log = small_log();
+  const auto split = data::every_prefix(log);
+  auto config = model_config(split.num_items, 4);
+  models::LLMRec<float> teacher(config);
+  Rng rng(12);
+  teacher.initialize(rng);
+  const auto map = distill::make_layer_map(4, 2, 2);
+  const auto signals = std::make_shared<const distill::TeacherSignals<float>>(
+      distill::compute_teacher_signals(teacher, map.teacher_indices(), split, distill::AlignPositions::kLast, &log.item_raw_ids));
+  REQUIRE(signals->num_examples() == static_cast<Index>(split.train.size()));
+  for (std::size_t i : {std::size_t{0}, split.train.size() / 2, split.train.size() - 1}) {
+    const auto& example = split.train[i];
+    REQUIRE(example.id == static_cast<std::int64_t>(i));
+    const Index e = signals->find(example.id);
+    REQUIRE(e >= 0);
+    models::LLMRec<float>::Workspace ws;
+    teacher.forward_hidden_states({split.window(example, config.max_length)}, ws);
+    REQUIRE((signals->states(e).row(0).tail(8) - teacher.hidden_state(ws, 4).row(ws.layout.last(0))).cwiseAbs().maxCoeff() < 1e-6f);
+  }
+  auto student_config = config;
+  student_config.num_layers = 2;
+  models::LLMRec<float> student(student_config);
+  student.initialize(rng);
+  distill::SLMRecConfig slm;
+  slm.blocks = 2;
+  auto term = std::make_shared<distill::SLMRecDistillation<float>>(slm, map, signals, split, student, &log.item_raw_ids);
+  term->initialize(rng);
+  // Signals of the leave-one-out examples do not fit the every-prefix ones.
+  const auto loo_signals = std::make_shared<const distill::TeacherSignals<float>>(distill::compute_teacher_signals(
+      teacher, map.teacher_indices(), data::leave_one_out(log), distill::AlignPositions::kLast, &log.item_raw_ids));
+  REQUIRE_THROWS_AS(distill::SLMRecDistillation<float>(slm, map, loo_signals, split, student, &log.item_raw_ids), FormatError);
+  train::TrainerConfig training;
+  training.epochs = 2;
+  training.objective.objective = train::Objective::kSoftmax;
+  training.eval_every = 0;
+  training.log = nullptr;
+  train::Trainer<models::LLMRec<float>> trainer(student, split, training);
+  trainer.add_term(term);
+  const auto summary = trainer.fit();
+  CHECK(std::isfinite(summary.epochs.back().loss));
+  CHECK(summary.epochs.back().terms.at("slmrec.norm") > 0.0);
 }

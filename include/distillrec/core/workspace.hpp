@@ -48,4 +48,29 @@ class ScratchMatrix {
   Index cols_ = 0;
 };
 
+/// One growing buffer per thread of a parallel loop (per-sequence attention matrices):
+/// prepare() before the parallel region with the most any iteration needs, get() inside it with
+/// the calling thread's index. Every thread's buffer is sized in prepare(), so which thread runs
+/// which iteration never matters, and once the largest size has been seen no call allocates.
+template <typename T>
+class PerThreadScratch {
+ public:
+  /// Makes room for `threads` threads of up to `elements` each; call outside the parallel region.
+  void prepare(int threads, std::size_t elements) {
+    if (buffers_.size() < static_cast<std::size_t>(threads)) buffers_.resize(static_cast<std::size_t>(threads));
+    for (auto& buffer : buffers_) {
+      if (buffer.size() < elements) buffer.resize(elements);
+    }
+  }
+  /// At least n elements of the given thread's buffer (contents unspecified).
+  T* get(int thread, std::size_t n) {
+    auto& buffer = buffers_[static_cast<std::size_t>(thread)];
+    if (buffer.size() < n) buffer.resize(n);
+    return buffer.data();
+  }
+
+ private:
+  std::vector<std::vector<T, Eigen::aligned_allocator<T>>> buffers_;
+};
+
 }  // namespace distillrec

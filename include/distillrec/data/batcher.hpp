@@ -1,19 +1,26 @@
 // distillrec/data/batcher.hpp
 //
-// Training batches in SASRec's protocol (kang205 `sampler.py`, pmixer `utils.py`; methods.md
-// §4.5), with pmixer's shuffled pass over the users rather than kang205's draws with replacement.
-// Every user with at least 2 training items is one row per epoch:
+// Training batches over the training examples of an ExampleSplit (data/examples.hpp), in
+// SASRec's layout (kang205 `sampler.py`, pmixer `utils.py`; methods.md §4.5) with pmixer's
+// shuffled pass rather than kang205's draws with replacement. Every training example is one row
+// per epoch:
 //
-//   inputs    B x L        the last L items of train[:-1], left-padded with 0
-//   targets   B x L        the next item at each position (train[1:]), 0 exactly where inputs is 0
-//   negatives B x (L*K)    K negatives per position, columns [t*K, (t+1)*K) for position t, each
-//                          uniform over 1..N minus the user's training items; 0 where target is 0
+//   inputs    B x L        the example's newest L history items, left-padded with 0
+//   targets   B x L        what each position predicts: with every-position supervision the next
+//                          item (the following history item, the example's target at the newest
+//                          position), with newest-position supervision only the newest position
+//                          (the target); 0 elsewhere
+//   negatives B x (L*K)    K negatives per target, columns [t*K, (t+1)*K) for position t, each
+//                          uniform over 1..N minus the example's history and target; 0 where the
+//                          target is 0
 //
-// with L = max_length and K = num_negatives. So for train = [a b c d] and L = 5:
-//   inputs = [0 0 a b c], targets = [0 0 b c d].
+// with L = max_length and K = num_negatives. So for a leave-one-out example with training
+// sequence [a b c d] (history [a b c], target d) and L = 5: inputs = [0 0 a b c],
+// targets = [0 0 b c d] (newest-position: [0 0 0 0 d]).
 //
-// Determinism: the epoch's user order comes from (seed, epoch) and a user's negatives from
-// (seed, epoch, user), so they do not depend on batch size, batch order or threads.
+// Determinism: the epoch's example order comes from (seed, epoch) and an example's negatives
+// from (seed, epoch, example stream), so they do not depend on batch size, batch order or
+// threads. Batches keep their memory: after the first full batch, filling one allocates nothing.
 #pragma once
 
 #include <algorithm>
@@ -24,6 +31,7 @@
 #include "distillrec/core/error.hpp"
 #include "distillrec/core/rng.hpp"
 #include "distillrec/core/types.hpp"
+#include "distillrec/data/examples.hpp"
 #include "distillrec/data/negative_sampler.hpp"
 
 namespace distillrec::data {
@@ -35,66 +43,76 @@ using distillrec::detail::concat;
 struct BatcherConfig {
   Index batch_size = 128;
   Index max_length = 50;    // L: positions per row
-  Index num_negatives = 1;  // K: negatives per non-padding position
-  bool shuffle = true;      // shuffle the users every epoch (else ascending user order)
+  Index num_negatives = 1;  // K: negatives per target
+  bool shuffle = true;      // shuffle the examples every epoch (else in set order)
   std::uint64_t seed = 42;
 };
 
+/// One batch of training rows (see the header comment). The matrices are views of vectors that
+/// only grow, so refilling a batch does not allocate.
 struct TrainingBatch {
-  std::vector<Index> users;  // dense user index per row
-  Matrix<ItemId> inputs;     // B x max_length, left-padded with 0
-  Matrix<ItemId> targets;    // B x max_length, next item, 0 exactly where inputs is 0
-  Matrix<ItemId> negatives;  // B x (max_length * num_negatives), 0 where the target is 0
+  std::vector<Index> examples;  // per row: index of the example in the training set
 
-  Index size() const { return inputs.rows(); }
-  Index num_targets() const { return (targets.array() != kPaddingId).count(); }
+  Index size() const { return static_cast<Index>(examples.size()); }
+  Index length() const { return length_; }
+  Index num_negatives() const { return num_negatives_; }
+
+  Eigen::Map<Matrix<ItemId>> inputs() { return {input_data_.data(), size(), length_}; }
+  Eigen::Map<const Matrix<ItemId>> inputs() const { return {input_data_.data(), size(), length_}; }
+  Eigen::Map<Matrix<ItemId>> targets() { return {target_data_.data(), size(), length_}; }
+  Eigen::Map<const Matrix<ItemId>> targets() const { return {target_data_.data(), size(), length_}; }
+  Eigen::Map<Matrix<ItemId>> negatives() { return {negative_data_.data(), size(), length_ * num_negatives_}; }
+  Eigen::Map<const Matrix<ItemId>> negatives() const { return {negative_data_.data(), size(), length_ * num_negatives_}; }
+
+  /// Sizes the batch (rows x length, num_negatives per position) filled with 0 (padding).
+  void reset(Index rows, Index length, Index num_negatives) {
+    if (rows < 0 || length < 0 || num_negatives < 0) {
+      throw ShapeError(detail::concat("TrainingBatch: negative size ", rows, "x", length, " with ", num_negatives, " negatives"));
+    }
+    examples.assign(static_cast<std::size_t>(rows), 0);
+    length_ = length;
+    num_negatives_ = num_negatives;
+    input_data_.assign(static_cast<std::size_t>(rows * length), kPaddingId);
+    target_data_.assign(static_cast<std::size_t>(rows * length), kPaddingId);
+    negative_data_.assign(static_cast<std::size_t>(rows * length * num_negatives), kPaddingId);
+  }
+
+  Index num_targets() const { return static_cast<Index>(std::count_if(target_data_.begin(), target_data_.end(), [](ItemId t) { return t != kPaddingId; })); }
+
+ private:
+  Index length_ = 0, num_negatives_ = 0;
+  std::vector<ItemId> input_data_, target_data_, negative_data_;
 };
 
-class SequenceBatcher {
+class ExampleBatcher {
  public:
-  /// Keeps the last max_length + 1 items and the sorted distinct items of every training user's
-  /// sequence. Throws ConfigError for non-positive sizes or num_items, or if a user's history
-  /// contains every item (no negative left), and ShapeError for an id outside 1..num_items.
-  SequenceBatcher(const std::vector<Sequence>& train, ItemId num_items, BatcherConfig config)
-      : config_(config), sampler_(checked_num_items(num_items)) {
+  /// Batches over split.train (validated: ShapeError for an id outside 1..num_items or an example
+  /// outside its sequence). ConfigError for non-positive sizes, or if an example's history and
+  /// target hold every item (no negative left).
+  ExampleBatcher(const ExampleSplit& split, BatcherConfig config)
+      : split_(split), config_(config), sampler_(checked_num_items(split.num_items)) {
     check_positive(config.batch_size, "batch_size");
     check_positive(config.max_length, "max_length");
     check_positive(config.num_negatives, "num_negatives");
-    const auto window_capacity = static_cast<std::size_t>(config.max_length) + 1;
-    window_offsets_.push_back(0);
-    excluded_offsets_.push_back(0);
-    for (std::size_t user = 0; user < train.size(); ++user) {
-      const Sequence& sequence = train[user];
-      for (std::size_t position = 0; position < sequence.size(); ++position) {
-        if (sequence[position] < 1 || sequence[position] > num_items) {
-          throw ShapeError(detail::concat("SequenceBatcher: user ", user, " position ", position,
-                                          " has item id ", sequence[position], ", expected 1..",
-                                          num_items));
+    split_.validate();
+    for (const Example& e : split_.train) {
+      if (e.end + 1 >= static_cast<Index>(split_.num_items)) {
+        // Only then can the history and target cover the catalogue: check exactly.
+        Sequence items(split_.history_begin(e), split_.history_end(e) + 1);
+        if (static_cast<ItemId>(sorted_unique(items).size()) == split_.num_items) {
+          throw ConfigError(detail::concat("ExampleBatcher: example ", e.id, " (user ", e.user, ") holds all ", split_.num_items,
+                                           " items, so no negative can be drawn"));
         }
       }
-      if (sequence.size() < 2) continue;
-      users_.push_back(static_cast<Index>(user));
-      const std::size_t window = std::min(sequence.size(), window_capacity);
-      windows_.insert(windows_.end(), sequence.end() - static_cast<std::ptrdiff_t>(window),
-                      sequence.end());
-      window_offsets_.push_back(static_cast<Index>(windows_.size()));
-      const std::vector<ItemId> distinct = sorted_unique(sequence);
-      if (static_cast<ItemId>(distinct.size()) == num_items) {
-        throw ConfigError(detail::concat("SequenceBatcher: user ", user,
-                                         " has interacted with all ", num_items,
-                                         " items, so no negative can be drawn"));
-      }
-      excluded_.insert(excluded_.end(), distinct.begin(), distinct.end());
-      excluded_offsets_.push_back(static_cast<Index>(excluded_.size()));
     }
     start_epoch(0);
   }
 
-  /// Restarts at the first batch of `epoch`, with users shuffled from (seed, epoch).
+  /// Restarts at the first batch of `epoch`, with the examples shuffled from (seed, epoch).
   void start_epoch(std::uint64_t epoch) {
     epoch_ = epoch;
     epoch_rng_ = Rng(config_.seed).derive(epoch);
-    order_.resize(users_.size());
+    order_.resize(split_.train.size());
     std::iota(order_.begin(), order_.end(), std::size_t{0});
     if (config_.shuffle) {
       Rng rng = epoch_rng_.derive(kShuffleStream);
@@ -111,71 +129,63 @@ class SequenceBatcher {
     if (cursor_ >= order_.size()) return false;
     const Index length = config_.max_length;
     const Index negatives = config_.num_negatives;
-    const auto rows = static_cast<Index>(
-        std::min(order_.size() - cursor_, static_cast<std::size_t>(config_.batch_size)));
-    batch.users.resize(static_cast<std::size_t>(rows));
-    batch.inputs.setZero(rows, length);
-    batch.targets.setZero(rows, length);
-    batch.negatives.setZero(rows, length * negatives);
+    const bool every = split_.supervision == Supervision::kEveryPosition;
+    const auto rows = static_cast<Index>(std::min(order_.size() - cursor_, static_cast<std::size_t>(config_.batch_size)));
+    batch.reset(rows, length, negatives);
+    auto inputs = batch.inputs();
+    auto targets = batch.targets();
+    auto negative_out = batch.negatives();
     for (Index row = 0; row < rows; ++row) {
-      const std::size_t slot = order_[cursor_ + static_cast<std::size_t>(row)];
-      const Index user = users_[slot];
-      batch.users[static_cast<std::size_t>(row)] = user;
-      const ItemId* window = windows_.data() + window_offsets_[slot];
-      const Index count = window_offsets_[slot + 1] - window_offsets_[slot] - 1;
-      const Index start = length - count;
-      ItemId* inputs = batch.inputs.data() + row * length;
-      ItemId* targets = batch.targets.data() + row * length;
+      const std::size_t index = order_[cursor_ + static_cast<std::size_t>(row)];
+      const Example& e = split_.train[index];
+      batch.examples[static_cast<std::size_t>(row)] = static_cast<Index>(index);
+      const ItemId* history = split_.history_begin(e);
+      const Index count = std::min(e.end, length);     // window length
+      const Index start = length - count;              // first non-padding column
+      const ItemId* window = history + (e.end - count);
       for (Index t = 0; t < count; ++t) {
-        inputs[start + t] = window[t];
-        targets[start + t] = window[t + 1];
+        inputs(row, start + t) = window[t];
+        if (every || t + 1 == count) targets(row, start + t) = window[t + 1];  // window[count] is the target
       }
-      // Row-major: the negatives of positions start..L-1 are contiguous.
-      Rng rng = epoch_rng_.derive(static_cast<std::uint64_t>(user));
-      sampler_.sample(excluded_.data() + excluded_offsets_[slot],
-                      excluded_.data() + excluded_offsets_[slot + 1], count * negatives,
-                      batch.negatives.data() + row * length * negatives + start * negatives, rng);
+      // Excluded: the distinct items of the whole history and the target.
+      excluded_.assign(history, history + e.end + 1);
+      std::sort(excluded_.begin(), excluded_.end());
+      excluded_.erase(std::unique(excluded_.begin(), excluded_.end()), excluded_.end());
+      Rng rng = epoch_rng_.derive(e.stream);
+      const Index first = every ? start : length - 1;  // first position with a target
+      // Row-major: the negatives of positions first..L-1 are contiguous.
+      sampler_.sample(excluded_.data(), excluded_.data() + excluded_.size(), (length - first) * negatives,
+                      negative_out.data() + row * length * negatives + first * negatives, rng);
     }
     cursor_ += static_cast<std::size_t>(rows);
     return true;
   }
 
-  Index batches_per_epoch() const {
-    return (num_training_users() + config_.batch_size - 1) / config_.batch_size;
-  }
-  Index num_training_users() const { return static_cast<Index>(users_.size()); }
-  /// Dense indices of the users with at least 2 training items, ascending.
-  const std::vector<Index>& training_users() const { return users_; }
+  Index batches_per_epoch() const { return (num_training_examples() + config_.batch_size - 1) / config_.batch_size; }
+  Index num_training_examples() const { return static_cast<Index>(split_.train.size()); }
   const BatcherConfig& config() const { return config_; }
+  const ExampleSplit& split() const { return split_; }
   std::uint64_t epoch() const { return epoch_; }
 
  private:
-  // Stream of the epoch generator used for the shuffle; user streams are the user indices.
+  // Stream of the epoch generator used for the shuffle; example streams are theirs.
   static constexpr std::uint64_t kShuffleStream = ~std::uint64_t{0};
 
   static ItemId checked_num_items(ItemId num_items) {
-    if (num_items < 1) {
-      throw ConfigError(
-          detail::concat("SequenceBatcher: num_items must be at least 1, got ", num_items));
-    }
+    if (num_items < 1) throw ConfigError(detail::concat("ExampleBatcher: num_items must be at least 1, got ", num_items));
     return num_items;
   }
 
   static void check_positive(Index value, const char* name) {
-    if (value <= 0) {
-      throw ConfigError(detail::concat("BatcherConfig.", name, " must be positive, got ", value));
-    }
+    if (value <= 0) throw ConfigError(detail::concat("BatcherConfig.", name, " must be positive, got ", value));
   }
 
+  ExampleSplit split_;                // shares the sequences; owns its example sets
   BatcherConfig config_;
   NegativeSampler sampler_;
-  std::vector<Index> users_;             // training users, ascending
-  std::vector<Index> window_offsets_;    // user slot s: windows_[offsets[s], offsets[s+1])
-  std::vector<ItemId> windows_;          // last min(n, max_length + 1) training items per user
-  std::vector<Index> excluded_offsets_;  // user slot s: excluded_[offsets[s], offsets[s+1])
-  std::vector<ItemId> excluded_;         // sorted distinct training items per user
-  std::vector<std::size_t> order_;       // user slots in this epoch's order
-  std::size_t cursor_ = 0;               // next position in order_
+  std::vector<std::size_t> order_;    // training examples in this epoch's order
+  std::size_t cursor_ = 0;            // next position in order_
+  std::vector<ItemId> excluded_;      // scratch: sorted distinct items of one example
   std::uint64_t epoch_ = 0;
   Rng epoch_rng_;
 };

@@ -50,6 +50,11 @@ struct InteractionLog {
   ItemId num_items = 0;                    // dense item ids are 1..num_items
   std::vector<std::int64_t> user_raw_ids;  // dense user index -> id in the file
   std::vector<std::int64_t> item_raw_ids;  // dense item id -> id in the file; [0] = -1 (padding)
+  // When each interaction happened, aligned with `sequences` (times[u][k] for sequences[u][k]):
+  // the CSV timestamp, or for the SASRec text format the interaction's line order in the file
+  // (global time only if the file was written in time order). Empty for in-memory logs.
+  std::vector<std::vector<double>> times;
+  bool has_timestamps = false;             // times are real timestamps (CSV), not file order
   std::string source;                      // file path or "synthetic(...)"
 
   Index num_users() const { return static_cast<Index>(sequences.size()); }
@@ -248,6 +253,15 @@ inline InteractionLog assemble_log(std::string source, const std::vector<std::in
     Sequence& sequence = log.sequences[user];
     sequence.reserve(static_cast<std::size_t>(last - first));
     for (auto it = first; it != last; ++it) sequence.push_back(items[*it] + 1);
+  }
+  log.has_timestamps = timestamps != nullptr;
+  log.times.resize(num_users);
+  for (std::size_t user = 0; user < num_users; ++user) {
+    auto& times = log.times[user];
+    times.reserve(offsets[user + 1] - offsets[user]);
+    for (std::size_t k = offsets[user]; k < offsets[user + 1]; ++k) {
+      times.push_back(timestamps != nullptr ? static_cast<double>((*timestamps)[rows[k]]) : static_cast<double>(rows[k]));
+    }
   }
   return log;
 }

@@ -6,9 +6,12 @@
 // training; a shorter user keeps everything for training and is never evaluated.
 //
 // Validation predicts valid[u] from train[u]; test predicts test[u] from train[u] + valid[u].
+// Training, validation and evaluation take a split as example sets (data/examples.hpp), into
+// which a LeaveOneOutSplit converts implicitly.
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -27,6 +30,7 @@ struct LeaveOneOutSplit {
   std::vector<ItemId> valid;           // per user: validation target, kPaddingId if not evaluated
   std::vector<ItemId> test;            // per user: test target, kPaddingId if not evaluated
   std::vector<Index> evaluable_users;  // users with valid and test targets, ascending
+  std::vector<std::int64_t> user_ids;  // per user: its id in the log (empty: the dense index)
   ItemId num_items = 0;
   std::string source;
 
@@ -67,6 +71,7 @@ inline LeaveOneOutSplit leave_one_out(const InteractionLog& log, Index min_inter
   LeaveOneOutSplit split;
   split.num_items = log.num_items;
   split.source = log.source;
+  split.user_ids = log.user_raw_ids;
   const std::size_t num_users = log.sequences.size();
   split.train.resize(num_users);
   split.valid.assign(num_users, kPaddingId);

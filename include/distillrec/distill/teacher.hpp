@@ -1,21 +1,24 @@
 // distillrec/distill/teacher.hpp
 //
 // Teacher signals for SLMRec-style distillation: a frozen teacher's hidden states at the block
-// boundaries of the layer map (distill/layer_map.hpp), for every training example. The teacher
-// is deterministic at inference and every training user contributes one fixed window (the last
-// max_length items of train[:-1], data/batcher.hpp), so its states are computed once and reused
-// every epoch (methods.md §1.10) instead of re-running the teacher at every step.
+// boundaries of the layer map (distill/layer_map.hpp), for every training example
+// (data/examples.hpp), keyed by the example's id. The teacher is deterministic at inference and
+// every training example has one fixed window (the newest max_length items of its history), so
+// its states are computed once and reused every epoch (methods.md §1.10) instead of re-running
+// the teacher at every step.
 //
 // Two sources:
 //   compute_teacher_signals()  an in-process teacher (models::LLMRec), run without gradients,
-//                              in parallel over users;
+//                              in parallel over the training examples;
 //   load_teacher_signals()     a safetensors file written by this library (save_teacher_signals,
 //                              a disk cache) or by PyTorch (examples/write_teacher_signals.py).
 //
 // File schema (safetensors; __metadata__ "format": "distillrec-teacher-signals", "version": "1",
 // "positions": "last" | "all", "layers": JSON list of the teacher hidden indices, e.g. [2,4,6,8]):
-//   example_ids    I64 [E]         the user id of every example, as in the interaction log file
-//                                  (the raw id, not the library's dense index); each once
+//   example_ids    I64 [E]         the id of every training example (data/examples.hpp: for
+//                                  leave-one-out the user id as in the interaction log file, not
+//                                  the library's dense index; for every-prefix and temporal
+//                                  splits the example's row in the training set); each once
 //   hidden_states  F32|F16|BF16|F64 [R, B, H]
 //                                  B = number of layers, H = teacher hidden size; with positions
 //                                  "last" R = E and row e is the state at the newest item of
@@ -37,6 +40,7 @@
 #include "distillrec/backend/parallel.hpp"
 #include "distillrec/core/error.hpp"
 #include "distillrec/core/types.hpp"
+#include "distillrec/data/examples.hpp"
 #include "distillrec/data/split.hpp"
 #include "distillrec/io/safetensors.hpp"
 #include "distillrec/models/llm_rec.hpp"
@@ -65,15 +69,6 @@ inline AlignPositions parse_align_positions(const std::string& name) {
 }
 
 inline constexpr const char* kTeacherSignalsFormat = "distillrec-teacher-signals";
-
-/// The window a training user contributes (data/batcher.hpp): the last max_length items of
-/// train[:-1]; empty for users with fewer than 2 training items (they do not train).
-inline Sequence training_window(const Sequence& train, Index max_length) {
-  if (train.size() < 2) return {};
-  const std::size_t end = train.size() - 1;
-  const std::size_t len = std::min<std::size_t>(end, static_cast<std::size_t>(max_length));
-  return Sequence(train.begin() + static_cast<std::ptrdiff_t>(end - len), train.begin() + static_cast<std::ptrdiff_t>(end));
-}
 
 template <typename T = float>
 class TeacherSignals {
@@ -147,17 +142,13 @@ class TeacherSignals {
   std::unordered_map<std::int64_t, Index> index_;
 };
 
-/// Runs a frozen teacher (inference, no gradients) over every training user's window and keeps
-/// its hidden states at `layers`. example_ids[u] names dense user u (the log's raw user ids);
-/// item_raw_ids (optional, dense item -> raw id) fills last_items. Parallel over blocks of users.
+/// Runs a frozen teacher (inference, no gradients) over every training example's window and
+/// keeps its hidden states at `layers`, keyed by the example ids. item_raw_ids (optional, dense
+/// item -> raw id) fills last_items. Parallel over blocks of examples.
 template <typename T>
 TeacherSignals<T> compute_teacher_signals(const models::LLMRec<T>& teacher, const std::vector<Index>& layers,
-                                          const data::LeaveOneOutSplit& split, const std::vector<std::int64_t>& example_ids,
-                                          AlignPositions positions, const std::vector<std::int64_t>* item_raw_ids = nullptr,
-                                          Index block_users = 256) {
-  if (static_cast<Index>(example_ids.size()) != split.num_users()) {
-    throw ShapeError(detail::concat("teacher signals: ", example_ids.size(), " example ids for ", split.num_users(), " users"));
-  }
+                                          const data::ExampleSplit& split, AlignPositions positions,
+                                          const std::vector<std::int64_t>* item_raw_ids = nullptr, Index block_examples = 256) {
   if (split.num_items != teacher.num_items()) {
     throw ShapeError(detail::concat("teacher signals: the data has ", split.num_items, " items, the teacher ", teacher.num_items()));
   }
@@ -168,14 +159,11 @@ TeacherSignals<T> compute_teacher_signals(const models::LLMRec<T>& teacher, cons
   }
   const Index max_length = teacher.config().max_length, h = teacher.hidden_size();
   const Index width = static_cast<Index>(layers.size()) * h;
-  std::vector<Index> users;
-  for (Index u = 0; u < split.num_users(); ++u) {
-    if (split.train[static_cast<std::size_t>(u)].size() >= 2) users.push_back(u);
-  }
-  const Index num_users = static_cast<Index>(users.size());
-  std::vector<Matrix<T>> results(static_cast<std::size_t>(num_users));
-  const Index block = std::max<Index>(1, block_users);
-  const Index num_blocks = (num_users + block - 1) / block;
+  const auto& examples = split.train;
+  const Index num_examples = static_cast<Index>(examples.size());
+  std::vector<Matrix<T>> results(static_cast<std::size_t>(num_examples));
+  const Index block = std::max<Index>(1, block_examples);
+  const Index num_blocks = (num_examples + block - 1) / block;
   parallel::ExceptionCollector errors;
 #pragma omp parallel if (num_blocks > 1 && !parallel::in_parallel())
   {
@@ -183,11 +171,9 @@ TeacherSignals<T> compute_teacher_signals(const models::LLMRec<T>& teacher, cons
     std::vector<Sequence> windows;
 #pragma omp for schedule(dynamic, 1)
     for (Index bi = 0; bi < num_blocks; ++bi) errors.run([&] {
-      const Index begin = bi * block, end = std::min(num_users, begin + block);
+      const Index begin = bi * block, end = std::min(num_examples, begin + block);
       windows.clear();
-      for (Index i = begin; i < end; ++i) {
-        windows.push_back(training_window(split.train[static_cast<std::size_t>(users[static_cast<std::size_t>(i)])], max_length));
-      }
+      for (Index i = begin; i < end; ++i) windows.push_back(split.window(examples[static_cast<std::size_t>(i)], max_length));
       teacher.forward_hidden_states(windows, ws);
       for (Index i = begin; i < end; ++i) {
         const Index s = i - begin;
@@ -203,14 +189,11 @@ TeacherSignals<T> compute_teacher_signals(const models::LLMRec<T>& teacher, cons
   }
   errors.rethrow();
   TeacherSignals<T> signals(layers, h, positions, "in-process teacher");
-  for (Index i = 0; i < num_users; ++i) {
-    const Index u = users[static_cast<std::size_t>(i)];
+  for (Index i = 0; i < num_examples; ++i) {
+    const data::Example& e = examples[static_cast<std::size_t>(i)];
     std::int64_t last_item = -1;
-    if (item_raw_ids != nullptr) {
-      const ItemId item = split.train[static_cast<std::size_t>(u)][split.train[static_cast<std::size_t>(u)].size() - 2];
-      last_item = item_raw_ids->at(static_cast<std::size_t>(item));
-    }
-    signals.add(example_ids[static_cast<std::size_t>(u)], results[static_cast<std::size_t>(i)], last_item);
+    if (item_raw_ids != nullptr) last_item = item_raw_ids->at(static_cast<std::size_t>(*(split.history_end(e) - 1)));
+    signals.add(e.id, results[static_cast<std::size_t>(i)], last_item);
     Matrix<T>().swap(results[static_cast<std::size_t>(i)]);
   }
   return signals;

@@ -1,22 +1,28 @@
 // distillrec/eval/full_ranking.hpp
 //
-// Full-ranking evaluation, the protocol this library reports first: each evaluable user's
-// held-out item is ranked against ALL items 1..N by the model's scores (the serving path,
-// serve/scoring.hpp). Items of the input history are masked by default (they cannot be
-// recommended again; if the target itself is in the history it is masked too and counts as a
-// miss, as HLLM's evaluation does); `mask_history = false` keeps them. Ties are pessimistic.
+// Full-ranking evaluation, the protocol this library reports first: the target of every
+// validation or test example (data/examples.hpp) is ranked against ALL items 1..N by the
+// model's scores through its output head (the serving path, serve/scoring.hpp). Items of the
+// input history are masked by default (they cannot be recommended again; if the target itself
+// is in the history it is masked too and counts as a miss, as HLLM's evaluation does);
+// `mask_history = false` keeps them. Ties are pessimistic.
 //
-// Inputs follow the leave-one-out protocol (methods.md §4.2): validation ranks valid[u] from
-// train[u]; test ranks test[u] from train[u] + valid[u]. Users are processed in blocks in
-// parallel, each thread with its own workspace; results do not depend on the thread count.
+// With leave-one-out examples (methods.md §4.2) validation ranks valid[u] from train[u] and test
+// ranks test[u] from train[u] + valid[u]; every-prefix and temporal splits bring their own
+// examples. A NaN score anywhere is an error, never a silent rank. Examples are processed in
+// blocks in parallel, each thread with its own workspace; results do not depend on the thread
+// count.
 #pragma once
 
 #include "distillrec/backend/parallel.hpp"
+#include "distillrec/data/examples.hpp"
 #include "distillrec/data/split.hpp"
 #include "distillrec/eval/metrics.hpp"
+#include "distillrec/models/model.hpp"
 #include "distillrec/serve/scoring.hpp"
 
 #include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -26,7 +32,9 @@ enum class EvalSplit { kValid, kTest };
 
 inline std::string to_string(EvalSplit split) { return split == EvalSplit::kValid ? "valid" : "test"; }
 
-/// The input history of a user for a split (train, or train + valid).
+inline data::Part to_part(EvalSplit split) { return split == EvalSplit::kValid ? data::Part::kValid : data::Part::kTest; }
+
+/// The input history of a user for a leave-one-out split (train, or train + valid).
 inline Sequence evaluation_history(const data::LeaveOneOutSplit& split, Index user, EvalSplit which) {
   return which == EvalSplit::kValid ? split.valid_history(user) : split.test_history(user);
 }
@@ -39,31 +47,38 @@ struct FullRankingOptions {
   bool mask_history = true;
   Index block_users = 256;
   std::vector<Index> cutoffs = {1, 5, 10, 20};
-  Index max_users = 0;  // > 0: only the first max_users evaluable users (quick checks)
+  Index max_users = 0;  // > 0: only the first max_users examples (quick checks)
 };
 
 /// 0-based pessimistic rank of `target` (1..N) in one row of item scores; -1 if it is masked.
+/// A NaN score anywhere in the row is an Error naming the item: a NaN would otherwise compare
+/// false and silently rank the target above it.
 template <typename T>
 Index rank_of_target(const T* scores, Index num_items, ItemId target) {
   const T target_score = scores[target - 1];
-  if (target_score != target_score) throw Error(detail::concat("evaluation: NaN score for item ", target));
+  Index at_least = 0, nan = -1;
+  for (Index j = 0; j < num_items; ++j) {
+    at_least += scores[j] >= target_score;
+    if (scores[j] != scores[j]) nan = j;
+  }
+  if (nan >= 0) throw Error(detail::concat("evaluation: NaN score for item ", nan + 1));
   if (target_score == -std::numeric_limits<T>::infinity()) return -1;
-  Index at_least = 0;
-  for (Index j = 0; j < num_items; ++j) at_least += scores[j] >= target_score;
   return at_least - 1;  // the target itself
 }
 
-/// Encodes the evaluation histories of `users` in parallel blocks of `block_users`, each thread
-/// with its own workspace, and calls body(begin, end, histories, user_vectors, scores) for every
-/// block [begin, end) of `users`; `scores` is per-thread scratch the body may size and use.
-/// Exceptions thrown inside are re-thrown after the parallel region.
+/// Encodes the histories of `examples` (of `split`) in parallel blocks of `block_examples`, each
+/// thread with its own workspace, and calls body(begin, end, histories, output_vectors, scores)
+/// for every block [begin, end) of `examples`; `scores` is per-thread scratch the body may size
+/// and use. Exceptions thrown inside are re-thrown after the parallel region.
 template <typename Model, typename Body>
-void for_each_encoded_block(const Model& model, const data::LeaveOneOutSplit& split, const std::vector<Index>& users,
-                            EvalSplit which, Index block_users, Body&& body) {
+void for_each_encoded_block(const Model& model, const data::ExampleSplit& split, const std::vector<data::Example>& examples,
+                            Index block_examples, Body&& body) {
+  static_assert(models::check_scoring_model<Model>());
   using T = typename Model::Scalar;
-  const Index num_users = static_cast<Index>(users.size());
-  const Index block = std::max<Index>(1, block_users);
-  const Index num_blocks = (num_users + block - 1) / block;
+  const Index num_examples = static_cast<Index>(examples.size());
+  const Index block = std::max<Index>(1, block_examples);
+  const Index num_blocks = (num_examples + block - 1) / block;
+  const Index width = model.output_weights().dim();
   parallel::ExceptionCollector errors;
 #pragma omp parallel if (num_blocks > 1 && !parallel::in_parallel())
   {
@@ -72,10 +87,10 @@ void for_each_encoded_block(const Model& model, const data::LeaveOneOutSplit& sp
     std::vector<Sequence> histories;
 #pragma omp for schedule(dynamic, 1)
     for (Index bi = 0; bi < num_blocks; ++bi) errors.run([&] {
-      const Index begin = bi * block, end = std::min(num_users, begin + block);
+      const Index begin = bi * block, end = std::min(num_examples, begin + block);
       histories.clear();
-      for (Index i = begin; i < end; ++i) histories.push_back(evaluation_history(split, users[static_cast<std::size_t>(i)], which));
-      user_vectors.resize(end - begin, model.item_table().cols());
+      for (Index i = begin; i < end; ++i) histories.push_back(split.history(examples[static_cast<std::size_t>(i)]));
+      user_vectors.resize(end - begin, width);
       model.encode(histories, user_vectors, ws);
       body(begin, end, histories, user_vectors, scores);
     });
@@ -83,31 +98,35 @@ void for_each_encoded_block(const Model& model, const data::LeaveOneOutSplit& sp
   errors.rethrow();
 }
 
+/// Ranks every validation or test example's target against all N items.
 template <typename Model>
-EvaluationResult evaluate_full_ranking(const Model& model, const data::LeaveOneOutSplit& split, EvalSplit which,
+EvaluationResult evaluate_full_ranking(const Model& model, const data::ExampleSplit& split, EvalSplit which,
                                        const FullRankingOptions& options = {}) {
+  static_assert(models::check_scoring_model<Model>());
   using T = typename Model::Scalar;
   if (split.num_items != model.num_items()) {
     throw ShapeError(detail::concat("evaluation: the data has ", split.num_items, " items but the model scores ",
                                     model.num_items()));
   }
-  std::vector<Index> users = split.evaluable_users;
-  if (options.max_users > 0 && static_cast<Index>(users.size()) > options.max_users) users.resize(static_cast<std::size_t>(options.max_users));
-  if (users.empty()) throw ConfigError("evaluation: no evaluable users");
-  const Index num_users = static_cast<Index>(users.size());
+  std::vector<data::Example> examples = split.examples(to_part(which));
+  if (options.max_users > 0 && static_cast<Index>(examples.size()) > options.max_users) {
+    examples.resize(static_cast<std::size_t>(options.max_users));
+  }
+  if (examples.empty()) throw ConfigError(detail::concat("evaluation: the ", to_string(which), " set of ", split.source, " is empty"));
+  const Index num_examples = static_cast<Index>(examples.size());
   const Index num_items = model.num_items();
-  std::vector<Index> ranks(static_cast<std::size_t>(num_users));
-  const auto table = model.item_table();
-  for_each_encoded_block(model, split, users, which, options.block_users,
+  std::vector<Index> ranks(static_cast<std::size_t>(num_examples));
+  const auto head = model.output_weights();
+  for_each_encoded_block(model, split, examples, options.block_users,
                          [&](Index begin, Index end, const std::vector<Sequence>& histories,
                              const Matrix<T>& user_vectors, Matrix<T>& scores) {
                            scores.resize(end - begin, num_items);
-                           serve::score_items<T>(user_vectors, table, scores);
+                           serve::score_items<T>(user_vectors, head, scores);
                            for (Index i = begin; i < end; ++i) {
                              const Index row = i - begin;
                              if (options.mask_history) serve::mask_items<T>(scores, row, histories[static_cast<std::size_t>(row)]);
-                             ranks[static_cast<std::size_t>(i)] = rank_of_target(
-                                 scores.row(row).data(), num_items, evaluation_target(split, users[static_cast<std::size_t>(i)], which));
+                             ranks[static_cast<std::size_t>(i)] =
+                                 rank_of_target(scores.row(row).data(), num_items, split.target(examples[static_cast<std::size_t>(i)]));
                            }
                          });
 
@@ -117,8 +136,9 @@ EvaluationResult evaluate_full_ranking(const Model& model, const data::LeaveOneO
   result.split = to_string(which);
   result.protocol = "full";
   result.description = detail::concat("full ranking: all ", num_items, " items, history ",
-                                      options.mask_history ? "masked" : "kept", ", pessimistic ties; ", num_users, " users");
-  result.num_users = num_users;
+                                      options.mask_history ? "masked" : "kept", ", pessimistic ties; ", num_examples,
+                                      split.protocol == "leave-one-out" ? " users" : " examples");
+  result.num_users = num_examples;
   result.metrics = metrics.values();
   return result;
 }

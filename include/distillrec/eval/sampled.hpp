@@ -123,25 +123,36 @@ template <typename Model>
 EvaluationResult evaluate_sampled(const Model& model, const data::LeaveOneOutSplit& data_split, EvalSplit which,
                                   const SampledCandidates& candidates, std::vector<Index> cutoffs = {1, 5, 10},
                                   Index block_users = 256) {
+  static_assert(models::check_scoring_model<Model>());
   using T = typename Model::Scalar;
   if (candidates.split != which) throw ConfigError("sampled evaluation: candidates were drawn for the other split");
   const Index num_users = static_cast<Index>(candidates.users.size());
   if (num_users == 0) throw ConfigError("sampled evaluation: no candidates");
   const Index width = candidates.items.cols();
+  const data::ExampleSplit examples(data_split);
+  std::vector<data::Example> rows;
+  rows.reserve(candidates.users.size());
+  for (Index user : candidates.users) {
+    const Index end = static_cast<Index>(data_split.train.at(static_cast<std::size_t>(user)).size()) + (which == EvalSplit::kTest ? 1 : 0);
+    rows.push_back(data::Example{user, end, 0, 0});
+  }
   std::vector<Index> ranks(static_cast<std::size_t>(num_users));
-  const auto table = model.item_table();
-  for_each_encoded_block(model, data_split, candidates.users, which, block_users,
+  const auto head = model.output_weights();
+  for_each_encoded_block(model, examples, rows, block_users,
                          [&](Index begin, Index end, const std::vector<Sequence>& /*histories*/,
                              const Matrix<T>& user_vectors, Matrix<T>& scores) {
                            const Matrix<ItemId> block_items = candidates.items.middleRows(begin, end - begin);
                            scores.resize(end - begin, width);
-                           serve::score_candidates<T>(user_vectors, table, block_items, scores);
+                           serve::score_candidates<T>(user_vectors, head, block_items, scores);
                            for (Index i = begin; i < end; ++i) {
                              const auto row = scores.row(i - begin);
                              const T target = row(0);
                              if (target != target) throw Error("sampled evaluation: NaN score");
                              Index rank = 0;
-                             for (Index c = 1; c < width; ++c) rank += row(c) >= target;
+                             for (Index c = 1; c < width; ++c) {
+                               if (row(c) != row(c)) throw Error("sampled evaluation: NaN score");
+                               rank += row(c) >= target;
+                             }
                              ranks[static_cast<std::size_t>(i)] = rank;
                            }
                          });

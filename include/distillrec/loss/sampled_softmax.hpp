@@ -5,11 +5,12 @@
 // from a proposal Q and shared by all rows; every logit is corrected by the log of its item's
 // proposal probability so the sampled softmax is an unbiased-in-the-limit estimate of the full
 // one:
-//     z_i0 = h_i . E[p_i] / tau - log Q(p_i)
-//     z_ij = h_i . E[n_j] / tau - log Q(n_j)        (-inf where n_j == p_i: accidental hit)
+//     z_i0 = s(h_i, p_i) / tau - log Q(p_i)
+//     z_ij = s(h_i, n_j) / tau - log Q(n_j)        (-inf where n_j == p_i: accidental hit)
+// with s(h, i) = h . W[i] (+ b[i]) the model's output head (nn/output_head.hpp).
 //     L = mean_i -log softmax(z_i)[0]
-// Gradients: dz = softmax(z) - onehot(0); dh_i = sum_j dz_ij E[item_j] / tau, dE[item_j] +=
-// dz_ij h_i / tau.
+// Gradients: dz = softmax(z) - onehot(0); dh_i = sum_j dz_ij W[item_j] / tau, dW[item_j] +=
+// dz_ij h_i / tau, db[item_j] += dz_ij / tau.
 //
 // PopularityProposal: Q(i) proportional to count(i)^alpha over items 1..N (alpha = 0 gives the
 // uniform proposal), sampled in O(1) with Walker's alias method.
@@ -93,39 +94,41 @@ class SampledSoftmaxCrossEntropy {
     ScratchMatrix<T> logits;           // [n, 1 + m]
     ScratchMatrix<T> negative_grads;   // [m, d]
     std::vector<Index> targets;
+    std::vector<double> row_loss;
   };
 
   Reduction reduction = Reduction::kMean;
   T temperature = T(1);
   bool remove_accidental_hits = true;
 
-  /// Returns the loss; overwrites grad_h [n, d], adds into grad_table [(N+1), d] (skipped when
-  /// grad_table has no rows: a frozen table).
-  T operator()(const ConstMatrixRef<T>& h, const ConstMatrixRef<T>& table, const std::vector<ItemId>& positives,
+  /// Returns the loss; overwrites grad_h [n, d] and adds the head's gradients into grad_head
+  /// (a frozen weight or a missing bias is skipped).
+  T operator()(const ConstMatrixRef<T>& h, const nn::HeadWeights<T>& head, const std::vector<ItemId>& positives,
                const std::vector<T>& log_q_positives, const std::vector<ItemId>& negatives,
-               const std::vector<T>& log_q_negatives, MatrixRef<T> grad_h, MatrixRef<T> grad_table,
+               const std::vector<T>& log_q_negatives, MatrixRef<T> grad_h, nn::HeadGradients<T> grad_head,
                Workspace& ws) const {
     const Index n = h.rows(), d = h.cols(), m = static_cast<Index>(negatives.size());
-    const Index num_items = table.rows() - 1;
-    if (table.cols() != d) throw ShapeError("sampled softmax: user vectors and item table differ in width");
+    const Index num_items = head.num_items();
+    if (head.dim() != d) throw ShapeError("sampled softmax: output vectors and output head differ in width");
     if (static_cast<Index>(positives.size()) != n || static_cast<Index>(log_q_positives.size()) != n ||
         static_cast<Index>(log_q_negatives.size()) != m || m == 0) {
-      throw ShapeError(distillrec::detail::concat("sampled softmax: ", n, " user vectors, ", positives.size(), " positives, ",
+      throw ShapeError(distillrec::detail::concat("sampled softmax: ", n, " output vectors, ", positives.size(), " positives, ",
                                                   log_q_positives.size(), " positive log-probabilities, ", m, " negatives, ",
                                                   log_q_negatives.size(), " negative log-probabilities (need at least one negative)"));
     }
     if (!(temperature > T(0))) throw ConfigError("sampled softmax: temperature must be positive");
-    require_shape(grad_h, n, d, "sampled softmax user-vector gradient");
-    const bool table_grad = grad_table.rows() > 0;
-    if (table_grad) require_shape(grad_table, table.rows(), d, "sampled softmax item-table gradient");
+    require_shape(grad_h, n, d, "sampled softmax output gradient");
+    const bool weight_grad = grad_head.has_weight();
+    if (weight_grad) require_shape(grad_head.weight, num_items, d, "sampled softmax head gradient");
     for (ItemId id : positives) {
       if (id < 1 || id > num_items) throw ShapeError(distillrec::detail::concat("sampled softmax: positive item ", id, " is outside 1..", num_items));
     }
+    const auto& table = head.weight;
     auto neg_table = ws.negative_table.resize(m, d);
     for (Index j = 0; j < m; ++j) {
       const ItemId id = negatives[static_cast<std::size_t>(j)];
       if (id < 1 || id > num_items) throw ShapeError(distillrec::detail::concat("sampled softmax: negative item ", id, " is outside 1..", num_items));
-      neg_table.row(j) = table.row(id);
+      neg_table.row(j) = table.row(id - 1);
     }
     const T inv_tau = T(1) / temperature;
     auto logits = ws.logits.resize(n, 1 + m);
@@ -133,28 +136,33 @@ class SampledSoftmaxCrossEntropy {
     const T neg_inf = -std::numeric_limits<T>::infinity();
     for (Index i = 0; i < n; ++i) {
       const ItemId p = positives[static_cast<std::size_t>(i)];
-      logits(i, 0) = h.row(i).dot(table.row(p)) * inv_tau - log_q_positives[static_cast<std::size_t>(i)];
+      logits(i, 0) = head.score(h.row(i), p) * inv_tau - log_q_positives[static_cast<std::size_t>(i)];
       for (Index j = 0; j < m; ++j) {
+        const ItemId negative = negatives[static_cast<std::size_t>(j)];
         logits(i, 1 + j) -= log_q_negatives[static_cast<std::size_t>(j)];
-        if (remove_accidental_hits && negatives[static_cast<std::size_t>(j)] == p) logits(i, 1 + j) = neg_inf;
+        if (head.bias != nullptr) logits(i, 1 + j) += head.bias[negative - 1] * inv_tau;
+        if (remove_accidental_hits && negative == p) logits(i, 1 + j) = neg_inf;
       }
     }
     ws.targets.assign(static_cast<std::size_t>(n), 0);
     SoftmaxCrossEntropyWithLogits<T> ce;
     ce.reduction = reduction;
-    const T value = ce(logits, ws.targets, logits);  // logits now hold dL/dz
+    const T value = ce(logits, ws.targets, logits, ws.row_loss);  // logits now hold dL/dz
     // Through z = s / tau - log Q: dL/ds = dL/dz / tau.
     logits *= inv_tau;
     backend::gemm(backend::Trans::kNo, backend::Trans::kNo, T(1), logits.rightCols(m), neg_table, T(0), grad_h);
     for (Index i = 0; i < n; ++i) {
       const ItemId p = positives[static_cast<std::size_t>(i)];
-      grad_h.row(i) += logits(i, 0) * table.row(p);
-      if (table_grad) grad_table.row(p) += logits(i, 0) * h.row(i);
+      grad_h.row(i) += logits(i, 0) * table.row(p - 1);
+      grad_head.add(p, logits(i, 0), h.row(i));
     }
-    if (!table_grad) return value;
+    if (grad_head.bias != nullptr) {
+      for (Index j = 0; j < m; ++j) grad_head.bias[negatives[static_cast<std::size_t>(j)] - 1] += logits.col(1 + j).sum();
+    }
+    if (!weight_grad) return value;
     auto neg_grads = ws.negative_grads.resize(m, d);
     backend::gemm(backend::Trans::kYes, backend::Trans::kNo, T(1), logits.rightCols(m), h, T(0), neg_grads);
-    for (Index j = 0; j < m; ++j) grad_table.row(negatives[static_cast<std::size_t>(j)]) += neg_grads.row(j);
+    for (Index j = 0; j < m; ++j) grad_head.weight.row(negatives[static_cast<std::size_t>(j)] - 1) += neg_grads.row(j);
     return value;
   }
 };

@@ -22,8 +22,8 @@
 // (not normalised), L = after the final RMSNorm (F). Distillation adds gradients at any index
 // through hidden_state_grad() before backward().
 //
-// Optional supervision heads (SLMRec's multi-supervision, W_a): Linear(hidden -> d_item, no bias)
-// on chosen intermediate indices; part of the parameters and checkpoints, unused at inference.
+// SLMRec's supervision heads (W_a) belong to the distillation (distill/slmrec.hpp), not to the
+// model: a distilled student's checkpoint is a plain LLMRec.
 //
 // Parameter (checkpoint tensor) names, PyTorch layout [out, in]:
 //   item_embedding.weight [N+1, d_item]
@@ -34,7 +34,6 @@
 //   blocks.{b}.attention.output.weight [hidden, hidden]
 //   blocks.{b}.ffn.{gate,up}.weight [ffn, hidden]     blocks.{b}.ffn.down.weight [hidden, ffn]
 //   final_norm.weight [1, hidden]                     output_adapter.weight [d_item, hidden]
-//   supervision_heads.{j}.weight [d_item, hidden]
 // (HF LLaMA: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, input_layernorm,
 // post_attention_layernorm, norm.)
 #pragma once
@@ -50,6 +49,8 @@
 #include "distillrec/nn/rms_norm.hpp"
 #include "distillrec/models/packing.hpp"
 #include "distillrec/nn/sequence_layout.hpp"
+#include "distillrec/nn/block_stack.hpp"
+#include "distillrec/nn/output_head.hpp"
 #include "distillrec/nn/transformer_block.hpp"
 
 #include <nlohmann/json.hpp>
@@ -75,7 +76,6 @@ struct LLMRecConfig {
   double rms_norm_eps = 1e-6;
   double rope_theta = 10000.0;
   bool freeze_item_table = false;
-  std::vector<Index> supervision_layers;  // hidden-state indices (1..num_layers-1) with a head
 
   Index effective_ffn_size() const {
     if (ffn_size > 0) return ffn_size;
@@ -102,13 +102,6 @@ struct LLMRecConfig {
     if (!(dropout >= 0.0 && dropout < 1.0)) throw ConfigError(detail::concat("LLMRec: dropout must be in [0, 1), got ", dropout));
     if (!(rms_norm_eps > 0.0)) throw ConfigError("LLMRec: rms_norm_eps must be positive");
     if (!(rope_theta > 1.0)) throw ConfigError("LLMRec: rope_theta must be > 1");
-    for (std::size_t j = 0; j < supervision_layers.size(); ++j) {
-      const Index k = supervision_layers[j];
-      if (k < 1 || k >= num_layers) {
-        throw ConfigError(detail::concat("LLMRec: supervision layer ", k, " is outside 1..", num_layers - 1,
-                                         " (intermediate hidden states of a ", num_layers, "-layer model)"));
-      }
-    }
   }
 
   nlohmann::json to_json() const {
@@ -124,8 +117,7 @@ struct LLMRecConfig {
                           {"dropout", dropout},
                           {"rms_norm_eps", rms_norm_eps},
                           {"rope_theta", rope_theta},
-                          {"freeze_item_table", freeze_item_table},
-                          {"supervision_layers", supervision_layers}};
+                          {"freeze_item_table", freeze_item_table}};
   }
 
   /// Parses to_json()'s output; missing keys keep their defaults, wrong types throw ConfigError.
@@ -147,7 +139,6 @@ struct LLMRecConfig {
       c.rms_norm_eps = j.value("rms_norm_eps", c.rms_norm_eps);
       c.rope_theta = j.value("rope_theta", c.rope_theta);
       c.freeze_item_table = j.value("freeze_item_table", c.freeze_item_table);
-      if (j.contains("supervision_layers")) c.supervision_layers = j.at("supervision_layers").get<std::vector<Index>>();
     } catch (const nlohmann::json::exception& e) {
       throw ConfigError(std::string("LLMRec configuration: ") + e.what());
     }
@@ -163,20 +154,20 @@ class LLMRec {
   using Scalar = T;
   static constexpr const char* kModelName = "llm_rec";
   using Block = nn::TransformerBlock<T, nn::PreNorm, nn::RMSNorm<T>, nn::SwiGLU<T>>;
+  using Stack = nn::BlockStack<Block>;
 
   /// Per-call memory of a forward (and backward) pass. One per thread; reusable across calls.
   /// The packed tokens (layout, items, sequence rows, targets, negatives) come from PackedTokens.
   struct Workspace : PackedTokens {
-    std::vector<ScratchMatrix<T>> hidden;   // hidden[0] = H_0, hidden[k] = output of block k
+    typename Stack::Workspace stack;        // hidden(0) = H_0, hidden(k) = output of block k
     ScratchMatrix<T> item_inputs;           // E[items]                  [tokens, d_item]
     ScratchMatrix<T> normed;                // F = RMSNorm(H_L)          [tokens, hidden]
     ScratchMatrix<T> output;                // u                         [tokens, d_item]
-    ScratchMatrix<T> grad_a, grad_b, grad_normed, grad_items;
+    ScratchMatrix<T> grad_normed, grad_items;
     std::vector<ScratchMatrix<T>> extra_grads;  // gradients added at hidden states (distillation)
     std::vector<char> has_extra_grad;
     typename nn::Dropout<T>::Workspace input_dropout;
     typename nn::RMSNorm<T>::Workspace final_norm;
-    std::vector<typename Block::Workspace> blocks;
   };
 
   explicit LLMRec(const LLMRecConfig& config) : config_(config), params_(std::make_unique<Parameters<T>>()) {
@@ -199,13 +190,10 @@ class LLMRec {
     block.attention.rope_theta = config_.rope_theta;
     block.attention.num_kv_heads = config_.effective_kv_heads();
     block.attention.max_positions = config_.max_length;
-    blocks_.reserve(static_cast<std::size_t>(config_.num_layers));
-    for (Index b = 0; b < config_.num_layers; ++b) blocks_.emplace_back(p, "blocks." + std::to_string(b), block);
+    stack_.emplace(p, "blocks", config_.num_layers, block);
     final_norm_.emplace(p, "final_norm", h, config_.rms_norm_eps);
     output_adapter_.emplace(p, "output_adapter", h, config_.item_dim, false);
-    for (std::size_t j = 0; j < config_.supervision_layers.size(); ++j) {
-      supervision_heads_.emplace_back(p, "supervision_heads." + std::to_string(j), h, config_.item_dim, false);
-    }
+    head_.emplace(nn::OutputHead<T>::tied(p, item_embedding_->weight_id()));
     p.allocate();
     p.set_trainable(item_embedding_->weight_id(), !config_.freeze_item_table);
   }
@@ -219,10 +207,9 @@ class LLMRec {
   void initialize(Rng& rng) {
     item_embedding_->initialize(rng);
     input_adapter_->initialize(rng);
-    for (auto& b : blocks_) b.initialize(rng);
+    stack_->initialize(rng);
     final_norm_->initialize(rng);
     output_adapter_->initialize(rng);
-    for (auto& head : supervision_heads_) head.initialize(rng);
   }
 
   /// Re-establishes invariants after weights were loaded from outside (padding row zero).
@@ -248,6 +235,7 @@ class LLMRec {
   Index item_dim() const { return config_.item_dim; }
   Index num_layers() const { return config_.num_layers; }
   ItemId num_items() const { return config_.num_items; }
+  Index max_length() const { return config_.max_length; }
 
   /// Scalars in the transformer blocks only (what SLMRec's layer counts scale).
   Index num_block_parameters() const {
@@ -256,17 +244,11 @@ class LLMRec {
     return n;
   }
 
-  /// The item table [(N+1), d_item] that scores user vectors (row 0 = padding, zero).
+  /// The item table [(N+1), d_item] (row 0 = padding, zero); rows 1..N are the tied output head.
   ConstMatrixMap<T> item_table() const { return item_embedding_->table(); }
-  /// Its gradient; an empty map when the table is frozen (losses then skip it).
-  MatrixMap<T> item_table_grad() {
-    if (config_.freeze_item_table) return MatrixMap<T>(nullptr, 0, config_.item_dim);
-    return item_embedding_->table_grad();
-  }
-
-  Index num_supervision_heads() const { return static_cast<Index>(supervision_heads_.size()); }
-  nn::Linear<T>& supervision_head(Index j) { return supervision_heads_.at(static_cast<std::size_t>(j)); }
-  const nn::Linear<T>& supervision_head(Index j) const { return supervision_heads_.at(static_cast<std::size_t>(j)); }
+  nn::HeadWeights<T> output_weights() const { return head_->weights(); }
+  /// The head's gradients; an empty weight when the item table is frozen (losses then skip it).
+  nn::HeadGradients<T> output_gradients() { return head_->gradients(); }
 
   // ---- inference -------------------------------------------------------------------------
 
@@ -276,10 +258,10 @@ class LLMRec {
   void encode(const std::vector<Sequence>& histories, MatrixRef<T> out, Workspace& ws) const {
     require_shape(out, static_cast<Index>(histories.size()), config_.item_dim, "LLMRec::encode output");
     pack_histories(histories, packing_rules(), ws);
-    run_blocks(ws, nn::RunMode::inference(), /*last_block_only_last_tokens=*/true);
-    const Index b = ws.layout.num_sequences();
-    auto normed = ws.normed.resize(b, hidden_size());
-    final_norm_->forward(ws.hidden.back().map(), normed, ws.final_norm);
+    embed(ws, nn::RunMode::inference());
+    const auto last = stack_->forward_last(ws.layout, ws.stack);
+    auto normed = ws.normed.resize(ws.layout.num_sequences(), hidden_size());
+    final_norm_->forward(last, normed, ws.final_norm);
     output_adapter_->forward(normed, out);
   }
 
@@ -294,7 +276,7 @@ class LLMRec {
   /// the final norm), [tokens, hidden].
   ConstMatrixMap<T> hidden_state(const Workspace& ws, Index k) const {
     check_hidden_index(k);
-    return k < config_.num_layers ? ws.hidden[static_cast<std::size_t>(k)].map() : ws.normed.map();
+    return k < config_.num_layers ? stack_->hidden(ws.stack, k) : ws.normed.map();
   }
 
   // ---- training --------------------------------------------------------------------------
@@ -338,26 +320,14 @@ class LLMRec {
     output_adapter_->accumulate_grad(ws.normed.map(), grad_output);
     output_adapter_->backward(grad_output, grad_normed);
     if (const auto* e = extra(L)) grad_normed += e->map();
-    auto grad_a = ws.grad_a.resize(n, h);
-    auto grad_b = ws.grad_b.resize(n, h);
-    MatrixMap<T>* ga = &grad_a;  // gradient w.r.t. the current block's output
-    MatrixMap<T>* gb = &grad_b;  // ... and w.r.t. its input
     final_norm_->accumulate_grad(grad_normed, ws.final_norm);
-    final_norm_->backward(grad_normed, *ga, ws.final_norm);
-    for (Index b = L - 1; b >= 0; --b) {
-      if (b + 1 < L) {
-        if (const auto* e = extra(b + 1)) *ga += e->map();
-      }
-      blocks_[static_cast<std::size_t>(b)].backward(ws.hidden[static_cast<std::size_t>(b)].map(), ws.layout, *ga, *gb,
-                                                    ws.blocks[static_cast<std::size_t>(b)]);
-      std::swap(ga, gb);
-    }
-    if (const auto* e = extra(0)) *ga += e->map();
-    input_dropout_->backward(*ga, *ga, ws.input_dropout);
-    input_adapter_->accumulate_grad(ws.item_inputs.map(), *ga);
+    final_norm_->backward(grad_normed, stack_->output_grad(ws.stack, n), ws.final_norm);
+    auto grad_input = stack_->backward(ws.layout, ws.stack, extra);
+    input_dropout_->backward(grad_input, grad_input, ws.input_dropout);
+    input_adapter_->accumulate_grad(ws.item_inputs.map(), grad_input);
     if (!config_.freeze_item_table) {
       auto grad_items = ws.grad_items.resize(n, config_.item_dim);
-      input_adapter_->backward(*ga, grad_items);
+      input_adapter_->backward(grad_input, grad_items);
       item_embedding_->accumulate_grad(ws.items, grad_items);
     }
     std::fill(ws.has_extra_grad.begin(), ws.has_extra_grad.end(), 0);
@@ -374,36 +344,23 @@ class LLMRec {
     return PackingRules{"LLMRec", config_.num_items, config_.max_length, false};
   }
 
-  /// Item lookup, input adapter, dropout and the blocks over ws.items / ws.layout.
-  void run_blocks(Workspace& ws, const nn::RunMode& mode, bool last_block_only_last_tokens) const {
-    const Index n = ws.layout.num_tokens(), h = hidden_size(), L = config_.num_layers;
+  /// Item lookup, input adapter and dropout into the stack input H_0.
+  void embed(Workspace& ws, const nn::RunMode& mode) const {
+    const Index n = ws.layout.num_tokens();
     std::fill(ws.has_extra_grad.begin(), ws.has_extra_grad.end(), 0);  // a new pass invalidates them
-    ws.hidden.resize(static_cast<std::size_t>(L) + 1);
-    ws.blocks.resize(static_cast<std::size_t>(L));
     auto items = ws.item_inputs.resize(n, config_.item_dim);
     item_embedding_->forward(ws.items, items);
-    auto x = ws.hidden[0].resize(n, h);
+    auto x = stack_->input(ws.stack, n);
     input_adapter_->forward(items, x);
     input_dropout_->forward(x, x, ws.input_dropout, mode);
-    for (Index b = 0; b < L; ++b) {
-      const auto& block = blocks_[static_cast<std::size_t>(b)];
-      const auto input = ws.hidden[static_cast<std::size_t>(b)].map();
-      auto& block_ws = ws.blocks[static_cast<std::size_t>(b)];
-      if (last_block_only_last_tokens && b == L - 1) {
-        auto out = ws.hidden[static_cast<std::size_t>(b) + 1].resize(ws.layout.num_sequences(), h);
-        block.forward_last(input, ws.layout, out, block_ws);
-      } else {
-        auto out = ws.hidden[static_cast<std::size_t>(b) + 1].resize(n, h);
-        block.forward(input, ws.layout, out, block_ws, mode);
-      }
-    }
   }
 
   ConstMatrixMap<T> forward_packed(Workspace& ws, const nn::RunMode& mode) const {
-    run_blocks(ws, mode, false);
+    embed(ws, mode);
+    const auto top = stack_->forward(ws.layout, ws.stack, mode);
     const Index n = ws.layout.num_tokens();
     auto normed = ws.normed.resize(n, hidden_size());
-    final_norm_->forward(ws.hidden.back().map(), normed, ws.final_norm);
+    final_norm_->forward(top, normed, ws.final_norm);
     auto out = ws.output.resize(n, config_.item_dim);
     output_adapter_->forward(normed, out);
     return ConstMatrixMap<T>(out.data(), n, config_.item_dim);
@@ -414,10 +371,10 @@ class LLMRec {
   std::optional<nn::Embedding<T>> item_embedding_;
   std::optional<nn::Linear<T>> input_adapter_;
   std::optional<nn::Dropout<T>> input_dropout_;
-  std::vector<Block> blocks_;
+  std::optional<Stack> stack_;
   std::optional<nn::RMSNorm<T>> final_norm_;
   std::optional<nn::Linear<T>> output_adapter_;
-  std::vector<nn::Linear<T>> supervision_heads_;
+  std::optional<nn::OutputHead<T>> head_;
 };
 
 }  // namespace distillrec::models

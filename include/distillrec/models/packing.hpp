@@ -8,8 +8,8 @@
 //   histories (inference)        the newest min(|h|, max_length) items of each history; an
 //                                empty history is an error (there is nothing to encode)
 //   training windows             each row's items after its left padding, with the row's
-//                                targets and negatives token by token; an all-padding row
-//                                contributes nothing
+//                                targets (0 where a position predicts nothing) and negatives
+//                                token by token; an all-padding row contributes nothing
 //
 // A token's position is its column in a left-padded max_length window (the newest item is
 // always at max_length - 1), which is what learned position tables index; models with rotary
@@ -33,7 +33,7 @@ struct PackedTokens {
   std::vector<ItemId> positions;     // column of the token in a left-padded max_length window
   std::vector<Index> sequence_rows;  // history index (inference) or batch row (training) per sequence
   // Training only, aligned with the tokens.
-  std::vector<ItemId> targets;
+  std::vector<ItemId> targets;     // the next item each token predicts, 0 where it predicts none
   std::vector<ItemId> negatives;  // [tokens, num_negatives]
   Index num_negatives = 0;
 };
@@ -93,37 +93,32 @@ inline void pack_histories(const std::vector<Sequence>& histories, const Packing
   }
 }
 
-/// Packs the non-padding tokens of a training batch with their targets and negatives.
+/// Packs the non-padding tokens of a training batch with their targets (0 where a position
+/// predicts nothing) and negatives.
 inline void pack_batch(const data::TrainingBatch& batch, const PackingRules& rules, PackedTokens& packed) {
-  const Index rows = batch.inputs.rows(), width = batch.inputs.cols();
+  const auto inputs = batch.inputs();
+  const auto targets = batch.targets();
+  const auto negatives = batch.negatives();
+  const Index rows = inputs.rows(), width = inputs.cols();
   if (rules.full_width_batches ? width != rules.max_length : width > rules.max_length) {
     throw ShapeError(distillrec::detail::concat(rules.model, ": batch windows have ", width, " columns but max_length is ",
                                                 rules.max_length));
   }
-  if (batch.targets.rows() != rows || batch.targets.cols() != width) {
-    throw ShapeError(distillrec::detail::concat(rules.model, ": batch targets are ", batch.targets.rows(), "x",
-                                                batch.targets.cols(), " but the inputs are ", rows, "x", width));
-  }
-  if (batch.negatives.size() != 0 && (batch.negatives.rows() != rows || width == 0 || batch.negatives.cols() % width != 0)) {
-    throw ShapeError(distillrec::detail::concat(rules.model, ": batch negatives are ", batch.negatives.rows(), "x",
-                                                batch.negatives.cols(), "; expected ", rows, " rows and a multiple of ",
-                                                width, " columns"));
-  }
   detail::clear_packed(packed);
-  const Index k = batch.negatives.size() == 0 ? 0 : batch.negatives.cols() / width;
+  const Index k = batch.num_negatives();  // targets and negatives have the inputs' shape by construction
   packed.num_negatives = k;
   const Index offset = rules.max_length - width;
   for (Index r = 0; r < rows; ++r) {
     Index first = 0;
-    while (first < width && batch.inputs(r, first) == kPaddingId) ++first;
+    while (first < width && inputs(r, first) == kPaddingId) ++first;
     if (first == width) continue;  // an all-padding row contributes nothing
     for (Index j = first; j < width; ++j) {
-      const ItemId item = batch.inputs(r, j);
+      const ItemId item = inputs(r, j);
       detail::check_packed_item(rules, item, r);
       packed.items.push_back(item);
       packed.positions.push_back(static_cast<ItemId>(offset + j));
-      packed.targets.push_back(batch.targets(r, j));
-      for (Index m = 0; m < k; ++m) packed.negatives.push_back(batch.negatives(r, j * k + m));
+      packed.targets.push_back(targets(r, j));
+      for (Index m = 0; m < k; ++m) packed.negatives.push_back(negatives(r, j * k + m));
     }
     packed.layout.add(width - first);
     packed.sequence_rows.push_back(r);

@@ -11,11 +11,13 @@
 //   x = block_1..B(x)                               TransformerBlock, placement SASRec's original
 //                                                   (default), pre-LN or post-LN
 //   F = LN(x)                                       final norm
-//   score(t, i) = F_t . E[i]                        tied item table, no output bias
+//   score(t, i) = F_t . E[i]                        tied item table, no output bias (the output
+//                                                   head, nn/output_head.hpp)
 //
-// Sequences are packed (no padded rows are computed; see nn/sequence_layout.hpp). The model
-// produces hidden states; the training objective (BCE with sampled negatives, full softmax,
-// sampled softmax) is chosen by the trainer, which scores F against item_table().
+// Sequences are packed (no padded rows are computed; see nn/sequence_layout.hpp); the blocks run
+// as one nn::BlockStack. The model conforms to the model contract (models/model.hpp): it
+// produces output vectors F; the training objective (BCE with sampled negatives, full softmax,
+// sampled softmax) and any loss terms are the trainer's, which score F through the head.
 //
 // Parameter (and checkpoint tensor) names, PyTorch layout [out, in] for weights:
 //   item_embedding.weight [N+1, d]        position_embedding.weight [max_length, d]
@@ -36,6 +38,8 @@
 #include "distillrec/nn/layer_norm.hpp"
 #include "distillrec/models/packing.hpp"
 #include "distillrec/nn/sequence_layout.hpp"
+#include "distillrec/nn/block_stack.hpp"
+#include "distillrec/nn/output_head.hpp"
 #include "distillrec/nn/transformer_block.hpp"
 
 #include <nlohmann/json.hpp>
@@ -147,35 +151,29 @@ template <typename T = float>
 class SASRec {
  public:
   using Config = SASRecConfig;
+  using Scalar = T;
   static constexpr const char* kModelName = "sasrec";
 
  private:
   template <typename Placement, typename Activation>
-  using Block = nn::TransformerBlock<T, Placement, nn::LayerNorm<T>, nn::PointwiseFeedForward<T, Activation>>;
-  template <typename Placement, typename Activation>
-  using Stack = std::vector<Block<Placement, Activation>>;
-  template <typename Placement, typename Activation>
-  using StackWorkspace = std::vector<typename Block<Placement, Activation>::Workspace>;
+  using Stack = nn::BlockStack<nn::TransformerBlock<T, Placement, nn::LayerNorm<T>, nn::PointwiseFeedForward<T, Activation>>>;
 
  public:
-  using Scalar = T;
-  using BlockStack = std::variant<Stack<nn::SASRecNorm, nn::Relu>, Stack<nn::PreNorm, nn::Relu>,
-                                  Stack<nn::PostNorm, nn::Relu>, Stack<nn::SASRecNorm, nn::Gelu>,
-                                  Stack<nn::PreNorm, nn::Gelu>, Stack<nn::PostNorm, nn::Gelu>>;
-  using BlockWorkspaces =
-      std::variant<std::monostate, StackWorkspace<nn::SASRecNorm, nn::Relu>, StackWorkspace<nn::PreNorm, nn::Relu>,
-                   StackWorkspace<nn::PostNorm, nn::Relu>, StackWorkspace<nn::SASRecNorm, nn::Gelu>,
-                   StackWorkspace<nn::PreNorm, nn::Gelu>, StackWorkspace<nn::PostNorm, nn::Gelu>>;
+  /// The block stack, chosen once at construction (placement x activation).
+  using BlockStacks = std::variant<Stack<nn::SASRecNorm, nn::Relu>, Stack<nn::PreNorm, nn::Relu>, Stack<nn::PostNorm, nn::Relu>,
+                                   Stack<nn::SASRecNorm, nn::Gelu>, Stack<nn::PreNorm, nn::Gelu>, Stack<nn::PostNorm, nn::Gelu>>;
+  using StackWorkspaces =
+      std::variant<std::monostate, typename Stack<nn::SASRecNorm, nn::Relu>::Workspace, typename Stack<nn::PreNorm, nn::Relu>::Workspace,
+                   typename Stack<nn::PostNorm, nn::Relu>::Workspace, typename Stack<nn::SASRecNorm, nn::Gelu>::Workspace,
+                   typename Stack<nn::PreNorm, nn::Gelu>::Workspace, typename Stack<nn::PostNorm, nn::Gelu>::Workspace>;
 
   /// Per-call memory of a forward (and backward) pass. One per thread; reusable across calls.
   /// The packed tokens (layout, items, positions, targets, negatives) come from PackedTokens.
   struct Workspace : PackedTokens {
-    std::vector<ScratchMatrix<T>> hidden;  // hidden[b] = input of block b; hidden[B] = last block's output
+    StackWorkspaces stack;
     ScratchMatrix<T> output;        // final norm output F                    [tokens, d]
-    ScratchMatrix<T> grad_a, grad_b;
     typename nn::Dropout<T>::Workspace embedding_dropout;
     typename nn::LayerNorm<T>::Workspace final_norm;
-    BlockWorkspaces blocks;
   };
 
   explicit SASRec(const SASRecConfig& config) : config_(config), params_(std::make_unique<Parameters<T>>()) {
@@ -196,16 +194,17 @@ class SASRec {
     const bool gelu = config_.activation == "gelu";
     switch (config_.block_style) {
       case BlockStyle::kSASRec:
-        gelu ? make_blocks<nn::SASRecNorm, nn::Gelu>(block) : make_blocks<nn::SASRecNorm, nn::Relu>(block);
+        gelu ? make_stack<nn::SASRecNorm, nn::Gelu>(block) : make_stack<nn::SASRecNorm, nn::Relu>(block);
         break;
       case BlockStyle::kPreNorm:
-        gelu ? make_blocks<nn::PreNorm, nn::Gelu>(block) : make_blocks<nn::PreNorm, nn::Relu>(block);
+        gelu ? make_stack<nn::PreNorm, nn::Gelu>(block) : make_stack<nn::PreNorm, nn::Relu>(block);
         break;
       case BlockStyle::kPostNorm:
-        gelu ? make_blocks<nn::PostNorm, nn::Gelu>(block) : make_blocks<nn::PostNorm, nn::Relu>(block);
+        gelu ? make_stack<nn::PostNorm, nn::Gelu>(block) : make_stack<nn::PostNorm, nn::Relu>(block);
         break;
     }
     final_norm_.emplace(p, "final_norm", d, config_.layer_norm_eps);
+    head_.emplace(nn::OutputHead<T>::tied(p, item_embedding_->weight_id()));
     p.allocate();
   }
 
@@ -218,7 +217,7 @@ class SASRec {
   void initialize(Rng& rng) {
     item_embedding_->initialize(rng);
     position_embedding_->initialize(rng);
-    std::visit([&](auto& blocks) { for (auto& b : blocks) b.initialize(rng); }, blocks_);
+    std::visit([&](auto& stack) { stack.initialize(rng); }, *stack_);
     final_norm_->initialize(rng);
   }
 
@@ -231,11 +230,12 @@ class SASRec {
   const Parameters<T>& parameters() const { return *params_; }
   Index hidden_size() const { return config_.hidden_size; }
   ItemId num_items() const { return config_.num_items; }
+  Index max_length() const { return config_.max_length; }
 
-  /// The item table [(N+1), d] that scores hidden states (row 0 = padding, zero).
+  /// The item table [(N+1), d] (row 0 = padding, zero); its rows 1..N are the tied output head.
   ConstMatrixMap<T> item_table() const { return item_embedding_->table(); }
-  /// Its gradient, for losses that score against it.
-  MatrixMap<T> item_table_grad() { return item_embedding_->table_grad(); }
+  nn::HeadWeights<T> output_weights() const { return head_->weights(); }
+  nn::HeadGradients<T> output_gradients() { return head_->gradients(); }
 
   // ---- inference -------------------------------------------------------------------------
 
@@ -247,8 +247,13 @@ class SASRec {
     pack_histories(histories, packing_rules(), ws);
     // All blocks but the last over every token; the last block and the final norm only at the
     // newest token of each history (the only rows a user vector needs).
-    forward_packed(ws, nn::RunMode::inference(), /*last_block_only_last_tokens=*/true);
-    final_norm_->forward(ws.hidden[static_cast<std::size_t>(config_.num_blocks)].map(), out, ws.final_norm);
+    std::visit(
+        [&](const auto& stack) {
+          auto& sws = stack_workspace(stack, ws);
+          embed(ws, stack.input(sws, ws.layout.num_tokens()), nn::RunMode::inference());
+          final_norm_->forward(stack.forward_last(ws.layout, sws), out, ws.final_norm);
+        },
+        *stack_);
   }
 
   // ---- training --------------------------------------------------------------------------
@@ -258,7 +263,17 @@ class SASRec {
   /// and negative items.
   ConstMatrixMap<T> forward_train(const data::TrainingBatch& batch, Rng& rng, Workspace& ws) const {
     pack_batch(batch, packing_rules(), ws);
-    return forward_packed(ws, nn::RunMode::train(rng));
+    const nn::RunMode mode = nn::RunMode::train(rng);
+    const Index n = ws.layout.num_tokens(), d = hidden_size();
+    auto out = ws.output.resize(n, d);
+    std::visit(
+        [&](const auto& stack) {
+          auto& sws = stack_workspace(stack, ws);
+          embed(ws, stack.input(sws, n), mode);
+          final_norm_->forward(stack.forward(ws.layout, sws, mode), out, ws.final_norm);
+        },
+        *stack_);
+    return ConstMatrixMap<T>(out.data(), n, d);
   }
 
   /// Adds the gradients of a loss with dL/dF = grad_output (as returned by forward_train) to
@@ -266,88 +281,53 @@ class SASRec {
   void backward(const ConstMatrixRef<T>& grad_output, Workspace& ws) {
     const Index n = ws.layout.num_tokens(), d = hidden_size();
     require_shape(grad_output, n, d, "SASRec::backward output gradient");
-    auto grad_a = ws.grad_a.resize(n, d);
-    auto grad_b = ws.grad_b.resize(n, d);
-    MatrixMap<T>* ga = &grad_a;  // gradient w.r.t. the current block's output
-    MatrixMap<T>* gb = &grad_b;  // ... and w.r.t. its input
-    const Index num_blocks = config_.num_blocks;
     final_norm_->accumulate_grad(grad_output, ws.final_norm);
-    final_norm_->backward(grad_output, *ga, ws.final_norm);
     std::visit(
-        [&](auto& blocks) {
-          using BlockT = typename std::decay_t<decltype(blocks)>::value_type;
-          auto& wss = std::get<std::vector<typename BlockT::Workspace>>(ws.blocks);
-          for (Index b = num_blocks - 1; b >= 0; --b) {
-            blocks[static_cast<std::size_t>(b)].backward(ws.hidden[static_cast<std::size_t>(b)].map(), ws.layout, *ga, *gb,
-                                                          wss[static_cast<std::size_t>(b)]);
-            std::swap(ga, gb);
-          }
+        [&](auto& stack) {
+          auto& sws = stack_workspace(stack, ws);
+          final_norm_->backward(grad_output, stack.output_grad(sws, n), ws.final_norm);
+          auto grad_input = stack.backward(ws.layout, sws);  // dL/d(dropout output) of the embeddings
+          embedding_dropout_->backward(grad_input, grad_input, ws.embedding_dropout);
+          item_embedding_->accumulate_grad(ws.items, grad_input, std::sqrt(static_cast<T>(d)));
+          position_embedding_->accumulate_grad(ws.positions, grad_input);
         },
-        blocks_);
-    // *ga = dL/d(dropout output) of the embeddings.
-    embedding_dropout_->backward(*ga, *ga, ws.embedding_dropout);
-    item_embedding_->accumulate_grad(ws.items, *ga, std::sqrt(static_cast<T>(d)));
-    position_embedding_->accumulate_grad(ws.positions, *ga);
+        *stack_);
   }
 
  private:
   template <typename Placement, typename Activation>
-  void make_blocks(const nn::TransformerBlockConfig& block) {
-    Stack<Placement, Activation> blocks;
-    blocks.reserve(static_cast<std::size_t>(config_.num_blocks));
-    for (Index b = 0; b < config_.num_blocks; ++b) {
-      blocks.emplace_back(*params_, "blocks." + std::to_string(b), block);
-    }
-    blocks_ = std::move(blocks);
+  void make_stack(const nn::TransformerBlockConfig& block) {
+    stack_.emplace(std::in_place_type<Stack<Placement, Activation>>, *params_, "blocks", config_.num_blocks, block);
+  }
+
+  /// The workspace of this model's stack type inside ws (created on first use).
+  template <typename StackT>
+  static typename StackT::Workspace& stack_workspace(const StackT& /*stack*/, Workspace& ws) {
+    using StackWs = typename StackT::Workspace;
+    if (!std::holds_alternative<StackWs>(ws.stack)) ws.stack.template emplace<StackWs>();
+    return std::get<StackWs>(ws.stack);
   }
 
   PackingRules packing_rules() const {
     return PackingRules{"SASRec", config_.num_items, config_.max_length, true};
   }
 
-  /// Embeddings, blocks and final norm over ws.items / ws.positions / ws.layout.
-  ConstMatrixMap<T> forward_packed(Workspace& ws, const nn::RunMode& mode, bool last_block_only_last_tokens = false) const {
+  /// x = Dropout(E[items] * sqrt(d) + P[positions]) into the stack input.
+  void embed(Workspace& ws, MatrixMap<T> x, const nn::RunMode& mode) const {
     const Index n = ws.layout.num_tokens(), d = hidden_size();
-    const Index num_blocks = config_.num_blocks;
-    ws.hidden.resize(static_cast<std::size_t>(num_blocks) + 1);
-    auto x = ws.hidden[0].resize(n, d);
     item_embedding_->forward(ws.items, x, std::sqrt(static_cast<T>(d)));
     const auto positions = position_embedding_->table();
     for (Index t = 0; t < n; ++t) x.row(t) += positions.row(ws.positions[static_cast<std::size_t>(t)]);
     embedding_dropout_->forward(x, x, ws.embedding_dropout, mode);
-    std::visit(
-        [&](const auto& blocks) {
-          using BlockT = typename std::decay_t<decltype(blocks)>::value_type;
-          using WsVector = std::vector<typename BlockT::Workspace>;
-          if (!std::holds_alternative<WsVector>(ws.blocks)) ws.blocks.template emplace<WsVector>();
-          auto& wss = std::get<WsVector>(ws.blocks);
-          wss.resize(static_cast<std::size_t>(num_blocks));
-          for (Index b = 0; b < num_blocks; ++b) {
-            const auto& block = blocks[static_cast<std::size_t>(b)];
-            const auto input = ws.hidden[static_cast<std::size_t>(b)].map();
-            auto& block_ws = wss[static_cast<std::size_t>(b)];
-            if (last_block_only_last_tokens && b == num_blocks - 1) {
-              auto out = ws.hidden[static_cast<std::size_t>(b) + 1].resize(ws.layout.num_sequences(), d);
-              block.forward_last(input, ws.layout, out, block_ws);
-            } else {
-              auto out = ws.hidden[static_cast<std::size_t>(b) + 1].resize(n, d);
-              block.forward(input, ws.layout, out, block_ws, mode);
-            }
-          }
-        },
-        blocks_);
-    if (last_block_only_last_tokens) return ConstMatrixMap<T>(nullptr, 0, d);
-    auto out = ws.output.resize(n, d);
-    final_norm_->forward(ws.hidden[static_cast<std::size_t>(num_blocks)].map(), out, ws.final_norm);
-    return ConstMatrixMap<T>(out.data(), n, d);
   }
 
   SASRecConfig config_;
   std::unique_ptr<Parameters<T>> params_;
   std::optional<nn::Embedding<T>> item_embedding_, position_embedding_;
   std::optional<nn::Dropout<T>> embedding_dropout_;
-  BlockStack blocks_;
+  std::optional<BlockStacks> stack_;
   std::optional<nn::LayerNorm<T>> final_norm_;
+  std::optional<nn::OutputHead<T>> head_;
 };
 
 }  // namespace distillrec::models

@@ -29,6 +29,7 @@
 #include "distillrec/backend/kernels.hpp"
 #include "distillrec/backend/parallel.hpp"
 #include "distillrec/core/workspace.hpp"
+#include "distillrec/nn/backward.hpp"
 #include "distillrec/nn/linear.hpp"
 #include "distillrec/nn/rope.hpp"
 #include "distillrec/nn/run_mode.hpp"
@@ -61,6 +62,7 @@ class MultiHeadAttention {
     std::vector<T> probs;                  // softmax per (sequence, head): len x len, packed
     std::vector<T> mask;                   // dropout mask, same layout (training only)
     std::vector<Index> prob_offsets;       // start of sequence s in probs (heads consecutive)
+    PerThreadScratch<T> scratch;           // per-sequence temporaries of the parallel loops
     bool dropout_active = false;
   };
 
@@ -92,23 +94,17 @@ class MultiHeadAttention {
   bool has_rope() const { return rope_.has_value(); }
   bool has_output_projection() const { return output_.has_value(); }
 
+  /// y = Attn(xq, xkv) over every token (training or inference).
   void forward(const ConstMatrixRef<T>& xq, const ConstMatrixRef<T>& xkv, const SequenceLayout& layout,
                MatrixRef<T> y, Workspace& ws, const RunMode& mode) const {
     const Index n = layout.num_tokens();
     require_shape(xq, n, dim_, "attention query input");
     require_shape(xkv, n, dim_, "attention key/value input");
     require_shape(y, n, dim_, "attention output");
-    const Index kvd = kv_heads_ * head_dim();
-    auto q = ws.query.resize(n, dim_);
-    auto k = ws.key.resize(n, kvd);
-    auto v = ws.value.resize(n, kvd);
-    query_.forward(xq, q);
-    key_.forward(xkv, k);
-    value_.forward(xkv, v);
-    if (rope_) {
-      rope_->rotate(q, layout);
-      rope_->rotate(k, layout);
-    }
+    project(xq, xkv, layout, /*queries_at_newest_only=*/false, ws);
+    const auto q = ws.query.map();
+    const auto k = ws.key.map();
+    const auto v = ws.value.map();
 
     const Index num_seq = layout.num_sequences();
     ws.prob_offsets.resize(static_cast<std::size_t>(num_seq) + 1);
@@ -127,12 +123,12 @@ class MultiHeadAttention {
     const T scale = T(1) / std::sqrt(static_cast<T>(head_dim()));
     const Index dh = head_dim();
     const Index group = heads_ / kv_heads_;
+    const bool parallel_loop = num_seq > 1 && n > 64 && !parallel::in_parallel();
+    ws.scratch.prepare(parallel_loop ? parallel::max_threads() : 1, static_cast<std::size_t>(layout.max_length() * layout.max_length()));
 
-#pragma omp parallel for schedule(dynamic, 4) if (num_seq > 1 && n > 64 && !parallel::in_parallel())
-    for (Index s = 0; s < num_seq; ++s) {
+    parallel::for_each(num_seq, parallel_loop, [&](Index s, int thread) {
       const Index b = layout.begin(s), len = layout.length(s);
       Rng rng = Rng(call_seed).derive(static_cast<std::uint64_t>(s));
-      std::vector<T> dropped;
       for (Index h = 0; h < heads_; ++h) {
         T* p_data = ws.probs.data() + ws.prob_offsets[static_cast<std::size_t>(s)] + h * len * len;
         MatrixMap<T> p(p_data, len, len);
@@ -149,15 +145,14 @@ class MultiHeadAttention {
         if (ws.dropout_active) {
           T* m_data = ws.mask.data() + ws.prob_offsets[static_cast<std::size_t>(s)] + h * len * len;
           backend::kernels::dropout_mask(m_data, len * len, dropout_, rng);
-          dropped.resize(static_cast<std::size_t>(len * len));
-          MatrixMap<T> pd(dropped.data(), len, len);
+          MatrixMap<T> pd(ws.scratch.get(thread, static_cast<std::size_t>(len * len)), len, len);
           pd = p.cwiseProduct(MatrixMap<T>(m_data, len, len));
           out.noalias() = pd * vh;
         } else {
           out.noalias() = p * vh;
         }
       }
-    }
+    }, /*dynamic_chunk=*/4);
     if (output_) {
       output_->forward(ctx, y);
     } else {
@@ -175,37 +170,26 @@ class MultiHeadAttention {
     require_shape(xq_last, num_seq, dim_, "attention last-token query input");
     require_shape(xkv, n, dim_, "attention key/value input");
     require_shape(y_last, num_seq, dim_, "attention last-token output");
-    const Index kvd = kv_heads_ * head_dim();
-    auto q = ws.query.resize(num_seq, dim_);
-    auto k = ws.key.resize(n, kvd);
-    auto v = ws.value.resize(n, kvd);
-    query_.forward(xq_last, q);
-    key_.forward(xkv, k);
-    value_.forward(xkv, v);
-    if (rope_) {
-      for (Index s = 0; s < num_seq; ++s) rope_->rotate_row(q, s, layout.length(s) - 1);
-      rope_->rotate(k, layout);
-    }
+    project(xq_last, xkv, layout, /*queries_at_newest_only=*/true, ws);
+    const auto q = ws.query.map();
+    const auto k = ws.key.map();
+    const auto v = ws.value.map();
     auto ctx = ws.context.resize(num_seq, dim_);
     const T scale = T(1) / std::sqrt(static_cast<T>(head_dim()));
     const Index dh = head_dim();
     const Index group = heads_ / kv_heads_;
-#pragma omp parallel if (num_seq > 8 && n > 256 && !parallel::in_parallel())
-    {
-      std::vector<T> scores;
-#pragma omp for schedule(static)
-      for (Index s = 0; s < num_seq; ++s) {
-        const Index b = layout.begin(s), len = layout.length(s);
-        scores.resize(static_cast<std::size_t>(len));
-        Eigen::Map<RowVector<T>> p(scores.data(), len);
-        for (Index h = 0; h < heads_; ++h) {
-          const Index g = h / group;
-          p.noalias() = q.row(s).segment(h * dh, dh) * k.block(b, g * dh, len, dh).transpose();
-          backend::kernels::softmax<T>(p.data(), len, scale);
-          ctx.row(s).segment(h * dh, dh).noalias() = p * v.block(b, g * dh, len, dh);
-        }
+    const bool parallel_loop = num_seq > 8 && n > 256 && !parallel::in_parallel();
+    ws.scratch.prepare(parallel_loop ? parallel::max_threads() : 1, static_cast<std::size_t>(layout.max_length()));
+    parallel::for_each(num_seq, parallel_loop, [&](Index s, int thread) {
+      const Index b = layout.begin(s), len = layout.length(s);
+      Eigen::Map<RowVector<T>> p(ws.scratch.get(thread, static_cast<std::size_t>(len)), len);
+      for (Index h = 0; h < heads_; ++h) {
+        const Index g = h / group;
+        p.noalias() = q.row(s).segment(h * dh, dh) * k.block(b, g * dh, len, dh).transpose();
+        backend::kernels::softmax<T>(p.data(), len, scale);
+        ctx.row(s).segment(h * dh, dh).noalias() = p * v.block(b, g * dh, len, dh);
       }
-    }
+    });
     if (output_) {
       output_->forward(ctx, y_last);
     } else {
@@ -213,12 +197,12 @@ class MultiHeadAttention {
     }
   }
 
-  /// Propagates dy to both inputs (dxq = beta_q * dxq + ..., dxkv = beta_kv * dxkv + ...) and
-  /// adds the parameter gradients. dxq and dxkv may be the same matrix when xq and xkv are
-  /// (pass beta_kv = 1 so the key/value part adds onto the query part).
+  /// Propagates dy to both inputs (dxq and dxkv written as q_mode and kv_mode say, see
+  /// nn/backward.hpp) and adds the parameter gradients. dxq and dxkv may be the same matrix when
+  /// xq and xkv are: then pass kv_mode = kAccumulate so the key/value part adds onto the query part.
   void backward(const ConstMatrixRef<T>& xq, const ConstMatrixRef<T>& xkv, const SequenceLayout& layout,
                 const ConstMatrixRef<T>& dy, MatrixRef<T> dxq, MatrixRef<T> dxkv, Workspace& ws,
-                T beta_q = T(0), T beta_kv = T(0)) {
+                InputGrad q_mode = InputGrad::kOverwrite, InputGrad kv_mode = InputGrad::kOverwrite) {
     const Index n = layout.num_tokens();
     require_shape(dy, n, dim_, "attention output gradient");
     auto dctx = ws.grad_context.resize(n, dim_);
@@ -239,13 +223,14 @@ class MultiHeadAttention {
     const Index dh = head_dim();
     const Index group = heads_ / kv_heads_;
     const Index num_seq = layout.num_sequences();
+    const bool parallel_loop = num_seq > 1 && n > 64 && !parallel::in_parallel();
+    ws.scratch.prepare(parallel_loop ? parallel::max_threads() : 1, static_cast<std::size_t>(2 * layout.max_length() * layout.max_length()));
 
-#pragma omp parallel for schedule(dynamic, 4) if (num_seq > 1 && n > 64 && !parallel::in_parallel())
-    for (Index s = 0; s < num_seq; ++s) {
+    parallel::for_each(num_seq, parallel_loop, [&](Index s, int thread) {
       const Index b = layout.begin(s), len = layout.length(s);
-      std::vector<T> buffer(static_cast<std::size_t>(2 * len * len));
-      MatrixMap<T> pd(buffer.data(), len, len);                 // dropped probabilities
-      MatrixMap<T> dp(buffer.data() + len * len, len, len);     // gradient w.r.t. probabilities
+      T* buffer = ws.scratch.get(thread, static_cast<std::size_t>(2 * len * len));
+      MatrixMap<T> pd(buffer, len, len);                 // dropped probabilities
+      MatrixMap<T> dp(buffer + len * len, len, len);     // gradient w.r.t. probabilities
       dk.middleRows(b, len).setZero();  // key/value heads shared by a group add up
       dv.middleRows(b, len).setZero();
       for (Index h = 0; h < heads_; ++h) {
@@ -275,7 +260,7 @@ class MultiHeadAttention {
         dq.block(b, h * dh, len, dh).noalias() = dp * kh;
         dk.block(b, g * dh, len, dh).noalias() += dp.transpose() * qh;
       }
-    }
+    }, /*dynamic_chunk=*/4);
     if (rope_) {  // back from the rotated Q and K to the projections
       rope_->rotate(dq, layout, /*inverse=*/true);
       rope_->rotate(dk, layout, /*inverse=*/true);
@@ -283,12 +268,34 @@ class MultiHeadAttention {
     query_.accumulate_grad(xq, dq);
     key_.accumulate_grad(xkv, dk);
     value_.accumulate_grad(xkv, dv);
-    query_.backward(dq, dxq, beta_q);
-    key_.backward(dk, dxkv, beta_kv);
-    value_.backward(dv, dxkv, T(1));
+    query_.backward(dq, dxq, q_mode);
+    key_.backward(dk, dxkv, kv_mode);
+    value_.backward(dv, dxkv, InputGrad::kAccumulate);
   }
 
  private:
+  /// Q from xq, K and V from xkv, with rotary positions applied: the one projection of both
+  /// forward paths. Queries at every token, or (queries_at_newest_only) one row per sequence at
+  /// its newest token.
+  void project(const ConstMatrixRef<T>& xq, const ConstMatrixRef<T>& xkv, const SequenceLayout& layout,
+               bool queries_at_newest_only, Workspace& ws) const {
+    const Index n = layout.num_tokens(), kvd = kv_heads_ * head_dim();
+    auto q = ws.query.resize(xq.rows(), dim_);
+    auto k = ws.key.resize(n, kvd);
+    auto v = ws.value.resize(n, kvd);
+    query_.forward(xq, q);
+    key_.forward(xkv, k);
+    value_.forward(xkv, v);
+    if (rope_) {
+      if (queries_at_newest_only) {
+        for (Index s = 0; s < layout.num_sequences(); ++s) rope_->rotate_row(q, s, layout.length(s) - 1);
+      } else {
+        rope_->rotate(q, layout);
+      }
+      rope_->rotate(k, layout);
+    }
+  }
+
   static Index kv_dim(Index dim, Index num_heads, Index num_kv_heads) {
     return (num_kv_heads > 0 ? num_kv_heads : num_heads) * (num_heads > 0 ? dim / num_heads : 0);
   }

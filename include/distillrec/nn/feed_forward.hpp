@@ -11,12 +11,13 @@
 // Parameters "<name>.gate.weight" [hidden, dim], "<name>.up.weight" [hidden, dim],
 // "<name>.down.weight" [dim, hidden] (HF LLaMA's gate_proj, up_proj, down_proj).
 //
-// backward() runs both phases of its sub-layers: it propagates the gradient to x and adds the
-// parameter gradients.
+// backward() runs both phases of its sub-layers: it propagates the gradient to x (overwritten or
+// accumulated, nn/backward.hpp) and adds the parameter gradients.
 #pragma once
 
 #include "distillrec/backend/kernels.hpp"
 #include "distillrec/core/workspace.hpp"
+#include "distillrec/nn/backward.hpp"
 #include "distillrec/nn/dropout.hpp"
 #include "distillrec/nn/linear.hpp"
 #include "distillrec/nn/run_mode.hpp"
@@ -84,9 +85,9 @@ class PointwiseFeedForward {
     dropout_.forward(y, y, ws.dropout_out, mode);
   }
 
-  /// dx = beta * dx + d(FFN)/dx^T dy; adds the parameter gradients.
+  /// dx (=|+=) d(FFN)/dx^T dy; adds the parameter gradients.
   void backward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& dy, MatrixRef<T> dx,
-                Workspace& ws, T beta = T(0)) {
+                Workspace& ws, InputGrad mode = InputGrad::kOverwrite) {
     const Index n = x.rows();
     auto grad_out = ws.grad_out.resize(n, dim());
     dropout_.backward(dy, grad_out, ws.dropout_out);
@@ -103,7 +104,7 @@ class PointwiseFeedForward {
                            grad_hidden.row(i).data(), hidden_dim());
     }
     fc1_.accumulate_grad(x, grad_hidden);
-    fc1_.backward(grad_hidden, dx, beta);
+    fc1_.backward(grad_hidden, dx, mode);
   }
 
  private:
@@ -149,9 +150,9 @@ class SwiGLU {
     dropout_.forward(y, y, ws.dropout_out, mode);
   }
 
-  /// dx = beta * dx + d(FFN)/dx^T dy; adds the parameter gradients.
+  /// dx (=|+=) d(FFN)/dx^T dy; adds the parameter gradients.
   void backward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& dy, MatrixRef<T> dx, Workspace& ws,
-                T beta = T(0)) {
+                InputGrad mode = InputGrad::kOverwrite) {
     const Index n = x.rows(), f = hidden_dim();
     auto grad_out = ws.grad_out.resize(n, dim());
     dropout_.backward(dy, grad_out, ws.dropout_out);
@@ -164,8 +165,8 @@ class SwiGLU {
                                          grad_up.data(), n * f);
     gate_.accumulate_grad(x, grad_gate);
     up_.accumulate_grad(x, grad_up);
-    gate_.backward(grad_gate, dx, beta);
-    up_.backward(grad_up, dx, T(1));
+    gate_.backward(grad_gate, dx, mode);
+    up_.backward(grad_up, dx, InputGrad::kAccumulate);
   }
 
  private:

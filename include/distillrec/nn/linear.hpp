@@ -2,12 +2,14 @@
 //
 // Fully connected layer, PyTorch's nn.Linear: y = x W^T + b.
 //   x [n, in]  ->  y [n, out];  W "<name>.weight" [out, in],  b "<name>.bias" [1, out] (optional)
-// Backward: dx = dy W;  accumulate_grad: dW += dy^T x,  db += column sums of dy.
+// Backward: dx = dy W (overwritten or accumulated, nn/backward.hpp);  accumulate_grad:
+// dW += dy^T x,  db += column sums of dy.
 // Stateless about activations: backward needs only what the caller passes back in.
 #pragma once
 
 #include "distillrec/backend/gemm.hpp"
 #include "distillrec/core/params.hpp"
+#include "distillrec/nn/backward.hpp"
 #include "distillrec/nn/init.hpp"
 
 #include <string>
@@ -48,12 +50,12 @@ class Linear {
     if (has_bias_) y.rowwise() += std::as_const(*params_).value(bias_).row(0);
   }
 
-  /// dx = dy W (beta = 1 adds into dx instead of overwriting it).
-  void backward(const ConstMatrixRef<T>& dy, MatrixRef<T> dx, T beta = T(0)) const {
+  /// dx = dy W, or dx += dy W with InputGrad::kAccumulate.
+  void backward(const ConstMatrixRef<T>& dy, MatrixRef<T> dx, InputGrad mode = InputGrad::kOverwrite) const {
     require_shape(dx, dy.rows(), in_, "Linear input gradient");
     require_shape(dy, dy.rows(), out_, "Linear output gradient");
     const auto w = std::as_const(*params_).value(weight_);
-    backend::gemm(backend::Trans::kNo, backend::Trans::kNo, T(1), dy, w, beta, dx);
+    backend::gemm(backend::Trans::kNo, backend::Trans::kNo, T(1), dy, w, mode == InputGrad::kAccumulate ? T(1) : T(0), dx);
   }
 
   /// dW += dy^T x, db += sum over rows of dy.

@@ -18,10 +18,13 @@
 // x, y [n, dim] over packed sequences (SequenceLayout). Parameters:
 // "<name>.attention_norm.*", "<name>.attention.*", "<name>.ffn_norm.*", "<name>.ffn.*".
 // backward() propagates dy to dx and adds every parameter gradient of the block.
+// nn/block_stack.hpp runs a stack of them (forward, newest-token forward, backward) for every
+// transformer model.
 #pragma once
 
 #include "distillrec/core/workspace.hpp"
 #include "distillrec/nn/attention.hpp"
+#include "distillrec/nn/backward.hpp"
 #include "distillrec/nn/feed_forward.hpp"
 #include "distillrec/nn/layer_norm.hpp"
 #include "distillrec/nn/rms_norm.hpp"
@@ -72,6 +75,7 @@ class TransformerBlock {
     ScratchMatrix<T> q, a, h, r, f;        // activations kept for backward  [n, dim]
     ScratchMatrix<T> grad_r, grad_h, grad_q;
     ScratchMatrix<T> x_last;               // rows of x at the last token of each sequence
+    ScratchMatrix<T> grad_input;           // dx when the caller accumulates
   };
 
   TransformerBlock(Parameters<T>& params, const std::string& name, const TransformerBlockConfig& config)
@@ -166,12 +170,18 @@ class TransformerBlock {
     }
   }
 
-  /// dx = d(block)/dx^T dy (overwrites dx); adds the parameter gradients. Needs the workspace of
-  /// the matching forward call and the same input x.
+  /// dx = d(block)/dx^T dy (or dx += ..., see nn/backward.hpp); adds the parameter gradients.
+  /// Needs the workspace of the matching forward call and the same input x.
   void backward(const ConstMatrixRef<T>& x, const SequenceLayout& layout, const ConstMatrixRef<T>& dy,
-                MatrixRef<T> dx, Workspace& ws) {
+                MatrixRef<T> dx, Workspace& ws, InputGrad mode = InputGrad::kOverwrite) {
     const Index n = x.rows();
     require_shape(dx, n, dim_, "TransformerBlock input gradient");
+    if (mode == InputGrad::kAccumulate) {  // the placements below overwrite: go through a scratch
+      auto tmp = ws.grad_input.resize(n, dim_);
+      backward(x, layout, dy, tmp, ws, InputGrad::kOverwrite);
+      dx += ws.grad_input.map();
+      return;
+    }
     auto grad_r = ws.grad_r.resize(n, dim_);
     auto grad_h = ws.grad_h.resize(n, dim_);
     auto grad_q = ws.grad_q.resize(n, dim_);
@@ -180,30 +190,30 @@ class TransformerBlock {
     const auto r = ws.r.map();
     if constexpr (std::is_same_v<Placement, SASRecNorm>) {
       grad_r = dy;                                               // y = r + FFN(r)
-      ffn_.backward(r, dy, grad_r, ws.ffn, T(1));
+      ffn_.backward(r, dy, grad_r, ws.ffn, InputGrad::kAccumulate);
       ffn_norm_.accumulate_grad(grad_r, ws.ffn_norm);            // r = LN_f(h)
       ffn_norm_.backward(grad_r, grad_h, ws.ffn_norm);
       grad_q = grad_h;                                           // h = q + Attn(q, x)
-      attention_.backward(q, x, layout, grad_h, grad_q, dx, ws.attention, T(1), T(0));
+      attention_.backward(q, x, layout, grad_h, grad_q, dx, ws.attention, InputGrad::kAccumulate, InputGrad::kOverwrite);
       attention_norm_.accumulate_grad(grad_q, ws.attention_norm);  // q = LN_a(x)
-      attention_norm_.backward(grad_q, dx, ws.attention_norm, /*accumulate=*/true);
+      attention_norm_.backward(grad_q, dx, ws.attention_norm, InputGrad::kAccumulate);
     } else if constexpr (std::is_same_v<Placement, PreNorm>) {
       grad_h = dy;                                               // y = h + FFN(r)
-      ffn_.backward(r, dy, grad_r, ws.ffn, T(0));
+      ffn_.backward(r, dy, grad_r, ws.ffn);
       ffn_norm_.accumulate_grad(grad_r, ws.ffn_norm);            // r = LN_f(h)
-      ffn_norm_.backward(grad_r, grad_h, ws.ffn_norm, /*accumulate=*/true);
-      attention_.backward(q, q, layout, grad_h, grad_q, grad_q, ws.attention, T(0), T(1));
+      ffn_norm_.backward(grad_r, grad_h, ws.ffn_norm, InputGrad::kAccumulate);
+      attention_.backward(q, q, layout, grad_h, grad_q, grad_q, ws.attention, InputGrad::kOverwrite, InputGrad::kAccumulate);
       dx = grad_h;                                               // h = x + Attn(q, q)
       attention_norm_.accumulate_grad(grad_q, ws.attention_norm);  // q = LN_a(x)
-      attention_norm_.backward(grad_q, dx, ws.attention_norm, /*accumulate=*/true);
+      attention_norm_.backward(grad_q, dx, ws.attention_norm, InputGrad::kAccumulate);
     } else {
       ffn_norm_.accumulate_grad(dy, ws.ffn_norm);                // y = LN_f(r)
       ffn_norm_.backward(dy, grad_r, ws.ffn_norm);
       grad_h = grad_r;                                           // r = h + FFN(h)
-      ffn_.backward(h, grad_r, grad_h, ws.ffn, T(1));
+      ffn_.backward(h, grad_r, grad_h, ws.ffn, InputGrad::kAccumulate);
       attention_norm_.accumulate_grad(grad_h, ws.attention_norm);  // h = LN_a(q)
       attention_norm_.backward(grad_h, grad_q, ws.attention_norm);
-      attention_.backward(x, x, layout, grad_q, dx, dx, ws.attention, T(0), T(1));
+      attention_.backward(x, x, layout, grad_q, dx, dx, ws.attention, InputGrad::kOverwrite, InputGrad::kAccumulate);
       dx += grad_q;                                              // q = x + Attn(x, x)
     }
   }

@@ -81,8 +81,8 @@ class Adam {
     for (const auto& info : params.infos()) {
       if (!info.trainable) continue;
       const Index begin = info.offset, end = info.offset + info.size();
-#pragma omp parallel for schedule(static) if (end - begin > 65536 && !parallel::in_parallel())
-      for (Index i = begin; i < end; ++i) {
+      parallel::for_each(end - begin, end - begin > 65536 && !parallel::in_parallel(), [&](Index j, int) {
+        const Index i = begin + j;
         T g = grads[i];
         if (wd != T(0)) {
           if (decoupled) {
@@ -94,7 +94,7 @@ class Adam {
         m[i] = b1 * m[i] + (T(1) - b1) * g;
         v[i] = b2 * v[i] + (T(1) - b2) * g * g;
         values[i] -= step_size * m[i] / (std::sqrt(v[i]) * inv_sqrt_bias2 + eps);
-      }
+      });
     }
   }
 

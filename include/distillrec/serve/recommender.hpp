@@ -5,14 +5,17 @@
 // call recommend() at once. Each call borrows a workspace (activations, score buffer) from a
 // small pool, so steady-state serving does not allocate.
 //
-//   recommend(history, k)        top-k items for one chronological history
+//   recommend(history, k)        top-k items for one chronological history (an overload fills a
+//                                caller's vector: once warm, such a call allocates nothing)
 //   recommend_batch(histories)   the same for many users, in parallel blocks (OpenMP)
 // History items are excluded from the results unless `exclude_history` is false. Scores are
-// the model's (dot products with the item table), computed on the same path as evaluation.
+// the model's (through its output head), computed on the same path as evaluation. Any scoring
+// model of the model contract (models/model.hpp) serves.
 #pragma once
 
 #include "distillrec/backend/parallel.hpp"
 #include "distillrec/core/error.hpp"
+#include "distillrec/models/model.hpp"
 #include "distillrec/serve/scoring.hpp"
 
 #include <memory>
@@ -28,6 +31,8 @@ struct RecommendOptions {
 
 template <typename Model>
 class Recommender {
+  static_assert(models::check_scoring_model<Model>());
+
  public:
   using T = typename Model::Scalar;
 
@@ -39,22 +44,36 @@ class Recommender {
 
   /// Top-k for one history (non-empty, ids in 1..N). Safe to call from many threads at once.
   std::vector<ScoredItem> recommend(const Sequence& history, const RecommendOptions& options = {}) const {
-    auto lease = acquire();
-    Slot& slot = *lease;
-    slot.histories.assign(1, history);
     std::vector<ScoredItem> out;
-    score_and_select(slot, 0, options, out);
-    release(std::move(lease));
+    recommend(history, options, out);
     return out;
   }
 
-  /// Top-k for every history, in parallel blocks of `block_users` on the library's threads.
+  /// The same into `out` (reused: once warm, a call allocates nothing).
+  void recommend(const Sequence& history, const RecommendOptions& options, std::vector<ScoredItem>& out) const {
+    auto lease = acquire();
+    Slot& slot = *lease;
+    slot.histories.resize(1);
+    slot.histories[0].assign(history.begin(), history.end());
+    try {
+      score_and_select(slot, 0, options, out);
+    } catch (...) {
+      release(std::move(lease));
+      throw;
+    }
+    release(std::move(lease));
+  }
+
+  /// Top-k for every history, in parallel blocks of `block_users` (> 0) on the library's threads.
   std::vector<std::vector<ScoredItem>> recommend_batch(const std::vector<Sequence>& histories,
                                                        const RecommendOptions& options = {},
                                                        Index block_users = 128) const {
+    if (block_users <= 0) {
+      throw ConfigError(distillrec::detail::concat("Recommender::recommend_batch: block_users must be positive, got ", block_users));
+    }
     const Index n = static_cast<Index>(histories.size());
     std::vector<std::vector<ScoredItem>> results(static_cast<std::size_t>(n));
-    const Index num_blocks = (n + block_users - 1) / std::max<Index>(1, block_users);
+    const Index num_blocks = (n + block_users - 1) / block_users;
     parallel::ExceptionCollector errors;
 #pragma omp parallel if (num_blocks > 1 && !parallel::in_parallel())
     {
@@ -98,10 +117,11 @@ class Recommender {
 
   void encode(Slot& slot) const {
     const Index rows = static_cast<Index>(slot.histories.size());
-    slot.user_vectors.resize(rows, model_->item_table().cols());
-    slot.scores.resize(rows, model_->num_items());
+    const auto head = model_->output_weights();
+    slot.user_vectors.resize(rows, head.dim());
+    slot.scores.resize(rows, head.num_items());
     model_->encode(slot.histories, slot.user_vectors, slot.workspace);
-    score_items<T>(slot.user_vectors, model_->item_table(), slot.scores);
+    score_items<T>(slot.user_vectors, head, slot.scores);
   }
 
   void select(Slot& slot, Index row, const RecommendOptions& options, std::vector<ScoredItem>& out) const {

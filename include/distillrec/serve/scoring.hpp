@@ -2,7 +2,8 @@
 //
 // The one scoring path shared by recommendation and evaluation, so that what is evaluated is
 // exactly what is served:
-//   score_items       scores [B, N] = users [B, d] . E[1..N]^T  (column j is item j + 1)
+//   score_items       scores [B, N] of every item through the model's output head
+//                     (nn/output_head.hpp; column j is item j + 1)
 //   mask_items        scores of excluded items (e.g. the user's history) set to -inf
 //   score_candidates  scores [B, C] of given candidate items only (sampled evaluation)
 //   top_k             the k best items of one score row, highest first, ties to the lower id
@@ -11,6 +12,7 @@
 #include "distillrec/backend/gemm.hpp"
 #include "distillrec/core/error.hpp"
 #include "distillrec/core/types.hpp"
+#include "distillrec/nn/output_head.hpp"
 
 #include <xsimd/xsimd.hpp>
 
@@ -27,14 +29,16 @@ struct ScoredItem {
   bool operator==(const ScoredItem& other) const { return item == other.item && score == other.score; }
 };
 
+/// scores [B, N] = users [B, d] scored through the output head (W [N, d], optional bias).
 template <typename T>
-void score_items(const ConstMatrixRef<T>& users, const ConstMatrixRef<T>& item_table, MatrixRef<T> scores) {
-  const Index num_items = item_table.rows() - 1;
+void score_items(const ConstMatrixRef<T>& users, const nn::HeadWeights<T>& head, MatrixRef<T> scores) {
+  const Index num_items = head.num_items();
   require_shape(scores, users.rows(), num_items, "item scores");
-  if (users.cols() != item_table.cols()) {
-    throw ShapeError(detail::concat("scoring: user vectors have ", users.cols(), " columns, item table ", item_table.cols()));
+  if (users.cols() != head.dim()) {
+    throw ShapeError(detail::concat("scoring: output vectors have ", users.cols(), " columns, the output head ", head.dim()));
   }
-  backend::gemm(backend::Trans::kNo, backend::Trans::kYes, T(1), users, item_table.bottomRows(num_items), T(0), scores);
+  backend::gemm(backend::Trans::kNo, backend::Trans::kYes, T(1), users, head.weight, T(0), scores);
+  if (head.bias != nullptr) scores.rowwise() += Eigen::Map<const RowVector<T>>(head.bias, num_items);
 }
 
 /// Sets the score of every item in excluded[b] (ids 1..N; 0 and out-of-range ids are ignored)
@@ -47,19 +51,19 @@ void mask_items(MatrixRef<T> scores, Index row, const Sequence& excluded) {
   }
 }
 
-/// scores(b, c) = users.row(b) . E[candidates(b, c)].
+/// scores(b, c) = the head's score of item candidates(b, c) for users.row(b).
 template <typename T>
-void score_candidates(const ConstMatrixRef<T>& users, const ConstMatrixRef<T>& item_table,
-                      const Matrix<ItemId>& candidates, MatrixRef<T> scores) {
+void score_candidates(const ConstMatrixRef<T>& users, const nn::HeadWeights<T>& head, const Matrix<ItemId>& candidates,
+                      MatrixRef<T> scores) {
   require_shape(scores, candidates.rows(), candidates.cols(), "candidate scores");
-  require_shape(users, candidates.rows(), item_table.cols(), "candidate user vectors");
+  require_shape(users, candidates.rows(), head.dim(), "candidate output vectors");
   for (Index b = 0; b < candidates.rows(); ++b) {
     for (Index c = 0; c < candidates.cols(); ++c) {
       const ItemId item = candidates(b, c);
-      if (item < 1 || item >= item_table.rows()) {
-        throw ShapeError(detail::concat("scoring: candidate item ", item, " is outside 1..", item_table.rows() - 1));
+      if (item < 1 || item > head.num_items()) {
+        throw ShapeError(detail::concat("scoring: candidate item ", item, " is outside 1..", head.num_items()));
       }
-      scores(b, c) = users.row(b).dot(item_table.row(item));
+      scores(b, c) = head.score(users.row(b), item);
     }
   }
 }

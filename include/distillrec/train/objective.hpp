@@ -1,13 +1,14 @@
 // distillrec/train/objective.hpp
 //
-// The next-item training objective applied to a sequence model's hidden states, one row per
-// non-padding position, scored against the model's item table:
+// The base next-item training objective, applied to a sequence model's outputs at the positions
+// that have a target, scored through the model's output head (nn/output_head.hpp):
 //   bce              SASRec's binary cross-entropy, k sampled negatives per position
 //                    (loss/bce.hpp; the negatives come with the batch)
 //   softmax          full-softmax cross-entropy over all N items (loss/softmax_ce.hpp)
 //   sampled-softmax  softmax over the positive and m negatives shared by the batch, drawn from
 //                    popularity^alpha, with logQ correction (loss/sampled_softmax.hpp)
-// compute() returns the loss, writes dL/dH and adds dL/dE into the item-table gradient.
+// compute() returns the loss (the mean over the rows given), writes dL/dH and adds the head's
+// gradients. The trainer runs it before any loss term (train/loss_term.hpp).
 #pragma once
 
 #include "distillrec/core/error.hpp"
@@ -61,17 +62,18 @@ class NextItemObjective {
 
   const ObjectiveConfig& config() const { return config_; }
 
-  /// h [n, d]: hidden states; positives [n]; negatives [n * num_negatives] (bce only).
-  T compute(const ConstMatrixRef<T>& h, const ConstMatrixRef<T>& table, const std::vector<ItemId>& positives,
-            const std::vector<ItemId>& negatives, Index num_negatives, MatrixRef<T> grad_h, MatrixRef<T> grad_table,
+  /// h [n, d]: output vectors; positives [n]; negatives [n * num_negatives] (bce only).
+  T compute(const ConstMatrixRef<T>& h, const nn::HeadWeights<T>& head, const std::vector<ItemId>& positives,
+            const std::vector<ItemId>& negatives, Index num_negatives, MatrixRef<T> grad_h, nn::HeadGradients<T> grad_head,
             Rng& rng) {
+    shared_negatives_.clear();
     switch (config_.objective) {
       case Objective::kBce: {
         if (num_negatives <= 0) throw ConfigError("bce objective: the batch carries no negatives");
-        return loss::SampledBinaryCrossEntropy<T>{}(h, table, positives, negatives, num_negatives, grad_h, grad_table);
+        return bce_(h, head, positives, negatives, num_negatives, grad_h, grad_head, bce_ws_);
       }
       case Objective::kSoftmax:
-        return softmax_(h, table, positives, grad_h, grad_table, softmax_ws_);
+        return softmax_(h, head, positives, grad_h, grad_head, softmax_ws_);
       case Objective::kSampledSoftmax: {
         const auto m = static_cast<std::size_t>(config_.sampled_negatives);
         shared_negatives_.resize(m);
@@ -89,16 +91,21 @@ class NextItemObjective {
           log_q_positives_[i] = static_cast<T>(proposal_->log_probability(p));
         }
         sampled_.temperature = static_cast<T>(config_.temperature);
-        return sampled_(h, table, positives, log_q_positives_, shared_negatives_, log_q_negatives_, grad_h,
-                        grad_table, sampled_ws_);
+        return sampled_(h, head, positives, log_q_positives_, shared_negatives_, log_q_negatives_, grad_h, grad_head,
+                        sampled_ws_);
       }
     }
     throw ConfigError("unknown objective");
   }
 
+  /// The negatives sampled-softmax drew for the last batch (empty for the other objectives).
+  const std::vector<ItemId>& shared_negatives() const { return shared_negatives_; }
+
  private:
   ObjectiveConfig config_;
   std::optional<loss::PopularityProposal> proposal_;
+  loss::SampledBinaryCrossEntropy<T> bce_;
+  typename loss::SampledBinaryCrossEntropy<T>::Workspace bce_ws_;
   loss::CatalogueSoftmaxCrossEntropy<T> softmax_;
   typename loss::CatalogueSoftmaxCrossEntropy<T>::Workspace softmax_ws_;
   loss::SampledSoftmaxCrossEntropy<T> sampled_;

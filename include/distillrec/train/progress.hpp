@@ -56,6 +56,10 @@ class ProgressPrinter {
                     metric.c_str(), record.validation->value(metric), best_score, static_cast<long>(best_epoch));
       text += buffer;
     }
+    for (const auto& [name, value] : record.terms) {
+      std::snprintf(buffer, sizeof(buffer), "  %s %.4f", name.c_str(), value);
+      text += buffer;
+    }
     text += "  ETA " + format_duration(eta_seconds);
     *out_ << text << std::endl;
   }

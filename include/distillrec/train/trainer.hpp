@@ -1,31 +1,41 @@
 // distillrec/train/trainer.hpp
 //
-// The training loop for next-item sequence models (SASRec and the models built like it):
-// epochs of shuffled batches (data/batcher.hpp) -> forward_train -> objective
-// (train/objective.hpp) -> backward -> optional gradient clipping -> Adam step under a
-// learning-rate schedule. Every `eval_every` epochs the model is evaluated on the validation
-// targets with full ranking; the best parameters by `selection_metric` are kept and restored at
-// the end; training stops early after `patience` validations without improvement. The test
-// split is never looked at here.
+// The training loop for any sequence model of the model contract (models/model.hpp): epochs of
+// shuffled batches of training examples (data/batcher.hpp over data/examples.hpp) ->
+// forward_train -> base objective (train/objective.hpp) at the positions with a target -> the
+// loss terms (train/loss_term.hpp; e.g. distillation) -> backward -> hooks after backward ->
+// optional gradient clipping -> Adam step under a learning-rate schedule -> hooks after the
+// step. Every `eval_every` epochs the model is evaluated on the validation examples with full
+// ranking; the best parameters by `selection_metric` (the model's and every loss term's) are
+// kept and restored at the end; training stops early after `patience` validations without
+// improvement. The test set is never looked at here.
 //
-// An auxiliary loss (set_auxiliary_loss; e.g. distillation) runs after the objective at every
-// step: it returns its part of the loss and leaves its gradients where the model's backward
-// picks them up (LLMRec::hidden_state_grad) or directly in the parameter gradients.
+// The trainer owns (shares) its data: the ExampleSplit is taken by value (its sequences are
+// shared, so a copy is cheap, and a temporary is safe to pass); a LeaveOneOutSplit converts.
+// Parameter groups: the model's parameters first, then those of every loss term that has some;
+// the optimiser, clipping (one global norm), the best-epoch snapshot and save_checkpoint()
+// handle them all.
 //
-// Progress goes to `log` (per epoch: loss, seconds, steps/s, validation metrics, ETA; with
-// log_every_steps > 0 also within an epoch). A non-finite loss stops training with an Error
-// naming the epoch and step.
+// Progress goes to `log` (per epoch: loss, loss-term components, seconds, steps/s, validation
+// metrics, ETA; with log_every_steps > 0 also within an epoch). A non-finite loss stops
+// training with an Error naming the epoch and step. After its first steps a training step
+// allocates no memory.
 #pragma once
 
 #include "distillrec/backend/parallel.hpp"
 #include "distillrec/core/error.hpp"
 #include "distillrec/core/rng.hpp"
 #include "distillrec/data/batcher.hpp"
+#include "distillrec/data/examples.hpp"
 #include "distillrec/data/split.hpp"
 #include "distillrec/eval/full_ranking.hpp"
+#include "distillrec/io/checkpoint.hpp"
+#include "distillrec/models/model.hpp"
 #include "distillrec/optim/adam.hpp"
 #include "distillrec/optim/clip.hpp"
 #include "distillrec/optim/schedule.hpp"
+#include "distillrec/train/hooks.hpp"
+#include "distillrec/train/loss_term.hpp"
 #include "distillrec/train/objective.hpp"
 #include "distillrec/train/progress.hpp"
 
@@ -36,6 +46,8 @@
 #include <cmath>
 #include <functional>
 #include <iostream>
+#include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -71,22 +83,6 @@ struct TrainerConfig {
   }
 };
 
-struct EpochRecord {
-  Index epoch = 0;            // 1-based
-  double loss = 0.0;          // mean over the epoch's steps
-  double seconds = 0.0;       // training only (validation excluded)
-  double steps_per_second = 0.0;
-  double learning_rate = 0.0; // at the end of the epoch
-  std::optional<eval::EvaluationResult> validation;
-
-  nlohmann::json to_json() const {
-    nlohmann::json j{{"epoch", epoch}, {"loss", loss}, {"seconds", seconds}, {"steps_per_second", steps_per_second},
-                     {"learning_rate", learning_rate}};
-    if (validation) j["validation"] = validation->to_json();
-    return j;
-  }
-};
-
 struct TrainingSummary {
   std::vector<EpochRecord> epochs;
   Index best_epoch = 0;
@@ -119,6 +115,12 @@ struct TrainingSummary {
   }
 };
 
+/// Training occurrences of every item (index = item id), from what a split's training examples read.
+inline std::vector<double> item_counts(const data::ExampleSplit& split) {
+  const auto counts = split.training_item_counts();
+  return std::vector<double>(counts.begin(), counts.end());
+}
+
 /// Training occurrences of every item (index = item id), from training sequences.
 inline std::vector<double> item_counts(const std::vector<Sequence>& sequences, ItemId num_items) {
   std::vector<double> counts(static_cast<std::size_t>(num_items) + 1, 0.0);
@@ -130,50 +132,80 @@ inline std::vector<double> item_counts(const std::vector<Sequence>& sequences, I
 
 template <typename Model>
 class Trainer {
+  static_assert(models::check_sequence_model<Model>());
+
  public:
   using T = typename Model::Scalar;
+  using Term = LossTerm<Model>;
 
-  Trainer(Model& model, const data::LeaveOneOutSplit& split, TrainerConfig config)
-      : model_(model), split_(split), config_(std::move(config)), adam_(config_.adam),
-        objective_(config_.objective, item_counts(split.train, split.num_items)), rng_(config_.seed) {
+  Trainer(Model& model, data::ExampleSplit split, TrainerConfig config)
+      : model_(model), split_(std::move(split)), config_(std::move(config)), adam_(config_.adam),
+        objective_(config_.objective, item_counts(split_)), rng_(config_.seed) {
     config_.validate();
-    if (split.num_items != model.num_items()) {
-      throw ShapeError(detail::concat("trainer: the data has ", split.num_items, " items, the model ", model.num_items()));
+    if (split_.num_items != model.num_items()) {
+      throw ShapeError(detail::concat("trainer: the data has ", split_.num_items, " items, the model ", model.num_items()));
+    }
+    if (split_.train.empty()) {
+      throw ConfigError("trainer: " + split_.source + " has no training examples (no user has at least 2 training items)");
     }
     data::BatcherConfig batcher;
     batcher.batch_size = config_.batch_size;
-    batcher.max_length = model.config().max_length;
+    batcher.max_length = model.max_length();
     batcher.num_negatives = config_.objective.objective == Objective::kBce ? config_.num_negatives : 1;
     batcher.seed = config_.seed;
-    batcher_.emplace(split.train, split.num_items, batcher);
-    if (batcher_->num_training_users() == 0) {
-      throw ConfigError("trainer: no user has at least 2 training items; there is nothing to train on");
-    }
-    adam_state_ = adam_.make_state(model.parameters());
+    batcher_.emplace(split_, batcher);
     total_steps_ = config_.epochs * batcher_->batches_per_epoch();
+    rebuild_groups();
   }
 
-  /// Extra loss terms computed after the objective at every step (see the header comment).
-  using AuxiliaryLoss = std::function<T(Model&, typename Model::Workspace&, const data::TrainingBatch&)>;
-  void set_auxiliary_loss(AuxiliaryLoss loss) { auxiliary_ = std::move(loss); }
+  /// Adds a loss term computed after the base objective at every step (before fit()); its
+  /// parameters, if any, join the optimiser, clipping, snapshots and checkpoints.
+  void add_term(std::shared_ptr<Term> term) {
+    if (!term) throw ConfigError("trainer: add_term(nullptr)");
+    for (const auto& t : terms_) {
+      if (t->name() == term->name()) throw ConfigError("trainer: two loss terms are named \"" + term->name() + "\"");
+    }
+    terms_.push_back(std::move(term));
+    rebuild_groups();
+  }
+  const std::vector<std::shared_ptr<Term>>& terms() const { return terms_; }
 
-  /// Called after every epoch (after validation, if any); return false to stop training.
-  void on_epoch_end(std::function<bool(const EpochRecord&)> callback) { callback_ = std::move(callback); }
+  /// Callbacks inside the loop (train/hooks.hpp).
+  TrainingHooks<T>& hooks() { return hooks_; }
+  /// Shorthand for hooks().on_epoch_end: called after every epoch; return false to stop.
+  void on_epoch_end(std::function<bool(const EpochRecord&)> callback) { hooks_.on_epoch_end.push_back(std::move(callback)); }
 
   const TrainerConfig& config() const { return config_; }
+  const data::ExampleSplit& split() const { return split_; }
   Index steps_per_epoch() const { return batcher_->batches_per_epoch(); }
+  /// The model's parameters, then each loss term's (those that have some).
+  const std::vector<Parameters<T>*>& parameter_groups() const { return groups_; }
+
+  /// Writes the model's checkpoint (io/checkpoint.hpp) with every loss term's parameters added
+  /// as "terms.<name>.<parameter>" tensors (a model loads from it and ignores them).
+  void save_checkpoint(const std::string& path, const std::map<std::string, std::string>& metadata = {}) const {
+    std::vector<std::pair<std::string, const Parameters<T>*>> extra;
+    for (const auto& term : terms_) {
+      if (const auto* p = term->parameters()) extra.emplace_back("terms." + term->name() + ".", p);
+    }
+    io::save_checkpoint(model_, path, metadata, extra);
+  }
 
   /// Trains, validates, keeps and finally restores the best parameters.
   TrainingSummary fit() {
     TrainingSummary summary;
     summary.selection_metric = config_.selection_metric;
     Index validations_without_improvement = 0;
-    std::optional<Parameters<T>> best;
+    std::vector<Parameters<T>> best;
     ProgressPrinter progress(config_.log);
-    progress.line(detail::concat("training: ", batcher_->num_training_users(), " users, ", steps_per_epoch(),
-                                 " steps per epoch, objective ", to_string(config_.objective.objective), ", ",
+    std::string term_names;
+    for (const auto& term : terms_) term_names += (term_names.empty() ? ", loss terms: " : " + ") + term->name();
+    progress.line(detail::concat("training: ", batcher_->num_training_examples(), " ", split_.protocol, " examples (",
+                                 data::to_string(split_.supervision), " targets), ", steps_per_epoch(),
+                                 " steps per epoch, objective ", to_string(config_.objective.objective), term_names, ", ",
                                  parallel::max_threads(), " threads"));
     for (Index epoch = 1; epoch <= config_.epochs; ++epoch) {
+      for (auto& hook : hooks_.on_epoch_begin) hook(epoch);
       EpochRecord record = train_epoch(epoch, progress);
       summary.train_seconds += record.seconds;
       const bool validate_now = config_.eval_every > 0 && (epoch % config_.eval_every == 0 || epoch == config_.epochs);
@@ -186,8 +218,11 @@ class Trainer {
         if (summary.best_epoch == 0 || score > summary.best_score) {
           summary.best_epoch = epoch;
           summary.best_score = score;
-          if (!best) best.emplace(model_.parameters());
-          best->copy_values_from(model_.parameters());
+          if (best.empty()) {
+            for (const auto* g : groups_) best.push_back(*g);
+          } else {
+            for (std::size_t i = 0; i < groups_.size(); ++i) best[i].copy_values_from(*groups_[i]);
+          }
           validations_without_improvement = 0;
         } else {
           ++validations_without_improvement;
@@ -198,7 +233,9 @@ class Trainer {
       progress.epoch(record, config_.epochs, summary.best_epoch, summary.best_score, config_.selection_metric,
                      mean_epoch * static_cast<double>(config_.epochs - epoch));
       summary.epochs.push_back(record);
-      if (callback_ && !callback_(record)) stop = true;
+      for (auto& hook : hooks_.on_epoch_end) {
+        if (!hook(record)) stop = true;
+      }
       if (stop) {
         summary.stopped_early = epoch < config_.epochs;
         if (summary.stopped_early) {
@@ -208,8 +245,8 @@ class Trainer {
         break;
       }
     }
-    if (best) {
-      model_.parameters().copy_values_from(*best);
+    if (!best.empty()) {
+      for (std::size_t i = 0; i < groups_.size(); ++i) groups_[i]->copy_values_from(best[i]);
       progress.line(detail::concat("restored the best epoch ", summary.best_epoch, " (valid ", config_.selection_metric,
                                    " ", summary.best_score, ")"));
     } else {
@@ -218,32 +255,19 @@ class Trainer {
     return summary;
   }
 
-  /// One pass over the training users; returns the epoch's record (no validation).
+  /// One pass over the training examples; returns the epoch's record (no validation).
   EpochRecord train_epoch(Index epoch, ProgressPrinter& progress) {
     const auto start = std::chrono::steady_clock::now();
     batcher_->start_epoch(static_cast<std::uint64_t>(epoch - 1));
+    for (const auto& term : terms_) term->take_report();  // components from now on
     double loss_sum = 0.0;
     Index steps = 0;
-    auto& params = model_.parameters();
     double lr = config_.adam.learning_rate;
     while (batcher_->next(batch_)) {
-      params.zero_grad();
-      const auto hidden = model_.forward_train(batch_, rng_, workspace_);
-      auto grad_hidden = grad_hidden_.resize(hidden.rows(), hidden.cols());
-      T loss = objective_.compute(hidden, model_.item_table(), workspace_.targets, workspace_.negatives,
-                                  workspace_.num_negatives, grad_hidden, model_.item_table_grad(), rng_);
-      if (auxiliary_) loss += auxiliary_(model_, workspace_, batch_);
-      if (!std::isfinite(static_cast<double>(loss))) {
-        throw Error(detail::concat("training diverged: loss is ", loss, " at epoch ", epoch, ", step ", steps + 1,
-                                   " (lower the learning rate, or enable gradient clipping)"));
-      }
-      model_.backward(grad_hidden, workspace_);
-      if (config_.clip_norm > 0.0) optim::clip_gradient_norm(params, config_.clip_norm);
-      lr = learning_rate(global_step_);
-      adam_.step(params, adam_state_, lr);
-      ++global_step_;
-      loss_sum += static_cast<double>(loss);
       ++steps;
+      lr = learning_rate(global_step_);
+      const StepInfo info = train_step(epoch, steps, lr);
+      loss_sum += info.loss;
       if (config_.log_every_steps > 0 && steps % config_.log_every_steps == 0) {
         progress.step(epoch, steps, steps_per_epoch(), loss_sum / static_cast<double>(steps), seconds_since(start));
       }
@@ -254,10 +278,67 @@ class Trainer {
     record.seconds = seconds_since(start);
     record.steps_per_second = record.seconds > 0 ? static_cast<double>(steps) / record.seconds : 0.0;
     record.learning_rate = lr;
+    for (const auto& term : terms_) {
+      for (const auto& [component, value] : term->take_report()) record.terms[term->name() + "." + component] = value;
+    }
     return record;
   }
 
  private:
+  /// Forward, base objective, loss terms, backward, hooks, clipping and the optimiser step for
+  /// the batch in batch_.
+  StepInfo train_step(Index epoch, Index step, double lr) {
+    for (auto* group : groups_) group->zero_grad();
+    auto& ws = workspace_;
+    const auto outputs = model_.forward_train(batch_, rng_, ws);
+    buffers_.begin(outputs, ws, /*with_newest=*/!terms_.empty());
+    const Index k = ws.num_negatives;
+    const auto head = model_.output_weights();
+    T loss;
+    if (buffers_.every_position_predicts()) {  // every-position supervision: score the outputs in place
+      loss = objective_.compute(outputs, head, ws.targets, ws.negatives, k, buffers_.grad_outputs(), model_.output_gradients(), rng_);
+    } else {  // score the positions that predict and scatter their gradients back
+      buffers_.gather_predictions(outputs, ws, k);
+      loss = objective_.compute(buffers_.prediction_outputs(), head, buffers_.targets(), buffers_.negatives(), k,
+                                buffers_.prediction_grads(), model_.output_gradients(), rng_);
+      buffers_.scatter_prediction_grads();
+    }
+    const Index m = static_cast<Index>(buffers_.prediction_rows().size());
+    if (!terms_.empty()) {
+      auto ctx = buffers_.context(model_, ws, batch_, split_, outputs, rng_, config_.objective.objective == Objective::kBce ? k : 0,
+                                  &objective_.shared_negatives(), epoch, step);
+      for (const auto& term : terms_) loss += term->compute(ctx);
+      buffers_.finish(ws);
+    }
+    if (!std::isfinite(static_cast<double>(loss))) {
+      throw Error(detail::concat("training diverged: loss is ", loss, " at epoch ", epoch, ", step ", step,
+                                 " (lower the learning rate, or enable gradient clipping)"));
+    }
+    model_.backward(buffers_.grad_outputs(), ws);
+    StepInfo info;
+    info.epoch = epoch;
+    info.step = step;
+    info.steps_per_epoch = steps_per_epoch();
+    info.global_step = global_step_;
+    info.loss = static_cast<double>(loss);
+    info.learning_rate = lr;
+    info.predictions = m;
+    for (auto& hook : hooks_.after_backward) hook(info, groups_);
+    if (config_.clip_norm > 0.0) optim::clip_gradient_norm(groups_, config_.clip_norm);
+    for (std::size_t i = 0; i < groups_.size(); ++i) adam_.step(*groups_[i], adam_states_[i], lr);
+    ++global_step_;
+    for (auto& hook : hooks_.after_step) hook(info);
+    return info;
+  }
+
+  void rebuild_groups() {
+    groups_.assign(1, &model_.parameters());
+    for (const auto& term : terms_) {
+      if (auto* p = term->parameters()) groups_.push_back(p);
+    }
+    while (adam_states_.size() < groups_.size()) adam_states_.push_back(adam_.make_state(*groups_[adam_states_.size()]));
+  }
+
   static double seconds_since(std::chrono::steady_clock::time_point start) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   }
@@ -273,20 +354,21 @@ class Trainer {
   }
 
   Model& model_;
-  const data::LeaveOneOutSplit& split_;
+  data::ExampleSplit split_;
   TrainerConfig config_;
   optim::Adam adam_;
-  optim::AdamState<T> adam_state_;
+  std::vector<optim::AdamState<T>> adam_states_;
   NextItemObjective<T> objective_;
   Rng rng_;
-  std::optional<data::SequenceBatcher> batcher_;
+  std::optional<data::ExampleBatcher> batcher_;
   data::TrainingBatch batch_;
   typename Model::Workspace workspace_;
-  ScratchMatrix<T> grad_hidden_;
+  StepBuffers<Model> buffers_;
+  std::vector<std::shared_ptr<Term>> terms_;
+  std::vector<Parameters<T>*> groups_;
+  TrainingHooks<T> hooks_;
   long global_step_ = 0;
   Index total_steps_ = 0;
-  std::function<bool(const EpochRecord&)> callback_;
-  AuxiliaryLoss auxiliary_;
 };
 
 }  // namespace distillrec::train

@@ -1,0 +1,111 @@
+// distillrec/backend/kernels/softmax.hpp
+//
+// Row softmax and its backward pass:
+//
+//   softmax              x <- softmax(scale * x) on one row, max-subtracted; returns
+//                        log-sum-exp(scale * x). A row whose entries are all -inf (every
+//                        candidate masked) becomes all zeros and returns -inf, never NaN.
+//   softmax_backward     dx = scale * y * (dy - <y, dy>)
+//
+// xsimd kernels templated on the scalar and on the instruction set (default: the best one the
+// compiler targets), each with a plain scalar twin in `reference::` that the tests hold it to.
+#pragma once
+
+#include "distillrec/backend/kernels/common.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace distillrec::backend::kernels {
+
+/// Scalar references: the definitions the SIMD kernels are tested against.
+namespace reference {
+
+template <typename T>
+T softmax(T* x, Index n, T scale = T(1)) {
+  if (n <= 0) return -std::numeric_limits<T>::infinity();
+  T max_value = -std::numeric_limits<T>::infinity();
+  for (Index i = 0; i < n; ++i) max_value = std::max(max_value, x[i] * scale);
+  if (max_value == -std::numeric_limits<T>::infinity()) {  // every entry masked
+    std::fill(x, x + n, T(0));
+    return max_value;
+  }
+  T sum = 0;
+  for (Index i = 0; i < n; ++i) {
+    x[i] = std::exp(x[i] * scale - max_value);
+    sum += x[i];
+  }
+  for (Index i = 0; i < n; ++i) x[i] /= sum;
+  return max_value + std::log(sum);
+}
+
+template <typename T>
+void softmax_backward(const T* y, const T* dy, T* dx, Index n, T scale = T(1)) {
+  T dot = 0;
+  for (Index i = 0; i < n; ++i) dot += y[i] * dy[i];
+  for (Index i = 0; i < n; ++i) dx[i] = scale * y[i] * (dy[i] - dot);
+}
+
+}  // namespace reference
+
+template <typename T, typename Arch = xsimd::default_arch>
+T softmax(T* x, Index n, T scale = T(1)) {
+  using B = detail::Batch<T, Arch>;
+  constexpr Index W = detail::lanes<T, Arch>();
+  if (n <= 0) return -std::numeric_limits<T>::infinity();
+  const Index vec_end = n - n % W;
+  // max of scale * x
+  T max_value = -std::numeric_limits<T>::infinity();
+  {
+    B vmax(-std::numeric_limits<T>::infinity());
+    const B vscale(scale);
+    for (Index i = 0; i < vec_end; i += W) vmax = xsimd::max(vmax, B::load_unaligned(x + i) * vscale);
+    alignas(64) T lanes_out[W];
+    vmax.store_aligned(lanes_out);
+    for (Index l = 0; l < W; ++l) max_value = std::max(max_value, lanes_out[l]);
+    for (Index i = vec_end; i < n; ++i) max_value = std::max(max_value, x[i] * scale);
+  }
+  if (max_value == -std::numeric_limits<T>::infinity()) {  // every entry masked: no NaN from -inf - -inf
+    std::fill(x, x + n, T(0));
+    return max_value;
+  }
+  T sum = 0;
+  {
+    const B vscale(scale), vmax(max_value);
+    B vsum(T(0));
+    for (Index i = 0; i < vec_end; i += W) {
+      const B e = xsimd::exp(xsimd::fms(B::load_unaligned(x + i), vscale, vmax));
+      e.store_unaligned(x + i);
+      vsum += e;
+    }
+    sum = xsimd::hadd(vsum);
+    for (Index i = vec_end; i < n; ++i) {
+      x[i] = std::exp(x[i] * scale - max_value);
+      sum += x[i];
+    }
+  }
+  const T inv = T(1) / sum;
+  const B vinv(inv);
+  for (Index i = 0; i < vec_end; i += W) (B::load_unaligned(x + i) * vinv).store_unaligned(x + i);
+  for (Index i = vec_end; i < n; ++i) x[i] *= inv;
+  return max_value + std::log(sum);
+}
+
+template <typename T, typename Arch = xsimd::default_arch>
+void softmax_backward(const T* y, const T* dy, T* dx, Index n, T scale = T(1)) {
+  using B = detail::Batch<T, Arch>;
+  constexpr Index W = detail::lanes<T, Arch>();
+  const Index vec_end = n - n % W;
+  B vdot(T(0));
+  for (Index i = 0; i < vec_end; i += W) vdot = xsimd::fma(B::load_unaligned(y + i), B::load_unaligned(dy + i), vdot);
+  T dot = xsimd::hadd(vdot);
+  for (Index i = vec_end; i < n; ++i) dot += y[i] * dy[i];
+  const B vd(dot), vs(scale);
+  for (Index i = 0; i < vec_end; i += W) {
+    (vs * B::load_unaligned(y + i) * (B::load_unaligned(dy + i) - vd)).store_unaligned(dx + i);
+  }
+  for (Index i = vec_end; i < n; ++i) dx[i] = scale * y[i] * (dy[i] - dot);
+}
+
+}  // namespace distillrec::backend::kernels

@@ -7,8 +7,8 @@ epoch, the median seconds per epoch and the popularity baseline.
         --out bench/results/models_games --run sasrec:bce sasrec:softmax gru4rec:bce gru4rec:softmax
 
 Each run is MODEL:OBJECTIVE[:extra flags separated by commas], for example
-gru4rec:softmax:--head,tied. BCE runs validate every 5 epochs (patience 5, as the SASRec
-results), softmax runs every epoch (patience 3); both keep the best validation epoch and test it
+gru4rec:softmax:--head,tied. Every run validates every 5 epochs with patience 5 (the schedule of
+the SASRec results in the README), keeps the best validation epoch and tests it
 once. Logs and JSON of every run stay in --out; --reuse re-renders from them. Only the Python
 standard library is needed.
 """
@@ -54,7 +54,7 @@ def main():
         name = "_".join([model, objective] + [e.strip("-").replace(" ", "") for e in extra])
         json_path = os.path.join(args.out, name + ".json")
         if not args.reuse:
-            schedule = ["--eval-every", "5", "--patience", "5"] if objective == "bce" else ["--eval-every", "1", "--patience", "3"]
+            schedule = ["--eval-every", "5", "--patience", "5"]
             start = time.time()
             run([args.binary, "--model", model, "--objective", objective, "--data", args.data, "--epochs", str(args.epochs),
                  "--threads", str(args.threads), "--no-sampled", "--checkpoint", "", "--json", json_path] + schedule + extra,

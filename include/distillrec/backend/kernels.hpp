@@ -11,9 +11,11 @@
 //   kernels/gru_gates.hpp      gru_gates_forward / gru_gates_backward (one GRU row, fused)
 //   kernels/rope.hpp           rotary position embedding of one head vector
 //   kernels/dropout.hpp        inverted-dropout masks
+//   kernels/adam.hpp           the Adam / AdamW update of a range of parameters
 #pragma once
 
 #include "distillrec/backend/kernels/activation.hpp"
+#include "distillrec/backend/kernels/adam.hpp"
 #include "distillrec/backend/kernels/common.hpp"
 #include "distillrec/backend/kernels/dropout.hpp"
 #include "distillrec/backend/kernels/gru_gates.hpp"

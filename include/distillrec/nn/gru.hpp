@@ -33,9 +33,10 @@
 // previous state) and dx. States and gates are stored step-major (step t, then active sequence
 // j), so each step's rows are contiguous. The workspace holds 11 H values per token.
 //
-// Threads: every product is cut into blocks of a fixed number of rows (32 sequences of a step,
-// 256 tokens, 48 weight rows) that run in parallel, each block's GEMM and gate kernels on one
-// thread. Every sum then has one order whatever the thread count (the GEMM backends' own
+// Threads: every product is cut into blocks of a fixed number of rows (32 sequences, 256 tokens,
+// 48 weight rows) that run in parallel, each block's GEMM and gate kernels on one thread. The
+// steps of different sequences are independent, so a block of 32 sequences runs its whole
+// recurrence on one thread and the recurrence is one parallel region, not one per step. Every sum then has one order whatever the thread count (the GEMM backends' own
 // threading may split a product's inner dimension differently for 1 and 2 threads), so results
 // do not depend on the number of threads. After the first call with the largest shapes nothing
 // allocates.
@@ -129,16 +130,20 @@ class GRU {
     const T* bias_hh = weight(bias_hh_).data();
     auto hidden_gates = ws.hidden_gates.resize(ws.batch_sizes[0], 3 * hidden);
     const Index steps = static_cast<Index>(ws.batch_sizes.size());
-    for (Index t = 0; t < steps; ++t) {
-      const Index active = ws.batch_sizes[static_cast<std::size_t>(t)];
-      const Index offset = ws.step_offsets[static_cast<std::size_t>(t)];
-      const Index next_active = t + 1 < steps ? ws.batch_sizes[static_cast<std::size_t>(t) + 1] : 0;
-      const Index next_offset = ws.step_offsets[static_cast<std::size_t>(t) + 1];
-      if (t == 0) prev.middleRows(offset, active).setZero();
-      for_each_block(active, kStateBlock, step_cost(active), [&](Index begin, Index rows) {
+    // A block of sequences runs all its steps on one thread: the steps of different sequences
+    // are independent, so one parallel region covers the whole recurrence.
+    for_each_block(ws.batch_sizes[0], kStateBlock, recurrence_cost(n), [&](Index begin, Index block) {
+      for (Index t = 0; t < steps; ++t) {
+        const Index active = ws.batch_sizes[static_cast<std::size_t>(t)];
+        if (active <= begin) break;
+        const Index rows = std::min(block, active - begin);
+        const Index offset = ws.step_offsets[static_cast<std::size_t>(t)];
+        const Index next_active = t + 1 < steps ? ws.batch_sizes[static_cast<std::size_t>(t) + 1] : 0;
+        const Index next_offset = ws.step_offsets[static_cast<std::size_t>(t) + 1];
         // gh = h_{t-1} W_hh^T for these sequences (zero at the first step), then the gates.
         auto step_gates = hidden_gates.middleRows(begin, rows);
         if (t == 0) {
+          prev.middleRows(offset + begin, rows).setZero();
           step_gates.setZero();
         } else {
           backend::gemm(backend::Trans::kNo, backend::Trans::kYes, T(1), prev.middleRows(offset + begin, rows), w_hh,
@@ -152,8 +157,8 @@ class GRU {
                                                  row_ptr(gates, offset + j), hidden);
           if (j < next_active) std::copy(h_next, h_next + hidden, row_ptr(prev, next_offset + j));
         }
-      });
-    }
+      }
+    });
   }
 
   /// Inference: y_last [sequences, H] = the state after each sequence's newest token (the last
@@ -174,9 +179,11 @@ class GRU {
     auto state = ws.state.zeros(num_seq, hidden);
     auto hidden_gates = ws.hidden_gates.resize(num_seq, 3 * hidden);
     const Index steps = static_cast<Index>(ws.batch_sizes.size());
-    for (Index t = 0; t < steps; ++t) {
-      const Index active = ws.batch_sizes[static_cast<std::size_t>(t)];
-      for_each_block(active, kStateBlock, step_cost(active), [&](Index begin, Index rows) {
+    for_each_block(ws.batch_sizes[0], kStateBlock, recurrence_cost(n), [&](Index begin, Index block) {
+      for (Index t = 0; t < steps; ++t) {
+        const Index active = ws.batch_sizes[static_cast<std::size_t>(t)];
+        if (active <= begin) break;
+        const Index rows = std::min(block, active - begin);
         auto step_gates = hidden_gates.middleRows(begin, rows);
         if (t == 0) {
           step_gates.setZero();
@@ -189,8 +196,8 @@ class GRU {
           backend::kernels::gru_gates_forward<T>(row_ptr(input_gates, token), row_ptr(hidden_gates, j), bias_ih,
                                                  bias_hh, row_ptr(state, j), row_ptr(state, j), nullptr, hidden);
         }
-      });
-    }
+      }
+    });
     for (Index j = 0; j < num_seq; ++j) y_last.row(ws.order[static_cast<std::size_t>(j)]) = state.row(j);
   }
 
@@ -240,14 +247,17 @@ class GRU {
     auto grad_state = ws.state.resize(num_seq, hidden);
     const auto w_hh = weight(weight_hh_);
     const Index steps = static_cast<Index>(ws.batch_sizes.size());
-    for (Index t = steps - 1; t >= 0; --t) {
-      const Index active = ws.batch_sizes[static_cast<std::size_t>(t)];
-      const Index offset = ws.step_offsets[static_cast<std::size_t>(t)];
-      const Index next_active = t + 1 < steps ? ws.batch_sizes[static_cast<std::size_t>(t) + 1] : 0;
-      // Rows [0, next_active) of grad_state hold dL/dh_t carried back from step t + 1; the
-      // sequences whose last token is at step t start from zero.
-      grad_state.middleRows(next_active, active - next_active).setZero();
-      for_each_block(active, kStateBlock, step_cost(active), [&](Index begin, Index rows) {
+    for_each_block(ws.batch_sizes[0], kStateBlock, recurrence_cost(n), [&](Index begin, Index block) {
+      for (Index t = steps - 1; t >= 0; --t) {
+        const Index active = ws.batch_sizes[static_cast<std::size_t>(t)];
+        if (active <= begin) continue;  // these sequences start at an earlier step
+        const Index rows = std::min(block, active - begin);
+        const Index offset = ws.step_offsets[static_cast<std::size_t>(t)];
+        const Index next_active = t + 1 < steps ? ws.batch_sizes[static_cast<std::size_t>(t) + 1] : 0;
+        // Rows [0, next_active) of grad_state hold dL/dh_t carried back from step t + 1; the
+        // sequences whose last token is at step t start from zero.
+        const Index fresh = std::max(begin, next_active);
+        if (fresh < begin + rows) grad_state.middleRows(fresh, begin + rows - fresh).setZero();
         for (Index j = begin; j < begin + rows; ++j) {
           const Index token = ws.order_begin[static_cast<std::size_t>(j)] + t;
           backend::kernels::gru_gates_backward<T>(row_ptr(gates, offset + j), row_ptr(prev, offset + j),
@@ -260,8 +270,8 @@ class GRU {
                         grad_hidden_gates.middleRows(offset + begin, rows), w_hh, T(1),
                         grad_state.middleRows(begin, rows));
         }
-      });
-    }
+      }
+    });
     // dW_hh += sum over tokens of dL/d(h W_hh^T)^T h_{t-1}; the first step (h = 0) adds nothing.
     const Index first = ws.batch_sizes[0];
     if (n > first) {
@@ -287,8 +297,8 @@ class GRU {
   // Multiply-adds below which a region runs on the calling thread only (waking threads costs more).
   static constexpr double kParallelCost = 200000.0;
 
-  /// Multiply-adds of one recurrent step over `active` sequences.
-  double step_cost(Index active) const { return static_cast<double>(active) * 3.0 * hidden_ * hidden_; }
+  /// Multiply-adds of the recurrence over `tokens` tokens.
+  double recurrence_cost(Index tokens) const { return static_cast<double>(tokens) * 3.0 * hidden_ * hidden_; }
 
   ConstMatrixMap<T> weight(Index id) const { return std::as_const(*params_).value(id); }
 
@@ -321,7 +331,7 @@ class GRU {
 #pragma omp parallel
     {
       omp_set_num_threads(1);  // this region's tasks only: nested GEMMs stay on their thread
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)  // recurrence blocks differ in length (sequences sorted by it)
       for (Index b = 0; b < blocks; ++b) {
         errors.run([&] { body(b * block_rows, std::min(block_rows, total - b * block_rows)); });
       }

@@ -10,10 +10,12 @@
 // Parameters buffer. Frozen slices (ParameterInfo::trainable == false) are left untouched.
 #pragma once
 
+#include "distillrec/backend/kernels/adam.hpp"
 #include "distillrec/backend/parallel.hpp"
 #include "distillrec/core/error.hpp"
 #include "distillrec/core/params.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -67,38 +69,33 @@ class Adam {
     ++state.step;
     const double bias1 = 1.0 - std::pow(config_.beta1, static_cast<double>(state.step));
     const double bias2 = 1.0 - std::pow(config_.beta2, static_cast<double>(state.step));
-    const T step_size = static_cast<T>(lr / bias1);
-    const T inv_sqrt_bias2 = static_cast<T>(1.0 / std::sqrt(bias2));
-    const T b1 = static_cast<T>(config_.beta1), b2 = static_cast<T>(config_.beta2);
-    const T eps = static_cast<T>(config_.eps);
-    const T wd = static_cast<T>(config_.weight_decay);
-    const T decay = static_cast<T>(1.0 - lr * config_.weight_decay);
-    const bool decoupled = config_.decoupled_weight_decay;
+    backend::kernels::AdamCoefficients<T> c;
+    c.beta1 = static_cast<T>(config_.beta1);
+    c.beta2 = static_cast<T>(config_.beta2);
+    c.step_size = static_cast<T>(lr / bias1);
+    c.inv_sqrt_bias2 = static_cast<T>(1.0 / std::sqrt(bias2));
+    c.eps = static_cast<T>(config_.eps);
+    c.weight_decay = static_cast<T>(config_.weight_decay);
+    c.decoupled = config_.decoupled_weight_decay;
+    c.decay = static_cast<T>(1.0 - lr * config_.weight_decay);
     T* values = params.values();
     const T* grads = params.grads();
     T* m = state.first_moment.data();
     T* v = state.second_moment.data();
     for (const auto& info : params.infos()) {
       if (!info.trainable) continue;
-      const Index begin = info.offset, end = info.offset + info.size();
-      parallel::for_each(end - begin, end - begin > 65536 && !parallel::in_parallel(), [&](Index j, int) {
-        const Index i = begin + j;
-        T g = grads[i];
-        if (wd != T(0)) {
-          if (decoupled) {
-            values[i] *= decay;
-          } else {
-            g += wd * values[i];
-          }
-        }
-        m[i] = b1 * m[i] + (T(1) - b1) * g;
-        v[i] = b2 * v[i] + (T(1) - b2) * g * g;
-        values[i] -= step_size * m[i] / (std::sqrt(v[i]) * inv_sqrt_bias2 + eps);
+      const Index begin = info.offset, size = info.size();
+      // Ranges of kChunk elements (a multiple of every SIMD width), one kernel call each.
+      const Index chunks = (size + kChunk - 1) / kChunk;
+      parallel::for_each(chunks, chunks > 4 && !parallel::in_parallel(), [&](Index chunk, int) {
+        const Index i = begin + chunk * kChunk;
+        backend::kernels::adam_update(values + i, grads + i, m + i, v + i, std::min(kChunk, size - chunk * kChunk), c);
       });
     }
   }
 
  private:
+  static constexpr Index kChunk = 16384;
   AdamConfig config_;
 };
 

@@ -22,6 +22,7 @@
 #include "distillrec/loss/reduction.hpp"
 #include "distillrec/nn/output_head.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -123,7 +124,11 @@ class CatalogueSoftmaxCrossEntropy {
       const Index rows = std::min(block_rows, n - start);
       auto logits = ws.logits.resize(rows, num_items);
       backend::gemm(backend::Trans::kNo, backend::Trans::kYes, T(1), h.middleRows(start, rows), items, T(0), logits);
-      if (head.bias != nullptr) logits.rowwise() += Eigen::Map<const RowVector<T>>(head.bias, num_items);
+      if (head.bias != nullptr) {
+        const Eigen::Map<const RowVector<T>> bias(head.bias, num_items);
+        parallel::for_each(rows, rows * num_items > 100000 && !parallel::in_parallel(),
+                           [&](Index i, int) { logits.row(i) += bias; });
+      }
       ws.block_targets.resize(static_cast<std::size_t>(rows));
       for (Index i = 0; i < rows; ++i) {
         ws.block_targets[static_cast<std::size_t>(i)] = static_cast<Index>(targets[static_cast<std::size_t>(start + i)]) - 1;
@@ -134,9 +139,23 @@ class CatalogueSoftmaxCrossEntropy {
       if (weight_grad) {
         backend::gemm(backend::Trans::kYes, backend::Trans::kNo, T(1), logits, h.middleRows(start, rows), T(1), grad_head.weight);
       }
-      if (grad_head.bias != nullptr) Eigen::Map<RowVector<T>>(grad_head.bias, num_items) += logits.colwise().sum();
+      if (grad_head.bias != nullptr) add_column_sums(logits, grad_head.bias);
     }
     return static_cast<T>(total / static_cast<double>(divisor));
+  }
+
+ private:
+  static constexpr Index kColumnChunk = 2048;
+
+  /// sums[c] += the sum of column c of m, row after row (one order whatever the thread count);
+  /// chunks of columns run in parallel. Eigen's colwise().sum() on row-major storage is scalar.
+  static void add_column_sums(const MatrixMap<T>& m, T* sums) {
+    const Index cols = m.cols(), chunks = (cols + kColumnChunk - 1) / kColumnChunk;
+    parallel::for_each(chunks, chunks > 1 && m.rows() * cols > 100000 && !parallel::in_parallel(), [&](Index chunk, int) {
+      const Index begin = chunk * kColumnChunk, width = std::min(kColumnChunk, cols - begin);
+      Eigen::Map<RowVector<T>> total(sums + begin, width);
+      for (Index i = 0; i < m.rows(); ++i) total += m.row(i).segment(begin, width);
+    });
   }
 };
 

@@ -8,13 +8,16 @@ and thread count, one after the other, and prints quality side by side and speed
 The C++ side (build/bench/model_bench) writes the sampled-100 candidates first; the reference
 (bench/pytorch/sasrec_reference.py or gru4rec_reference.py) loads them, so both are judged on the
 same candidates. Both train the same model (same sizes, loss, optimiser, sampling) for the same
-number of epochs. Results are printed as a table (and as
+number of epochs. The machine's speed can drift on a shared host, so the C++ side is timed again
+after the reference and its seconds per epoch are the median over both of its runs. Results are
+printed as a table (and as
 Markdown with --markdown FILE); the raw JSON of both runs is kept in --out.
 Only the Python standard library is needed here; the reference itself needs Debian's
 python3-torch.
 """
 import argparse
 import json
+import statistics
 import os
 import platform
 import subprocess
@@ -85,6 +88,7 @@ def main():
 
     os.makedirs(args.out, exist_ok=True)
     cpp_json = os.path.join(args.out, "distillrec.json")
+    cpp_after_json = os.path.join(args.out, "distillrec_after.json")
     torch_json = os.path.join(args.out, "pytorch.json")
     candidates = os.path.join(args.out, "candidates")
     common = ["--data", args.data, "--epochs", str(args.epochs), "--threads", str(args.threads),
@@ -111,9 +115,21 @@ def main():
              "--candidates-valid", os.path.join(candidates, "valid.npy"),
              "--candidates-test", os.path.join(candidates, "test.npy"), "--json", torch_json],
             os.path.join(args.out, "pytorch.log"))
+        # The machine's speed drifts (shared hosts): the C++ side is timed again after the
+        # reference, and its seconds per epoch are the median over both runs' epochs.
+        run([args.bench_binary, "--model", args.model] + common + cpp_model +
+            ["--objective", objective, "--no-speed", "--json", cpp_after_json],
+            os.path.join(args.out, "distillrec_after.log"))
 
     with open(cpp_json) as f:
         cpp = json.load(f)
+    if os.path.exists(cpp_after_json):
+        with open(cpp_after_json) as f:
+            after = json.load(f)
+        before_median = cpp["seconds_per_epoch_median"]
+        cpp["seconds_per_epoch_median"] = statistics.median(e["seconds"] for e in cpp["epochs"] + after["epochs"])
+        print(f"distillrec s/epoch (median): {before_median:.3f} before the reference, "
+              f"{after['seconds_per_epoch_median']:.3f} after it, {cpp['seconds_per_epoch_median']:.3f} over both")
     with open(torch_json) as f:
         ref = json.load(f)
     torch_version, blas = torch_blas()

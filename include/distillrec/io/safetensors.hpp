@@ -574,6 +574,16 @@ class SafetensorsWriter {
     if (!values.empty()) std::memcpy(entry.bytes.data(), values.data(), entry.bytes.size());
   }
 
+  /// An I64 tensor of any shape from row-major values (e.g. [examples, K] item ids).
+  void add(const std::string& name, const std::vector<std::int64_t>& values, std::vector<std::int64_t> shape) {
+    Entry& entry = insert(name, DType::kI64, std::move(shape));
+    if (entry.bytes.size() != values.size() * sizeof(std::int64_t)) {
+      throw ShapeError(distillrec::detail::concat("safetensors: tensor \"", name, "\": ", values.size(), " values for shape ",
+                                                  detail::shape_string(entry.shape)));
+    }
+    if (!values.empty()) std::memcpy(entry.bytes.data(), values.data(), entry.bytes.size());
+  }
+
   /// A 1-D I32 tensor.
   void add_i32(const std::string& name, const std::vector<std::int32_t>& values) {
     Entry& entry = insert(name, DType::kI32, {static_cast<std::int64_t>(values.size())});

@@ -1,0 +1,296 @@
+// distillrec/distill/dllm2rec.hpp
+//
+// DLLM2Rec distillation (Cui et al., RecSys 2024; methods.md §2): importance-aware ranking
+// distillation from a teacher's top-K lists (this header) and collaborative embedding
+// distillation. Any model of the library can be the student (SASRec, GRU4Rec, ...): the term
+// scores through the student's output head, tied or untied.
+//
+// RankingDistillation is a loss term (train/loss_term.hpp). For every training example in the
+// batch, at the newest position of its window (the position that predicts the example's target),
+// it takes the teacher's first K candidates c_1..c_K (distill/ranking_signals.hpp) and weights
+//
+//   position     w^p_k = exp(-k / λ_r) / Σ_k' exp(-k' / λ_r)                 (λ_r = 1)
+//   confidence   w^c_k = (e_k + 1e-8) / Σ_k' (e_k' + 1e-8),  e_k = exp(s_k - max_k' s_k')
+//                with s = -distance (lower-is-better scores, the reference) or s = score
+//                (higher-is-better)
+//   consistency  w^o_k = 1[c_k is in the student's current top-K over all items] + 1e-8
+//                (no gradient; computed from the same forward pass)
+//   w_k = (γ_p w^p_k + γ_c w^c_k + γ_o w^o_k) / Σ_k' (...)                  (0.3, 0.5, 0.1)
+//
+// and adds λ · L_rd (loss/ranking_distillation.hpp; λ = 0.8) with the base objective's sampled
+// negative of that position (bce), or, under another base objective, one negative it draws
+// uniformly from the items outside the example's history and target (as the reference samples).
+//
+// Deviation from the reference, on purpose: the confidence weights subtract the row's largest
+// s before exp. The reference computes exp(-distance) directly, which underflows to 0 in fp32 for
+// distances above ~88 (typical of 4096-wide LLM embeddings) and then silently turns the weights
+// uniform. The two agree whenever the best candidate's distance is 0; otherwise the 1e-8 floor
+// weighs slightly differently. With γ_o = 0 the student's full-catalogue scores are not needed
+// and the term skips them (much cheaper on large catalogues).
+#pragma once
+
+#include "distillrec/backend/parallel.hpp"
+#include "distillrec/core/error.hpp"
+#include "distillrec/core/workspace.hpp"
+#include "distillrec/data/examples.hpp"
+#include "distillrec/distill/ranking_signals.hpp"
+#include "distillrec/eval/full_ranking.hpp"
+#include "distillrec/loss/ranking_distillation.hpp"
+#include "distillrec/serve/scoring.hpp"
+#include "distillrec/train/loss_term.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace distillrec::distill {
+
+struct RankingWeightsConfig {
+  double lambda_position = 1.0;     // λ_r: position weights exp(-k / λ_r)
+  double gamma_position = 0.3;      // γ_p
+  double gamma_confidence = 0.5;    // γ_c
+  double gamma_consistency = 0.1;   // γ_o
+
+  void validate() const {
+    if (!(lambda_position > 0)) throw ConfigError(detail::concat("ranking distillation: λ_r must be positive, got ", lambda_position));
+    for (double g : {gamma_position, gamma_confidence, gamma_consistency}) {
+      if (!(g >= 0) || !std::isfinite(g)) throw ConfigError(detail::concat("ranking distillation: γ weights must be >= 0, got ", g));
+    }
+    if (gamma_position + gamma_confidence + gamma_consistency <= 0) {
+      throw ConfigError("ranking distillation: γ_p + γ_c + γ_o must be positive");
+    }
+  }
+};
+
+/// One example's importance weights w[0..K) (summing to 1) from the teacher's scores (best first,
+/// in `order`) and whether each candidate is in the student's top-K (nullptr: none is).
+template <typename T>
+void ranking_weights(const RankingWeightsConfig& config, const float* scores, ScoreOrder order, const unsigned char* in_student_topk,
+                     Index k, T* w) {
+  constexpr double kFloor = 1e-8;
+  double position_total = 0.0, max_s = -std::numeric_limits<double>::infinity();
+  for (Index j = 0; j < k; ++j) {
+    position_total += std::exp(-static_cast<double>(j + 1) / config.lambda_position);
+    const double s = order == ScoreOrder::kLowerIsBetter ? -static_cast<double>(scores[j]) : static_cast<double>(scores[j]);
+    max_s = std::max(max_s, s);
+  }
+  double confidence_total = 0.0;
+  for (Index j = 0; j < k; ++j) {
+    const double s = order == ScoreOrder::kLowerIsBetter ? -static_cast<double>(scores[j]) : static_cast<double>(scores[j]);
+    confidence_total += std::exp(s - max_s) + kFloor;
+  }
+  double total = 0.0;
+  for (Index j = 0; j < k; ++j) {
+    const double s = order == ScoreOrder::kLowerIsBetter ? -static_cast<double>(scores[j]) : static_cast<double>(scores[j]);
+    const double wp = std::exp(-static_cast<double>(j + 1) / config.lambda_position) / position_total;
+    const double wc = (std::exp(s - max_s) + kFloor) / confidence_total;
+    const double wo = (in_student_topk != nullptr && in_student_topk[j] ? 1.0 : 0.0) + kFloor;
+    const double mixed = config.gamma_position * wp + config.gamma_confidence * wc + config.gamma_consistency * wo;
+    w[j] = static_cast<T>(mixed);
+    total += mixed;
+  }
+  for (Index j = 0; j < k; ++j) w[j] = static_cast<T>(static_cast<double>(w[j]) / total);
+}
+
+struct RankingDistillationConfig {
+  Index candidates = 10;             // K teacher candidates per example
+  double weight = 0.8;               // λ: weight of L_rd in the total loss
+  RankingWeightsConfig weights;
+  bool reference_negative = false;   // the reference's -log σ(1 - z_neg) instead of -log(1 - σ(z_neg))
+
+  void validate() const {
+    if (candidates <= 0) throw ConfigError(detail::concat("ranking distillation: K must be >= 1, got ", candidates));
+    if (!(weight >= 0) || !std::isfinite(weight)) throw ConfigError(detail::concat("ranking distillation: λ must be >= 0, got ", weight));
+    weights.validate();
+  }
+};
+
+template <typename Model>
+class RankingDistillation : public train::LossTerm<Model> {
+ public:
+  using T = typename Model::Scalar;
+
+  /// Checks the signals against the training examples (every example has a list of at least K
+  /// items of the data) and keeps them.
+  RankingDistillation(std::shared_ptr<const RankingSignals> signals, const data::ExampleSplit& split, RankingDistillationConfig config)
+      : config_(config), signals_(std::move(signals)) {
+    config_.validate();
+    if (!signals_) throw ConfigError("ranking distillation: no teacher ranking");
+    row_of_example_ = signals_->match(split, config_.candidates);
+    loss_.reference_negative = config_.reference_negative;
+  }
+
+  const RankingDistillationConfig& config() const { return config_; }
+  std::string name() const override { return "ranking"; }
+
+  T compute(train::StepContext<Model>& ctx) override {
+    const Index b_count = ctx.num_sequences(), k = config_.candidates;
+    const auto head = ctx.model.output_weights();
+    const Index n = head.num_items();
+    if (k > n) throw ConfigError(detail::concat("ranking distillation: K = ", k, " is larger than the ", n, " items"));
+    candidates_.resize(static_cast<std::size_t>(b_count * k));
+    weights_.resize(candidates_.size());
+    in_topk_.assign(candidates_.size(), 0);
+    negatives_.resize(static_cast<std::size_t>(b_count));
+    for (Index s = 0; s < b_count; ++s) {
+      const Index e = signal_row(ctx, s);
+      std::copy(signals_->items(e), signals_->items(e) + k, candidates_.begin() + s * k);
+      negatives_[static_cast<std::size_t>(s)] = negative(ctx, s);
+    }
+    if (config_.weights.gamma_consistency > 0) mark_student_topk(ctx.newest_outputs, head, b_count, k);
+    std::size_t agree = 0;
+    for (Index s = 0; s < b_count; ++s) {
+      const Index e = signal_row(ctx, s);
+      ranking_weights(config_.weights, signals_->scores(e), signals_->order(), in_topk_.data() + s * k, k, weights_.data() + s * k);
+    }
+    for (unsigned char f : in_topk_) agree += f;
+    loss_.weight = static_cast<T>(config_.weight);
+    const T rd = loss_(ctx.newest_outputs, head, k, candidates_, weights_, negatives_, ctx.grad_newest_outputs, ctx.model.output_gradients());
+    report_rd_ += static_cast<double>(rd);
+    if (config_.weights.gamma_consistency > 0 && b_count > 0) {
+      report_agreement_ += static_cast<double>(agree) / static_cast<double>(b_count * k);
+      ++report_agreement_steps_;
+    }
+    ++report_steps_;
+    return static_cast<T>(config_.weight) * rd;
+  }
+
+  /// "rd": mean unweighted L_rd; "agreement": mean share of teacher candidates in the student's
+  /// top-K (when the consistency weight is on). Since the last call; resets.
+  std::map<std::string, double> take_report() override {
+    std::map<std::string, double> out;
+    if (report_steps_ > 0) out["rd"] = report_rd_ / static_cast<double>(report_steps_);
+    if (report_agreement_steps_ > 0) out["agreement"] = report_agreement_ / static_cast<double>(report_agreement_steps_);
+    report_rd_ = report_agreement_ = 0.0;
+    report_steps_ = report_agreement_steps_ = 0;
+    return out;
+  }
+
+ private:
+  Index signal_row(const train::StepContext<Model>& ctx, Index s) const {
+    const Index example = ctx.example_index(s);
+    if (example < 0 || example >= static_cast<Index>(row_of_example_.size())) {
+      throw ShapeError(detail::concat("ranking distillation: training example ", example, " has no teacher ranking"));
+    }
+    return row_of_example_[static_cast<std::size_t>(example)];
+  }
+
+  /// The base objective's first negative at sequence s's newest position, or one drawn uniformly
+  /// from the items outside the example's history and target.
+  ItemId negative(train::StepContext<Model>& ctx, Index s) const {
+    const Index token = ctx.layout().last(s);
+    if (ctx.num_negatives > 0) {
+      Index row = token;
+      if (ctx.targets.size() != static_cast<std::size_t>(ctx.outputs.rows())) {  // gathered prediction rows
+        const auto it = std::lower_bound(ctx.prediction_rows.begin(), ctx.prediction_rows.end(), token);
+        if (it == ctx.prediction_rows.end() || *it != token) {
+          throw ShapeError(detail::concat("ranking distillation: the newest position of sequence ", s, " has no target"));
+        }
+        row = static_cast<Index>(it - ctx.prediction_rows.begin());
+      }
+      return ctx.negatives[static_cast<std::size_t>(row * ctx.num_negatives)];
+    }
+    const data::Example& example = ctx.example(s);
+    const ItemId target = ctx.split.target(example), n = ctx.model.num_items();
+    const ItemId* begin = ctx.split.history_begin(example);
+    const ItemId* end = ctx.split.history_end(example);
+    for (int attempt = 0; attempt < 100; ++attempt) {
+      const auto item = static_cast<ItemId>(ctx.rng.uniform_int(std::int64_t{1}, static_cast<std::int64_t>(n)));
+      if (item != target && std::find(begin, end, item) == end) return item;
+    }
+    return kPaddingId;  // the example has (almost) every item in its history: no negative part
+  }
+
+  /// in_topk_[s*K + j] = whether candidate j of sequence s is among the student's K best items
+  /// over the whole catalogue (serve::top_k: ties rank the lower item id first).
+  void mark_student_topk(const ConstMatrixMap<T>& h, const nn::HeadWeights<T>& head, Index b_count, Index k) {
+    const Index n = head.num_items();
+    auto logits = logits_.resize(b_count, n);
+    serve::score_items<T>(h, head, logits);
+    top_.resize(static_cast<std::size_t>(std::max(1, parallel::max_threads())));
+    parallel::for_each(b_count, b_count * n > 100000 && !parallel::in_parallel(), [&](Index s, int thread) {
+      auto& best = top_[static_cast<std::size_t>(thread)];
+      serve::top_k(logits.row(s).data(), n, k, best);
+      for (Index j = 0; j < k; ++j) {
+        const ItemId c = candidates_[static_cast<std::size_t>(s * k + j)];
+        bool found = false;
+        for (const auto& item : best) found = found || item.item == c;
+        in_topk_[static_cast<std::size_t>(s * k + j)] = found ? 1 : 0;
+      }
+    });
+  }
+
+  RankingDistillationConfig config_;
+  std::shared_ptr<const RankingSignals> signals_;
+  std::vector<Index> row_of_example_;
+  loss::RankingDistillationLoss<T> loss_;
+  std::vector<ItemId> candidates_, negatives_;
+  std::vector<T> weights_;
+  std::vector<unsigned char> in_topk_;
+  ScratchMatrix<T> logits_;
+  std::vector<std::vector<serve::ScoredItem>> top_;
+  double report_rd_ = 0.0, report_agreement_ = 0.0;
+  Index report_steps_ = 0, report_agreement_steps_ = 0;
+};
+
+/// Export: the model's top-K over the full catalogue for every example of `part` (as a teacher's
+/// ranking: scores are the model's, higher is better), keyed by the examples' ids. The history is
+/// not masked unless mask_history (the reference's teacher does not filter its candidates).
+/// Parallel over blocks of examples.
+template <typename Model>
+RankingSignals compute_ranking_signals(const Model& model, const data::ExampleSplit& split, Index k,
+                                       data::Part part = data::Part::kTrain, bool mask_history = false,
+                                       Index block_examples = 256) {
+  static_assert(models::check_scoring_model<Model>());
+  using T = typename Model::Scalar;
+  const Index n = model.num_items();
+  if (split.num_items != n) {
+    throw ShapeError(detail::concat("ranking export: the data has ", split.num_items, " items, the model ", n));
+  }
+  if (k <= 0 || k > n) throw ConfigError(detail::concat("ranking export: K = ", k, " must be in 1..", n, " (the items)"));
+  const auto& examples = split.examples(part);
+  const auto count = static_cast<Index>(examples.size());
+  std::vector<ItemId> items(static_cast<std::size_t>(count * k));
+  std::vector<float> scores(items.size());
+  const auto head = model.output_weights();
+  eval::for_each_encoded_block(model, split, examples, block_examples,
+                               [&](Index begin, Index end, const std::vector<Sequence>& histories, const Matrix<T>& users,
+                                   Matrix<T>& block_scores) {
+                                 block_scores.resize(end - begin, n);
+                                 serve::score_items<T>(users, head, block_scores);
+                                 std::vector<serve::ScoredItem> best;
+                                 for (Index i = begin; i < end; ++i) {
+                                   if (mask_history) serve::mask_items<T>(block_scores, i - begin, histories[static_cast<std::size_t>(i - begin)]);
+                                   serve::top_k(block_scores.row(i - begin).data(), n, k, best);
+                                   if (static_cast<Index>(best.size()) < k) {
+                                     throw ConfigError(detail::concat("ranking export: example ", examples[static_cast<std::size_t>(i)].id,
+                                                                      " has fewer than K = ", k, " unmasked items"));
+                                   }
+                                   for (Index r = 0; r < k; ++r) {
+                                     items[static_cast<std::size_t>(i * k + r)] = best[static_cast<std::size_t>(r)].item;
+                                     scores[static_cast<std::size_t>(i * k + r)] = best[static_cast<std::size_t>(r)].score;
+                                   }
+                                 }
+                               });
+  RankingSignals ranking(k, ScoreOrder::kHigherIsBetter, "exported from a model");
+  for (Index i = 0; i < count; ++i) {
+    ranking.add(examples[static_cast<std::size_t>(i)].id, items.data() + i * k, scores.data() + i * k);
+  }
+  return ranking;
+}
+
+/// Export: the model's item embeddings as a teacher's: the rows its output head scores items with
+/// (for a tied head, the item embedding table), [N, d].
+template <typename Model>
+TeacherItemEmbeddings model_item_embeddings(const Model& model) {
+  static_assert(models::check_scoring_model<Model>());
+  const auto head = model.output_weights();
+  TeacherItemEmbeddings out{head.weight.template cast<float>(), "exported from a model"};
+  return out;
+}
+
+}  // namespace distillrec::distill

@@ -3,7 +3,9 @@
 // small and plain.
 #pragma once
 
+#include "distillrec/data/examples.hpp"
 #include "distillrec/data/interactions.hpp"
+#include "distillrec/data/split.hpp"
 #include "distillrec/data/synthetic.hpp"
 #include "distillrec/eval/metrics.hpp"
 
@@ -25,6 +27,17 @@ inline distillrec::data::InteractionLog load_data(const std::string& path, const
   if (format == "text") f = LogFormat::kSasrecText;
   if (format == "csv") f = LogFormat::kCsv;
   return distillrec::data::read_log(path, f);
+}
+
+/// The example sets a program trains and evaluates on: "leave-one-out" (SASRec's protocol: one
+/// training example per user, every position predicts), "every-prefix" (the same validation and
+/// test, one training example per prefix, the newest position predicts: DLLM2Rec's layout) or
+/// "temporal" (DLLM2Rec's global 80/10/10 split by time).
+inline distillrec::data::ExampleSplit make_split(const distillrec::data::InteractionLog& log, const std::string& protocol) {
+  if (protocol == "leave-one-out") return distillrec::data::ExampleSplit(distillrec::data::leave_one_out(log));
+  if (protocol == "every-prefix") return distillrec::data::every_prefix(log);
+  if (protocol == "temporal") return distillrec::data::temporal_split(log);
+  throw distillrec::ConfigError("unknown split \"" + protocol + "\" (expected leave-one-out, every-prefix or temporal)");
 }
 
 /// Peak resident memory of this process so far, in MiB (Linux ru_maxrss is in KiB).

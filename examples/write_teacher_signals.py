@@ -1,10 +1,15 @@
 #!/usr/bin/env python3
-"""Writes a teacher's hidden states in distillrec's teacher-signal schema, from a PyTorch model.
+"""Writes a teacher's signals in distillrec's teacher-signal schema, from a PyTorch model: its
+hidden states (SLMRec), its top-K rankings and its item embeddings (DLLM2Rec).
 
     /usr/bin/python3 examples/write_teacher_signals.py --checkpoint teacher.safetensors \
         --data ../shared/data/amazon-games.txt --layers 4,8 --out signals.safetensors
     distill_slmrec --data ../shared/data/amazon-games.txt --teacher-signals signals.safetensors \
         --teacher-layers 8 --student-layers 2 --blocks 2
+
+    /usr/bin/python3 examples/write_teacher_signals.py --checkpoint teacher.safetensors \
+        --data ../shared/data/amazon-games.txt --ranking 50 --item-embeddings --out ranking.safetensors
+    distill_dllm2rec --data ../shared/data/amazon-games.txt --teacher-signals ranking.safetensors
 
 The model here is a PyTorch port of distillrec's LLMRec (models/llm_rec.hpp: item table, input
 adapter, pre-norm LLaMA blocks with RMSNorm, rotary positions, SwiGLU and grouped-query
@@ -21,6 +26,13 @@ What the file must hold (distill/teacher.hpp documents it; distillrec validates 
   last_items     I64 [E]        the newest window item as written in the log (lets distillrec
                                 catch rows that belong to other windows)
   __metadata__   format "distillrec-teacher-signals", version "1", positions, layers (JSON list)
+With --ranking K (distill/ranking_signals.hpp documents it):
+  topk_items     I64 [E, K]     the teacher's K best items for each example, best first, as ids of
+                                the log file (the window's history is not masked)
+  topk_scores    F32 [E, K]     their scores; __metadata__ "score_order": "higher-is-better"
+With --item-embeddings:
+  item_embeddings F32 [N, D]    the teacher's item table (what it scores items with)
+  item_ids       I64 [N]        the log file's id of every row
 A user's window is its training sequence without its last item, cut to the newest max_length
 items; the training sequence is the user's log without its last two items (leave-one-out).
 
@@ -150,7 +162,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="distillrec llm_rec checkpoint (safetensors)")
     p.add_argument("--data", required=True, help="interaction log, SASRec text format")
-    p.add_argument("--layers", required=True, help="teacher hidden indices, comma-separated (e.g. 4,8)")
+    p.add_argument("--layers", help="teacher hidden indices, comma-separated (e.g. 4,8): write hidden states")
+    p.add_argument("--ranking", type=int, metavar="K", help="write each example's top-K items and scores")
+    p.add_argument("--item-embeddings", action="store_true", help="write the teacher's item table")
     p.add_argument("--positions", choices=("last", "all"), default="last")
     p.add_argument("--max-length", type=int, default=None, help="window length (default: the checkpoint's max_length)")
     p.add_argument("--threads", type=int, default=2)
@@ -162,14 +176,20 @@ def main(argv=None):
     if meta.get("model") != "llm_rec":
         sys.exit(f"error: {args.checkpoint}: not an llm_rec checkpoint (model {meta.get('model')!r})")
     config = json.loads(meta["config"])
-    layers = [int(x) for x in args.layers.split(",")]
+    if not args.layers and not args.ranking and not args.item_embeddings:
+        sys.exit("error: nothing to write: give --layers, --ranking K and/or --item-embeddings")
+    if args.ranking is not None and not 1 <= args.ranking <= config["num_items"]:
+        sys.exit(f"error: --ranking {args.ranking} must be in 1..{config['num_items']} (the items)")
+    layers = [int(x) for x in args.layers.split(",")] if args.layers else []
     if any(k < 0 or k > config["num_layers"] for k in layers):
         sys.exit(f"error: layers {layers} outside 0..{config['num_layers']}")
     max_length = args.max_length or config["max_length"]
     model = LLMRec(tensors, config)
     raw_users, raw_items, sequences = read_log(args.data)
 
-    ids, lengths, last_items, rows = [], [], [], []
+    ids, lengths, last_items, rows, top_items, top_scores = [], [], [], [], [], []
+    table = model.w["item_embedding.weight"][1:]  # [N, item_dim]: row j scores item j + 1
+    raw_item_ids = np.array(raw_items, dtype=np.int64)
     with torch.no_grad():
         for done, user in enumerate(raw_users):
             seq = sequences[user]
@@ -178,21 +198,36 @@ def main(argv=None):
                 continue
             window = train[:-1][-max_length:]
             states = model.hidden_states(torch.tensor(window, dtype=torch.long))
-            stacked = torch.stack([states[k] for k in layers], dim=1)  # [len, B, H]
-            rows.append((stacked[-1:] if args.positions == "last" else stacked).numpy())
+            if layers:
+                stacked = torch.stack([states[k] for k in layers], dim=1)  # [len, B, H]
+                rows.append((stacked[-1:] if args.positions == "last" else stacked).numpy())
+            if args.ranking:
+                user_vector = states[-1][-1] @ model.w["output_adapter.weight"].T  # [item_dim]
+                best = torch.topk(table @ user_vector.reshape(-1), args.ranking)
+                top_items.append(raw_item_ids[best.indices.numpy() + 1])
+                top_scores.append(best.values.numpy())
             ids.append(user)
             lengths.append(len(window))
             last_items.append(raw_items[window[-1]])
             if (done + 1) % 5000 == 0:
                 print(f"{done + 1}/{len(raw_users)} users", flush=True)
-    out = {"example_ids": np.array(ids, dtype=np.int64),
-           "hidden_states": np.concatenate(rows).astype(np.float32),
-           "last_items": np.array(last_items, dtype=np.int64)}
-    if args.positions == "all":
-        out["lengths"] = np.array(lengths, dtype=np.int64)
-    write_safetensors(args.out, out, {"format": "distillrec-teacher-signals", "version": "1",
-                                      "positions": args.positions, "layers": json.dumps(layers)})
-    print(f"wrote {args.out}: {len(ids)} examples, hidden_states {list(out['hidden_states'].shape)}")
+    out = {"example_ids": np.array(ids, dtype=np.int64)}
+    metadata = {"format": "distillrec-teacher-signals", "version": "1"}
+    if layers:
+        out["hidden_states"] = np.concatenate(rows).astype(np.float32)
+        out["last_items"] = np.array(last_items, dtype=np.int64)
+        if args.positions == "all":
+            out["lengths"] = np.array(lengths, dtype=np.int64)
+        metadata.update({"positions": args.positions, "layers": json.dumps(layers)})
+    if args.ranking:
+        out["topk_items"] = np.stack(top_items).astype(np.int64)
+        out["topk_scores"] = np.stack(top_scores).astype(np.float32)
+        metadata["score_order"] = "higher-is-better"
+    if args.item_embeddings:
+        out["item_embeddings"] = table.numpy().astype(np.float32)
+        out["item_ids"] = raw_item_ids[1:]
+    write_safetensors(args.out, out, metadata)
+    print(f"wrote {args.out}: {len(ids)} examples; " + ", ".join(f"{k} {list(v.shape)}" for k, v in out.items()))
 
 
 if __name__ == "__main__":

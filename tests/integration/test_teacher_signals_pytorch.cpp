@@ -4,6 +4,8 @@
 #include "distillrec/data/interactions.hpp"
 #include "distillrec/data/split.hpp"
 #include "distillrec/data/synthetic.hpp"
+#include "distillrec/distill/dllm2rec.hpp"
+#include "distillrec/distill/ranking_signals.hpp"
 #include "distillrec/distill/slmrec.hpp"
 #include "distillrec/distill/teacher.hpp"
 #include "distillrec/io/checkpoint.hpp"
@@ -80,5 +82,31 @@ TEST_CASE("examples/write_teacher_signals.py writes what the in-process teacher 
     REQUIRE_NOTHROW(distill::SLMRecDistillation<float>(slm, map, std::make_shared<const distill::TeacherSignals<float>>(from_pytorch),
                                                        split, student, &log.item_raw_ids));
   }
+  // Rankings and item embeddings (DLLM2Rec): the script's top-K equal the library's export.
+  const auto out = (dir / "ranking.safetensors").string();
+  const std::string command = "/usr/bin/python3 " DISTILLREC_SOURCE_DIR "/examples/write_teacher_signals.py --checkpoint " + checkpoint +
+                              " --data " + data_path + " --ranking 5 --item-embeddings --threads 1 --out " + out + " > " +
+                              (dir / "script.log").string() + " 2>&1";
+  REQUIRE(std::system(command.c_str()) == 0);
+  const distill::ItemIdMap items(log.item_raw_ids);
+  const auto from_pytorch = distill::load_ranking_signals(out, items);
+  const data::ExampleSplit examples(split);
+  const auto in_process = distill::compute_ranking_signals(teacher, examples, 5);
+  REQUIRE(from_pytorch.num_examples() == in_process.num_examples());
+  REQUIRE(from_pytorch.match(examples, 5).size() == examples.train.size());
+  Index same = 0;
+  double worst = 0.0;
+  for (Index e = 0; e < in_process.num_examples(); ++e) {
+    const Index f = from_pytorch.find(in_process.example_ids()[static_cast<std::size_t>(e)]);
+    REQUIRE(f >= 0);
+    for (Index r = 0; r < 5; ++r) {
+      same += from_pytorch.items(f)[r] == in_process.items(e)[r];
+      worst = std::max(worst, static_cast<double>(std::abs(from_pytorch.scores(f)[r] - in_process.scores(e)[r])));
+    }
+  }
+  CHECK(worst < 1e-4);
+  CHECK(same >= 5 * in_process.num_examples() - 2);  // the same items, but for a rare near-tie
+  const auto embeddings = distill::load_teacher_item_embeddings(out, items);
+  CHECK((embeddings.table - distill::model_item_embeddings(teacher).table).cwiseAbs().maxCoeff() == 0.0f);
   std::filesystem::remove_all(dir);
 }

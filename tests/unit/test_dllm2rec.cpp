@@ -1,6 +1,10 @@
 #include "distillrec/data/examples.hpp"
 #include "distillrec/data/synthetic.hpp"
 #include "distillrec/distill/dllm2rec.hpp"
+#include "distillrec/distill/embedding_distillation.hpp"
+#include "distillrec/eval/full_ranking.hpp"
+#include "distillrec/io/checkpoint.hpp"
+#include "distillrec/loss/bce.hpp"
 #include "distillrec/distill/ranking_signals.hpp"
 #include "distillrec/io/npy.hpp"
 #include "distillrec/io/safetensors.hpp"
@@ -556,4 +560,151 @@ TEST_CASE("Ranking distillation trains a student towards its teacher's rankings 
   const double with = agreement_with_teacher(distilled), without = agreement_with_teacher(plain);
   CAPTURE(with, without);
   CHECK(with > without + 0.05);
+}
+
+namespace {
+
+/// Embedding distillation's gradient check on one student: L = sum(outputs * R) + BCE through
+/// the head; the model's and the projection's gradients against central differences.
+template <typename Model>
+void check_embedding_gradients(Model& model, const data::ExampleSplit& split, distill::Projector projector) {
+  Rng rng(6);
+  distill::TeacherItemEmbeddings teacher{test::random_matrix<float>(split.num_items, 5, rng), "teacher"};
+  distill::EmbeddingDistillationConfig config;
+  config.weight = 0.7;
+  config.projector = projector;
+  config.mlp_hidden = 4;
+  distill::EmbeddingDistillation<Model> term(std::make_shared<const distill::TeacherItemEmbeddings>(teacher), model, config);
+  term.initialize(rng);
+  // Larger biases than the zero default, so the MLP's ReLU sees both signs everywhere.
+  auto& own = *term.parameters();
+  for (Index i = 0; i < own.buffer_size(); ++i) own.values()[i] += 0.3 * rng.normal();
+  data::BatcherConfig bc;
+  bc.batch_size = 6;
+  bc.max_length = model.max_length();
+  data::ExampleBatcher batcher(split, bc);
+  batcher.start_epoch(0);
+  data::TrainingBatch batch;
+  REQUIRE(batcher.next(batch));
+  typename Model::Workspace ws;
+  Matrix<double> r, grad_h;
+  loss::SampledBinaryCrossEntropy<double> bce;
+  typename loss::SampledBinaryCrossEntropy<double>::Workspace bce_ws;
+  auto loss = [&](bool with_grads) {
+    term.before_forward(model, batch, split);
+    Rng dropout_rng(77);
+    const auto h = model.forward_train(batch, dropout_rng, ws);
+    if (r.size() == 0) r = test::random_matrix<double>(h.rows(), h.cols(), rng);
+    grad_h.resize(h.rows(), h.cols());
+    const double l = bce(h, model.output_weights(), ws.targets, ws.negatives, ws.num_negatives, grad_h,
+                         with_grads ? model.output_gradients() : nn::HeadGradients<double>{}, bce_ws);
+    return (h.array() * r.array()).sum() + l;
+  };
+  auto& params = model.parameters();
+  params.zero_grad();
+  own.zero_grad();
+  loss(true);
+  grad_h += r;
+  model.backward(grad_h, ws);
+  term.after_backward(model);
+  const Matrix<double> grads = Eigen::Map<const Matrix<double>>(params.grads(), 1, params.buffer_size());
+  const Matrix<double> own_grads = Eigen::Map<const Matrix<double>>(own.grads(), 1, own.buffer_size());
+  CHECK(test::max_gradient_error<double>([&] { return loss(false); }, params.values(), grads.data(), params.buffer_size(), 400) < 1e-6);
+  CHECK(test::max_gradient_error<double>([&] { return loss(false); }, own.values(), own_grads.data(), own.buffer_size(), 400) < 1e-6);
+  CHECK(own_grads.cwiseAbs().maxCoeff() > 0.0);
+}
+
+}  // namespace
+
+TEST_CASE("Embedding distillation: gradients of the student and of the projection match finite differences",
+          "[distill][dllm2rec][embedding][gradcheck]") {
+  const auto log = small_log();
+  const data::ExampleSplit split(data::leave_one_out(log));
+  for (auto projector : {distill::Projector::kLinear, distill::Projector::kMlp}) {
+    CAPTURE(distill::to_string(projector));
+    Rng rng(5);
+    models::GRU4Rec<double> gru(gru_config(split.num_items));
+    gru.initialize(rng);
+    gru.parameters().value(gru.parameters().find("item_embedding.weight")) *= 30.0;
+    check_embedding_gradients(gru, split, projector);
+    models::SASRec<double> sasrec(sasrec_config(split.num_items));
+    sasrec.initialize(rng);
+    check_embedding_gradients(sasrec, split, projector);
+  }
+}
+
+TEST_CASE("Embedding distillation trains through the trainer, and the folded student scores exactly as the trained one",
+          "[distill][dllm2rec][embedding]") {
+  const auto log = small_log(7, 300, 60);
+  const data::ExampleSplit split(data::leave_one_out(log));
+  auto config = gru_config(split.num_items);
+  config.embedding_dim = 8;
+  config.hidden_size = 8;
+  models::GRU4Rec<float> student(config);
+  Rng rng(1);
+  student.initialize(rng);
+  // A teacher table: another model's item rows.
+  models::SASRec<float> other(sasrec_config(split.num_items));
+  other.initialize(rng);
+  const auto teacher = std::make_shared<const distill::TeacherItemEmbeddings>(distill::model_item_embeddings(other));
+  auto term = std::make_shared<distill::EmbeddingDistillation<models::GRU4Rec<float>>>(teacher, student, distill::EmbeddingDistillationConfig{});
+  term->initialize(rng);
+  const Matrix<float> before = Eigen::Map<const Matrix<float>>(term->parameters()->values(), 1, term->parameters()->buffer_size());
+  const Matrix<float> table_before = student.item_table();
+  train::TrainerConfig training;
+  training.epochs = 3;
+  training.eval_every = 1;
+  training.log = nullptr;
+  train::Trainer<models::GRU4Rec<float>> trainer(student, split, training);
+  trainer.add_term(term);
+  REQUIRE(trainer.parameter_groups().size() == 2);
+  const auto summary = trainer.fit();
+  CHECK(summary.epochs.back().loss < summary.epochs.front().loss);
+  const Matrix<float> after = Eigen::Map<const Matrix<float>>(term->parameters()->values(), 1, term->parameters()->buffer_size());
+  CHECK((after - before).cwiseAbs().maxCoeff() > 0.0f);  // the projection was trained
+  // The student as trained (with offsets) against the folded one: the same scores, bit for bit.
+  const auto trained = eval::evaluate_full_ranking(student, split, eval::EvalSplit::kValid);
+  std::vector<Sequence> histories;
+  for (const auto& e : split.valid) histories.push_back(split.history(e));
+  Matrix<float> with_offsets(static_cast<Index>(histories.size()), student.output_weights().dim());
+  models::GRU4Rec<float>::Workspace ws;
+  student.encode(histories, with_offsets, ws);
+  CHECK(student.input_item_embedding().has_offsets());
+  term->fold(student);
+  CHECK_FALSE(student.input_item_embedding().has_offsets());
+  CHECK((student.item_table() - table_before).cwiseAbs().maxCoeff() > 0.0f);
+  Matrix<float> folded(with_offsets.rows(), with_offsets.cols());
+  student.encode(histories, folded, ws);
+  CHECK(folded == with_offsets);
+  CHECK(eval::evaluate_full_ranking(student, split, eval::EvalSplit::kValid).value("NDCG@10") == trained.value("NDCG@10"));
+  CHECK_THROWS_AS(term->fold(student), ConfigError);  // spent
+  // Through a checkpoint: the folded student needs no teacher.
+  const auto dir = test::temp_dir("folded");
+  const auto path = (dir / "student.safetensors").string();
+  io::save_checkpoint(student, path);
+  const auto loaded = io::load_checkpoint<models::GRU4Rec<float>>(path);
+  Matrix<float> reloaded(with_offsets.rows(), with_offsets.cols());
+  loaded.encode(histories, reloaded, ws);
+  CHECK(reloaded == with_offsets);
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("Embedding distillation checks the teacher table and refuses to fold into a tied head", "[distill][dllm2rec][embedding]") {
+  const auto log = small_log();
+  const data::ExampleSplit split(data::leave_one_out(log));
+  models::SASRec<float> tied(sasrec_config(split.num_items));
+  Rng rng(2);
+  tied.initialize(rng);
+  auto wrong = std::make_shared<const distill::TeacherItemEmbeddings>(
+      distill::TeacherItemEmbeddings{Matrix<float>::Ones(split.num_items + 3, 4), "teacher.safetensors"});
+  CHECK_THROWS_WITH(distill::EmbeddingDistillation<models::SASRec<float>>(wrong, tied, {}),
+                    Catch::Contains("teacher.safetensors") && Catch::Contains("items"));
+  auto right = std::make_shared<const distill::TeacherItemEmbeddings>(
+      distill::TeacherItemEmbeddings{Matrix<float>::Ones(split.num_items, 4), "teacher.safetensors"});
+  distill::EmbeddingDistillationConfig bad;
+  bad.weight = 0;
+  CHECK_THROWS_AS(distill::EmbeddingDistillation<models::SASRec<float>>(right, tied, bad), ConfigError);
+  distill::EmbeddingDistillation<models::SASRec<float>> term(right, tied, {});
+  term.initialize(rng);
+  CHECK_THROWS_WITH(term.fold(tied), Catch::Contains("tied"));
 }

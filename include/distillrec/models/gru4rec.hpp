@@ -147,6 +147,9 @@ class GRU4Rec {
   Index max_length() const { return config_.max_length; }
   Index hidden_size() const { return config_.hidden_size; }
   ConstMatrixMap<T> item_table() const { return item_embedding_->table(); }
+  /// The item lookup of the input (row offsets for embedding distillation: nn/embedding.hpp).
+  nn::Embedding<T>& input_item_embedding() { return *item_embedding_; }
+  const nn::Embedding<T>& input_item_embedding() const { return *item_embedding_; }
   nn::HeadWeights<T> output_weights() const { return head_->weights(); }
   nn::HeadGradients<T> output_gradients() { return head_->gradients(); }
   const nn::GRU<T>& gru(Index layer) const { return grus_.at(static_cast<std::size_t>(layer)); }

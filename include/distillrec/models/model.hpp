@@ -46,6 +46,13 @@
 //   nn::HeadGradients<Scalar> output_gradients();
 //                                             // where losses add the head's gradients
 //
+// Optional, asked for by the features that need it (each checks with a readable message):
+//
+//   nn::Embedding<Scalar>& input_item_embedding();
+//                                             // the item lookup of the input, for collaborative
+//                                             // embedding distillation's row offsets
+//                                             // (distill/embedding_distillation.hpp)
+//
 // check_scoring_model<Model>() and check_sequence_model<Model>() state each requirement as a
 // static_assert whose message names the missing piece; the trainer, the evaluator, the
 // recommender and checkpoint IO call them, so a model that misses something fails to compile
@@ -57,6 +64,7 @@
 #include "distillrec/core/types.hpp"
 #include "distillrec/data/batcher.hpp"
 #include "distillrec/models/packing.hpp"
+#include "distillrec/nn/embedding.hpp"
 #include "distillrec/nn/output_head.hpp"
 
 #include <nlohmann/json.hpp>
@@ -107,6 +115,7 @@ DISTILLREC_CONTRACT_TRAIT(has_forward_train,
 DISTILLREC_CONTRACT_TRAIT(has_backward,
                           std::declval<M&>().backward(std::declval<const ConstMatrixRef<S<M>>&>(), std::declval<W<M>&>()));
 DISTILLREC_CONTRACT_TRAIT(has_output_gradients, static_cast<nn::HeadGradients<S<M>>>(std::declval<M&>().output_gradients()));
+DISTILLREC_CONTRACT_TRAIT(has_input_item_embedding, static_cast<nn::Embedding<S<M>>&>(std::declval<M&>().input_item_embedding()));
 
 #undef DISTILLREC_CONTRACT_TRAIT
 

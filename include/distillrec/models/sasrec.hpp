@@ -234,6 +234,9 @@ class SASRec {
 
   /// The item table [(N+1), d] (row 0 = padding, zero); its rows 1..N are the tied output head.
   ConstMatrixMap<T> item_table() const { return item_embedding_->table(); }
+  /// The item lookup of the input (row offsets for embedding distillation: nn/embedding.hpp).
+  nn::Embedding<T>& input_item_embedding() { return *item_embedding_; }
+  const nn::Embedding<T>& input_item_embedding() const { return *item_embedding_; }
   nn::HeadWeights<T> output_weights() const { return head_->weights(); }
   nn::HeadGradients<T> output_gradients() { return head_->gradients(); }
 

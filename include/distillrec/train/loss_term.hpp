@@ -82,6 +82,18 @@ class LossTerm {
 
   /// Means of the term's components since the last call (unweighted, for progress); resets.
   virtual std::map<std::string, double> take_report() { return {}; }
+
+  /// Before the step's forward pass (the batch is known, the gradients are zeroed): a term that
+  /// changes what the model reads (embedding distillation's input offsets) prepares it here.
+  virtual void before_forward(Model& /*model*/, const data::TrainingBatch& /*batch*/, const data::ExampleSplit& /*split*/) {}
+
+  /// After the model's backward pass, before gradient hooks, clipping and the optimiser step: a
+  /// term turns gradients the model left for it into gradients of its own parameters here.
+  virtual void after_backward(Model& /*model*/) {}
+
+  /// Before the model is evaluated (each validation, and once after training restores the best
+  /// epoch, so the model the caller gets is the one that was selected).
+  virtual void before_evaluation(Model& /*model*/) {}
 };
 
 /// The per-step matrices around the base objective and the loss terms, kept between steps so a

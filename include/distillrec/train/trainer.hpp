@@ -212,6 +212,7 @@ class Trainer {
       bool stop = false;
       if (validate_now) {
         const auto start = std::chrono::steady_clock::now();
+        for (const auto& term : terms_) term->before_evaluation(model_);
         record.validation = eval::evaluate_full_ranking(model_, split_, eval::EvalSplit::kValid, config_.validation);
         summary.validation_seconds += seconds_since(start);
         const double score = record.validation->value(config_.selection_metric);
@@ -247,10 +248,12 @@ class Trainer {
     }
     if (!best.empty()) {
       for (std::size_t i = 0; i < groups_.size(); ++i) groups_[i]->copy_values_from(best[i]);
+      for (const auto& term : terms_) term->before_evaluation(model_);
       progress.line(detail::concat("restored the best epoch ", summary.best_epoch, " (valid ", config_.selection_metric,
                                    " ", summary.best_score, ")"));
     } else {
       summary.best_epoch = static_cast<Index>(summary.epochs.size());
+      for (const auto& term : terms_) term->before_evaluation(model_);
     }
     return summary;
   }
@@ -290,6 +293,7 @@ class Trainer {
   StepInfo train_step(Index epoch, Index step, double lr) {
     for (auto* group : groups_) group->zero_grad();
     auto& ws = workspace_;
+    for (const auto& term : terms_) term->before_forward(model_, batch_, split_);
     const auto outputs = model_.forward_train(batch_, rng_, ws);
     buffers_.begin(outputs, ws, /*with_newest=*/!terms_.empty());
     const Index k = ws.num_negatives;
@@ -315,6 +319,7 @@ class Trainer {
                                  " (lower the learning rate, or enable gradient clipping)"));
     }
     model_.backward(buffers_.grad_outputs(), ws);
+    for (const auto& term : terms_) term->after_backward(model_);
     StepInfo info;
     info.epoch = epoch;
     info.step = step;

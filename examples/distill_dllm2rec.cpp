@@ -1,10 +1,11 @@
-// distill_dllm2rec: DLLM2Rec ranking distillation end to end (methods.md §2). A teacher (SASRec
-// trained with full-softmax cross-entropy, by default) ranks the catalogue for every training
-// example; its top-K lists become teacher signals; SASRec and GRU4Rec students train with the
-// binary cross-entropy of the reference, each without and with ranking distillation. Every model
-// is selected on validation (NDCG@10) and tested once; the table gives full-ranking HR@10,
-// NDCG@10 and MRR as mean ± std over seeds, parameters, training seconds per epoch and inference
-// time per user.
+// distill_dllm2rec: DLLM2Rec distillation end to end (methods.md §2). A teacher (SASRec trained
+// with full-softmax cross-entropy, by default) ranks the catalogue for every training example and
+// lends its item embeddings; SASRec and GRU4Rec students train with the binary cross-entropy of
+// the reference, each with nothing, ranking distillation only, embedding distillation only, and
+// both. Every model is selected on validation (NDCG@10) and tested once; students distilled with
+// embeddings are folded first (the served model carries no teacher table). The table gives
+// full-ranking HR@10, NDCG@10 and MRR as mean ± std over seeds, parameters, training seconds per
+// epoch and inference time per user.
 //
 //   distill_dllm2rec                                           built-in synthetic data
 //   distill_dllm2rec --data ../shared/data/amazon-games.txt --seeds 3 --json out.json
@@ -14,6 +15,7 @@
 // The teacher trains once (first seed); the students train once per seed from the same signals.
 // --json keeps every epoch's validation result of every run (bench/plot_curves.py draws them).
 #include "distillrec/distill/dllm2rec.hpp"
+#include "distillrec/distill/embedding_distillation.hpp"
 #include "distillrec/distill/ranking_signals.hpp"
 #include "distillrec/eval/full_ranking.hpp"
 #include "distillrec/io/atomic_file.hpp"
@@ -121,7 +123,9 @@ std::vector<std::string> split_list(const std::string& text) {
 int main(int argc, char** argv) {
   CLI::App app{"DLLM2Rec ranking distillation: SASRec and GRU4Rec students learn a teacher's top-K rankings (Cui et al., RecSys 2024)."};
   std::string data_path, format = "auto", protocol = "leave-one-out", json_path, signals_path, save_signals_path, teacher_checkpoint;
-  std::string students = "sasrec,gru4rec", variants = "plain,ranking", checkpoint_dir;
+  std::string students = "sasrec,gru4rec", variants = "plain,ranking,embedding,both", checkpoint_dir, embeddings_path;
+  std::string projector = "linear", student_head = "untied";
+  distill::EmbeddingDistillationConfig ed;
   data::SyntheticConfig synthetic;
   models::SASRecConfig teacher_config;
   teacher_config.hidden_size = 64;
@@ -154,7 +158,12 @@ int main(int argc, char** argv) {
   app.add_option("--teacher-signals", signals_path, "Read the teacher's rankings from this safetensors file instead of a teacher");
   app.add_option("--save-signals", save_signals_path, "Write the teacher's rankings and item embeddings here");
   app.add_option("--students", students, "Comma-separated: sasrec, gru4rec");
-  app.add_option("--variants", variants, "Comma-separated: plain (no distillation), ranking (ranking distillation)");
+  app.add_option("--variants", variants, "Comma-separated: plain (no distillation), ranking, embedding (embedding distillation), both");
+  app.add_option("--teacher-embeddings", embeddings_path, "The teacher's item embeddings: a teacher-signal file (safetensors) or the reference's .npy [items, D] (row = 0-based item id)");
+  app.add_option("--ed-weight", ed.weight, "Embedding distillation: weight w of the projected teacher embedding");
+  app.add_option("--projector", projector, "Embedding distillation: linear (the reference) or mlp (the paper)")->check(CLI::IsMember({"linear", "mlp"}));
+  app.add_option("--student-head", student_head, "SASRec student's output head: untied (DLLM2Rec's; embedding distillation folds into it) or tied")
+      ->check(CLI::IsMember({"untied", "tied"}));
   app.add_option("--hidden", hidden, "Students: hidden size (and item table width)");
   app.add_option("--student-dropout", student_dropout, "Students: dropout");
   app.add_option("--max-length", max_length, "Longest history every model reads");
@@ -188,8 +197,12 @@ int main(int argc, char** argv) {
       if (s != "sasrec" && s != "gru4rec") throw ConfigError("--students: unknown student \"" + s + "\" (sasrec, gru4rec)");
     }
     for (const auto& v : variant_list) {
-      if (v != "plain" && v != "ranking") throw ConfigError("--variants: unknown variant \"" + v + "\" (plain, ranking)");
+      if (v != "plain" && v != "ranking" && v != "embedding" && v != "both") {
+        throw ConfigError("--variants: unknown variant \"" + v + "\" (plain, ranking, embedding, both)");
+      }
     }
+    ed.projector = distill::parse_projector(projector);
+    ed.validate();
     const auto log = examples::load_data(data_path, format, synthetic);
     const auto split = examples::make_split(log, protocol);
     const distill::ItemIdMap items(log.item_raw_ids);
@@ -235,11 +248,22 @@ int main(int argc, char** argv) {
 
     // The teacher's rankings: from a file, or from a teacher trained (or loaded) here.
     std::shared_ptr<const distill::RankingSignals> signals;
-    const bool need_signals = std::find(variant_list.begin(), variant_list.end(), "ranking") != variant_list.end();
+    std::shared_ptr<const distill::TeacherItemEmbeddings> teacher_embeddings;
+    auto wants = [&](const char* v) { return std::find(variant_list.begin(), variant_list.end(), v) != variant_list.end(); };
+    const bool need_signals = wants("ranking") || wants("both");
+    const bool need_embeddings = wants("embedding") || wants("both");
+    if (!embeddings_path.empty()) {
+      const bool npy = embeddings_path.size() > 4 && embeddings_path.substr(embeddings_path.size() - 4) == ".npy";
+      teacher_embeddings = std::make_shared<const distill::TeacherItemEmbeddings>(
+          npy ? distill::read_reference_item_embeddings(embeddings_path, items) : distill::load_teacher_item_embeddings(embeddings_path, items));
+    }
     if (!signals_path.empty()) {
       signals = std::make_shared<const distill::RankingSignals>(distill::load_ranking_signals(signals_path, items));
       std::printf("teacher signals: %s: %ld examples, top-%ld, %s\n", signals_path.c_str(), static_cast<long>(signals->num_examples()),
                   static_cast<long>(signals->k()), distill::to_string(signals->order()).c_str());
+      if (!teacher_embeddings && need_embeddings) {
+        teacher_embeddings = std::make_shared<const distill::TeacherItemEmbeddings>(distill::load_teacher_item_embeddings(signals_path, items));
+      }
     } else {
       std::optional<models::SASRec<float>> teacher;
       if (!teacher_checkpoint.empty()) {
@@ -266,6 +290,7 @@ int main(int argc, char** argv) {
         report(*teacher, "teacher (SASRec, softmax)", first_seed, &summary);
         save(*teacher, "teacher", first_seed);
       }
+      if (!teacher_embeddings) teacher_embeddings = std::make_shared<const distill::TeacherItemEmbeddings>(distill::model_item_embeddings(*teacher));
       if (need_signals || !save_signals_path.empty()) {
         const auto start = std::chrono::steady_clock::now();
         signals = std::make_shared<const distill::RankingSignals>(distill::compute_ranking_signals(*teacher, split, rd.candidates, data::Part::kTrain, mask_teacher_history));
@@ -273,41 +298,61 @@ int main(int argc, char** argv) {
                     static_cast<long>(signals->num_examples()),
                     std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
         if (!save_signals_path.empty()) {
-          const auto embeddings = distill::model_item_embeddings(*teacher);
-          distill::save_ranking_signals(save_signals_path, signals.get(), &embeddings, items, {{"teacher", "sasrec"}, {"split", protocol}});
+          distill::save_ranking_signals(save_signals_path, signals.get(), teacher_embeddings.get(), items, {{"teacher", "sasrec"}, {"split", protocol}});
           std::printf("wrote %s\n", save_signals_path.c_str());
         }
       }
     }
 
+    if (teacher_embeddings) {
+      std::printf("teacher item embeddings: %s, [%ld, %ld]\n", teacher_embeddings->source.c_str(), static_cast<long>(teacher_embeddings->num_items()),
+                  static_cast<long>(teacher_embeddings->dim()));
+    }
+    if (need_embeddings && !teacher_embeddings) throw ConfigError("embedding distillation needs the teacher's item embeddings (--teacher-embeddings)");
+
     for (Index si = 0; si < num_seeds; ++si) {
       const std::uint64_t seed = first_seed + static_cast<std::uint64_t>(si);
       training.seed = seed;
       std::printf("\n=== seed %lu ===\n", static_cast<unsigned long>(seed));
-      auto fit = [&](auto& model, const std::string& name, bool distil) {
+      auto fit = [&](auto& model, const std::string& name, bool rank, bool embed) {
         using Model = std::decay_t<decltype(model)>;
         Rng rng(seed + 1000);
         model.initialize(rng);
-        std::printf("\n--- %s: %ld parameters ---\n", name.c_str(), static_cast<long>(model.parameters().num_scalars()));
-        std::fflush(stdout);
         train::Trainer<Model> trainer(model, split, training);
-        if (distil) trainer.add_term(std::make_shared<distill::RankingDistillation<Model>>(signals, split, rd));
+        if (rank) trainer.add_term(std::make_shared<distill::RankingDistillation<Model>>(signals, split, rd));
+        std::shared_ptr<distill::EmbeddingDistillation<Model>> embedding;
+        if (embed) {
+          embedding = std::make_shared<distill::EmbeddingDistillation<Model>>(teacher_embeddings, model, ed);
+          embedding->initialize(rng);
+          trainer.add_term(embedding);
+        }
+        std::printf("\n--- %s: %ld parameters%s ---\n", name.c_str(), static_cast<long>(model.parameters().num_scalars()),
+                    embed ? detail::concat(" (+ ", embedding->parameters()->num_scalars(), " in the projection while training)").c_str() : "");
+        std::fflush(stdout);
         const auto summary = trainer.fit();
+        const bool tied = model.output_weights().weight.data() == model.item_table().data() + model.item_table().cols();
+        if (embedding && !tied) {
+          embedding->fold(model);  // the served student: no teacher table, the same scores
+          std::printf("folded the projected teacher embeddings into the item table\n");
+        }
         report(model, name, seed, &summary);
-        save(model, name, seed);
+        if (!embedding || !tied) save(model, name, seed);
       };
       for (const auto& student : student_list) {
         for (const auto& variant : variant_list) {
-          const bool distil = variant == "ranking";
-          const std::string name = (student == "sasrec" ? "SASRec" : "GRU4Rec") + std::string(distil ? " + ranking" : "");
+          const bool rank = variant == "ranking" || variant == "both";
+          const bool embed = variant == "embedding" || variant == "both";
+          const std::string name = (student == "sasrec" ? "SASRec" : "GRU4Rec") +
+                                   std::string(variant == "plain" ? "" : variant == "ranking" ? " + ranking" : variant == "embedding" ? " + embedding" : " + both");
           if (student == "sasrec") {
             models::SASRecConfig c;
             c.num_items = split.num_items;
             c.hidden_size = hidden;
             c.max_length = max_length;
             c.dropout = student_dropout;
+            c.head = nn::parse_head_kind(student_head);
             models::SASRec<float> model(c);
-            fit(model, name, distil);
+            fit(model, name, rank, embed);
           } else {
             models::GRU4RecConfig c;
             c.num_items = split.num_items;
@@ -317,7 +362,7 @@ int main(int argc, char** argv) {
             c.dropout = student_dropout;
             c.head = nn::HeadKind::kUntied;
             models::GRU4Rec<float> model(c);
-            fit(model, name, distil);
+            fit(model, name, rank, embed);
           }
         }
       }
@@ -361,11 +406,12 @@ int main(int argc, char** argv) {
     std::printf("%-26s %10s %16s %16s %18.4f %18.4f %18.4f\n", "popularity", "-", "-", "-", pop.value("HR@10"), pop.value("NDCG@10"),
                 pop.value("MRR"));
     // The paired effect of ranking distillation per student, and its training cost.
-    nlohmann::json effects = nlohmann::json::object();
+    nlohmann::json effects = nlohmann::json::object();  // per distilled variant against its plain student
+    for (const std::string variant : {"ranking", "embedding", "both"})
     for (const std::string student : {"SASRec", "GRU4Rec"}) {
       std::vector<double> diffs, cost;
       for (const auto& r : runs) {
-        if (r.name != student + " + ranking") continue;
+        if (r.name != student + " + " + variant) continue;
         for (const auto& p : runs) {
           if (p.name == student && p.seed == r.seed) {
             diffs.push_back(r.test.value("NDCG@10") - p.test.value("NDCG@10"));
@@ -377,10 +423,10 @@ int main(int argc, char** argv) {
       const auto d = stats(diffs);
       const auto c = stats(cost);
       const double base = summary[student]["NDCG@10"]["mean"].get<double>();
-      std::printf("%s: ranking distillation changes test NDCG@10 by %+.4f ± %.4f (paired by seed, %zu seed(s); relative %+.1f%%); "
+      std::printf("%s + %s: test NDCG@10 %+.4f ± %.4f against the plain student (paired by seed, %zu seed(s); relative %+.1f%%); "
                   "seconds per epoch x%.2f\n",
-                  student.c_str(), d.mean, d.std, diffs.size(), 100.0 * d.mean / std::max(1e-12, base), c.mean);
-      effects[student] = {{"ndcg10_difference", {{"mean", d.mean}, {"std", d.std}}}, {"seconds_per_epoch_ratio", c.mean}, {"seeds", diffs.size()}};
+                  student.c_str(), variant.c_str(), d.mean, d.std, diffs.size(), 100.0 * d.mean / std::max(1e-12, base), c.mean);
+      effects[student + " + " + variant] = {{"ndcg10_difference", {{"mean", d.mean}, {"std", d.std}}}, {"seconds_per_epoch_ratio", c.mean}, {"seeds", diffs.size()}};
     }
     std::printf("peak memory: %.0f MiB\n", examples::peak_memory_mib());
 
@@ -398,6 +444,8 @@ int main(int argc, char** argv) {
                               {"gamma_consistency", rd.weights.gamma_consistency},
                               {"lambda_position", rd.weights.lambda_position},
                               {"reference_negative", rd.reference_negative}}},
+                            {"embedding_distillation", {{"weight", ed.weight}, {"projector", projector}, {"teacher_embeddings", embeddings_path}}},
+                            {"student_head", student_head},
                             {"students", {{"hidden", hidden}, {"dropout", student_dropout}, {"max_length", max_length}}},
                             {"epochs", training.epochs},
                             {"patience", training.patience},
@@ -405,7 +453,7 @@ int main(int argc, char** argv) {
                             {"batch_size", training.batch_size},
                             {"threads", threads}};
       nlohmann::json out{{"configuration", config}, {"summary", summary}, {"popularity", pop.to_json()},
-                         {"ranking_distillation_effect", effects}, {"peak_memory_mib", examples::peak_memory_mib()}};
+                         {"distillation_effects", effects}, {"peak_memory_mib", examples::peak_memory_mib()}};
       for (const auto& r : runs) out["runs"].push_back(r.to_json());
       io::write_file_atomic(json_path, [&](std::ostream& os) { os << out.dump(2) << "\n"; });
       std::printf("wrote %s\n", json_path.c_str());

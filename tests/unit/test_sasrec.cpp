@@ -1,3 +1,4 @@
+#include "distillrec/loss/bce.hpp"
 #include "distillrec/models/sasrec.hpp"
 
 #include "support.hpp"
@@ -143,4 +144,45 @@ TEST_CASE("SASRec encode equals the last positions of a full forward pass withou
     model.encode(histories, users, ws);
     for (Index s = 0; s < 3; ++s) REQUIRE((users.row(s) - full.row(layout.last(s))).cwiseAbs().maxCoeff() < 1e-12);
   }
+}
+
+TEST_CASE("SASRec with an untied output head: gradients, parameter names and JSON", "[models][sasrec][gradcheck]") {
+  auto config = tiny_config(models::BlockStyle::kSASRec);
+  config.head = nn::HeadKind::kUntied;
+  models::SASRec<double> model(config);
+  Rng rng(3);
+  model.initialize(rng);
+  auto& params = model.parameters();
+  REQUIRE(params.find("output.weight") >= 0);
+  REQUIRE(params.find("output.bias") >= 0);
+  CHECK(model.output_weights().weight.data() != model.item_table().data() + model.item_table().cols());  // not the table
+  CHECK(model.output_weights().bias != nullptr);
+  const auto batch = test::tiny_batch(config.max_length);
+  models::SASRec<double>::Workspace ws;
+  Matrix<double> r, grad_h;
+  loss::SampledBinaryCrossEntropy<double> bce;
+  loss::SampledBinaryCrossEntropy<double>::Workspace bce_ws;
+  auto loss = [&](bool with_grads) {
+    Rng dropout_rng(77);
+    const auto f = model.forward_train(batch, dropout_rng, ws);
+    if (r.size() == 0) r = test::random_matrix<double>(f.rows(), f.cols(), rng);
+    grad_h.resize(f.rows(), f.cols());
+    const double l = bce(f, model.output_weights(), ws.targets, ws.negatives, 1, grad_h,
+                         with_grads ? model.output_gradients() : nn::HeadGradients<double>{}, bce_ws);
+    return (f.array() * r.array()).sum() + l;
+  };
+  params.zero_grad();
+  loss(true);
+  grad_h += r;
+  model.backward(grad_h, ws);
+  const Matrix<double> grads = Eigen::Map<const Matrix<double>>(params.grads(), 1, params.buffer_size());
+  CHECK(test::max_gradient_error<double>([&] { return loss(false); }, params.values(), grads.data(), params.buffer_size(), 600) < 1e-6);
+  CHECK(params.grad(params.find("output.bias")).cwiseAbs().maxCoeff() > 0.0);
+  const auto back = models::SASRecConfig::from_json(config.to_json());
+  CHECK(back.head == nn::HeadKind::kUntied);
+  auto j = config.to_json();
+  j.erase("head");  // checkpoints written before the option read as tied
+  CHECK(models::SASRecConfig::from_json(j).head == nn::HeadKind::kTied);
+  j["head"] = "sideways";
+  CHECK_THROWS_AS(models::SASRecConfig::from_json(j), ConfigError);
 }

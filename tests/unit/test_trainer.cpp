@@ -72,6 +72,26 @@ TEST_CASE("SASRec training lowers the loss and beats popularity on held-out data
   }
 }
 
+TEST_CASE("SASRec with an untied head trains, lowers the loss and beats popularity", "[train][trainer][sasrec]") {
+  const auto split = synthetic_split();
+  models::Popularity<float> popularity(split.train, split.num_items);
+  const double popularity_ndcg = eval::evaluate_full_ranking(popularity, split, eval::EvalSplit::kTest).value("NDCG@10");
+  auto model_config = small_model(split.num_items);
+  model_config.head = nn::HeadKind::kUntied;
+  models::SASRec<float> model(model_config);
+  Rng rng(1);
+  model.initialize(rng);
+  train::TrainerConfig config;
+  config.epochs = 12;
+  config.batch_size = 64;
+  config.adam.learning_rate = 3e-3;
+  config.eval_every = 0;
+  config.log = nullptr;
+  const auto summary = train::Trainer<models::SASRec<float>>(model, split, config).fit();
+  CHECK(summary.epochs.back().loss < 0.8 * summary.epochs.front().loss);
+  CHECK(eval::evaluate_full_ranking(model, split, eval::EvalSplit::kTest).value("NDCG@10") > 1.5 * popularity_ndcg);
+}
+
 TEST_CASE("Trainer keeps the best validation epoch, stops early and is deterministic", "[train][trainer]") {
   const auto split = synthetic_split();
   auto run = [&](Index patience) {

@@ -83,6 +83,7 @@ struct SASRecConfig {
   std::optional<bool> attention_projection;  // unset: off for sasrec (kang205), on otherwise
   std::string activation = "relu";           // relu | gelu
   double layer_norm_eps = 1e-8;
+  nn::HeadKind head = nn::HeadKind::kTied;   // tied (SASRec) or untied linear with bias (DLLM2Rec's SASRec)
 
   Index effective_ffn_size() const { return ffn_size > 0 ? ffn_size : hidden_size; }
   bool effective_attention_projection() const {
@@ -118,7 +119,8 @@ struct SASRecConfig {
                           {"block_style", to_string(block_style)},
                           {"attention_projection", effective_attention_projection()},
                           {"activation", activation},
-                          {"layer_norm_eps", layer_norm_eps}};
+                          {"layer_norm_eps", layer_norm_eps},
+                          {"head", nn::to_string(head)}};
   }
 
   /// Parses to_json()'s output; missing keys keep their defaults, wrong types throw ConfigError.
@@ -139,6 +141,7 @@ struct SASRecConfig {
       if (j.contains("attention_projection")) c.attention_projection = j.at("attention_projection").get<bool>();
       c.activation = j.value("activation", c.activation);
       c.layer_norm_eps = j.value("layer_norm_eps", c.layer_norm_eps);
+      if (j.contains("head")) c.head = nn::parse_head_kind(j.at("head").get<std::string>());
     } catch (const nlohmann::json::exception& e) {
       throw ConfigError(std::string("SASRec configuration: ") + e.what());
     }
@@ -204,7 +207,9 @@ class SASRec {
         break;
     }
     final_norm_.emplace(p, "final_norm", d, config_.layer_norm_eps);
-    head_.emplace(nn::OutputHead<T>::tied(p, item_embedding_->weight_id()));
+    head_.emplace(config_.head == nn::HeadKind::kTied
+                      ? nn::OutputHead<T>::tied(p, item_embedding_->weight_id())
+                      : nn::OutputHead<T>::untied(p, "output", config_.num_items, d, /*bias=*/true));
     p.allocate();
   }
 
@@ -219,6 +224,7 @@ class SASRec {
     position_embedding_->initialize(rng);
     std::visit([&](auto& stack) { stack.initialize(rng); }, *stack_);
     final_norm_->initialize(rng);
+    if (config_.head == nn::HeadKind::kUntied) head_->initialize(rng);
   }
 
   /// Called after weights were loaded from outside (checkpoints): re-establishes the invariants

@@ -126,6 +126,8 @@ int main(int argc, char** argv) {
   std::string students = "sasrec,gru4rec", variants = "plain,ranking,embedding,both", checkpoint_dir, embeddings_path;
   std::string projector = "linear", student_head = "untied";
   distill::EmbeddingDistillationConfig ed;
+  distill::DROSConfig dros;
+  dros.alpha = 0.0;
   data::SyntheticConfig synthetic;
   models::SASRecConfig teacher_config;
   teacher_config.hidden_size = 64;
@@ -173,6 +175,8 @@ int main(int argc, char** argv) {
   app.add_option("--gamma-confidence", rd.weights.gamma_confidence, "γ_c: weight of the confidence-aware importance");
   app.add_option("--gamma-consistency", rd.weights.gamma_consistency, "γ_o: weight of the consistency-aware importance");
   app.add_option("--lambda-position", rd.weights.lambda_position, "λ_r: position weights exp(-k/λ_r)");
+  app.add_option("--dros-alpha", dros.alpha, "DROS: weight α of the robustness term for every student and inside the ranking loss (0: off, the default; the reference uses 1.0, its README 0.5)");
+  app.add_option("--dros-beta", dros.beta, "DROS: radius β");
   app.add_flag("--mask-teacher-history", mask_teacher_history, "Leave each example's history items out of the teacher's top-K (the reference keeps them)");
   app.add_flag("--reference-negative", rd.reference_negative, "Negative term -log σ(1 - z) as the reference code, instead of -log(1 - σ(z))");
   app.add_option("--epochs", training.epochs, "Students: maximum epochs");
@@ -202,6 +206,11 @@ int main(int argc, char** argv) {
       }
     }
     ed.projector = distill::parse_projector(projector);
+    if (dros.alpha > 0) {
+      dros.validate();
+      rd.dros_alpha = dros.alpha;
+      rd.dros_beta = dros.beta;
+    }
     ed.validate();
     const auto log = examples::load_data(data_path, format, synthetic);
     const auto split = examples::make_split(log, protocol);
@@ -319,6 +328,7 @@ int main(int argc, char** argv) {
         Rng rng(seed + 1000);
         model.initialize(rng);
         train::Trainer<Model> trainer(model, split, training);
+        if (dros.alpha > 0) trainer.add_term(std::make_shared<distill::DROSTerm<Model>>(split, dros));
         if (rank) trainer.add_term(std::make_shared<distill::RankingDistillation<Model>>(signals, split, rd));
         std::shared_ptr<distill::EmbeddingDistillation<Model>> embedding;
         if (embed) {
@@ -446,6 +456,7 @@ int main(int argc, char** argv) {
                               {"reference_negative", rd.reference_negative}}},
                             {"embedding_distillation", {{"weight", ed.weight}, {"projector", projector}, {"teacher_embeddings", embeddings_path}}},
                             {"student_head", student_head},
+                            {"dros", {{"alpha", dros.alpha}, {"beta", dros.beta}}},
                             {"students", {{"hidden", hidden}, {"dropout", student_dropout}, {"max_length", max_length}}},
                             {"epochs", training.epochs},
                             {"patience", training.patience},

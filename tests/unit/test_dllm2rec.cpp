@@ -4,7 +4,9 @@
 #include "distillrec/distill/embedding_distillation.hpp"
 #include "distillrec/eval/full_ranking.hpp"
 #include "distillrec/io/checkpoint.hpp"
+#include "distillrec/train/loss_term.hpp"
 #include "distillrec/loss/bce.hpp"
+#include "distillrec/loss/dros.hpp"
 #include "distillrec/distill/ranking_signals.hpp"
 #include "distillrec/io/npy.hpp"
 #include "distillrec/io/safetensors.hpp"
@@ -173,14 +175,23 @@ namespace {
 /// The term's gradient check on one model: L = the term alone (the base objective's negatives come
 /// with the batch), analytic gradients of every model parameter against central differences.
 template <typename Model>
-void check_term_gradients(Model& model, const data::ExampleSplit& split, Index k, bool reference_negative) {
+void check_term_gradients(Model& model, const data::ExampleSplit& split, Index k, bool reference_negative, double dros_alpha = 0.0,
+                          bool dros_term = false) {
   const auto signals = std::make_shared<const distill::RankingSignals>(distill::compute_ranking_signals(model, split, k));
   distill::RankingDistillationConfig config;
   config.candidates = k;
   config.weight = 0.6;
   config.reference_negative = reference_negative;
   config.weights.gamma_consistency = 0.0;  // a step function of the scores: kept out of the finite differences
-  distill::RankingDistillation<Model> term(signals, split, config);
+  config.dros_alpha = dros_alpha;
+  config.dros_beta = 0.7;
+  std::unique_ptr<train::LossTerm<Model>> owned;
+  if (dros_term) {
+    owned = std::make_unique<distill::DROSTerm<Model>>(split, distill::DROSConfig{0.8, 0.7});
+  } else {
+    owned = std::make_unique<distill::RankingDistillation<Model>>(signals, split, config);
+  }
+  auto& term = *owned;
   data::BatcherConfig bc;
   bc.batch_size = 6;
   bc.max_length = model.max_length();
@@ -210,7 +221,8 @@ void check_term_gradients(Model& model, const data::ExampleSplit& split, Index k
   const double error = test::max_gradient_error<double>(total_loss, params.values(), grads.data(), params.buffer_size(), 500);
   CHECK(error < 1e-6);
   const auto report = term.take_report();
-  CHECK(report.count("rd") == 1);
+  CHECK(report.count(dros_term ? "dro" : "rd") == 1);
+  if (dros_alpha > 0) CHECK(report.count("dro") == 1);
 }
 
 }  // namespace
@@ -229,7 +241,72 @@ TEST_CASE("Ranking distillation term: gradients through GRU4Rec (untied head) an
     models::SASRec<double> sasrec(sasrec_config(split.num_items));
     sasrec.initialize(rng);
     check_term_gradients(sasrec, split, 4, reference_negative);
+    // With the reference's DRO part inside the ranking loss, and DROS alone.
+    check_term_gradients(gru, split, 4, reference_negative, 0.9);
+    check_term_gradients(sasrec, split, 4, reference_negative, 0.9);
+    check_term_gradients(gru, split, 4, reference_negative, 0.0, true);
+    auto untied = sasrec_config(split.num_items);
+    untied.head = nn::HeadKind::kUntied;
+    models::SASRec<double> sasrec_untied(untied);
+    sasrec_untied.initialize(rng);
+    check_term_gradients(sasrec_untied, split, 4, reference_negative, 0.0, true);
   }
+}
+
+TEST_CASE("DROS loss: the reference's formula, stable for large logits, gradients by finite differences", "[distill][dllm2rec][dros][loss]") {
+  Rng rng(12);
+  const Index n = 7;
+  std::vector<double> counts{0, 5, 0, 2, 9, 1, 0, 3};
+  const auto ps = loss::dros_propensities(counts);
+  REQUIRE(ps.size() == 7);
+  CHECK(ps[0] == Approx(std::pow(6.0 / 27.0, 0.05)));
+  loss::DROS<double> dros;
+  dros.propensity = ps;
+  dros.beta = 0.8;
+  std::vector<double> z(n);
+  for (auto& v : z) v = 1.5 * rng.normal();
+  const std::vector<ItemId> targets{3, 6, 3};
+  const std::vector<double> coef{0.5, 0.2, 0.3};
+  // The reference's expression: log(Σ_j exp(ps z²/β) - exp(ps_t z_t²/β) + exp(ps_t (z_t-1)²/β) + 1e-24).
+  auto reference = [&](const std::vector<double>& x) {
+    double total = 0;
+    for (std::size_t k = 0; k < targets.size(); ++k) {
+      const auto t = static_cast<std::size_t>(targets[k] - 1);
+      double sum = 0;
+      for (Index j = 0; j < n; ++j) sum += std::exp(ps[j] * x[j] * x[j] / 0.8);
+      sum += -std::exp(ps[t] * x[t] * x[t] / 0.8) + std::exp(ps[t] * (x[t] - 1) * (x[t] - 1) / 0.8) + 1e-24;
+      total += coef[k] * std::log(sum);
+    }
+    return total;
+  };
+  std::vector<double> g(n, 0.0), scratch;
+  const double value = dros.row(z.data(), targets.data(), coef.data(), 3, g.data(), scratch);
+  CHECK(value == Approx(reference(z)).epsilon(1e-12));
+  for (Index j = 0; j < n; ++j) {
+    auto plus = z, minus = z;
+    plus[j] += 1e-6;
+    minus[j] -= 1e-6;
+    CHECK(g[j] == Approx((reference(plus) - reference(minus)) / 2e-6).epsilon(1e-5).margin(1e-8));
+  }
+  // One target: the same as the reference too.
+  std::vector<double> g1(n, 0.0);
+  const double one = 1.0;
+  const double single = dros.row(z.data(), targets.data(), &one, 1, g1.data(), scratch);
+  double sum = 0;
+  for (Index j = 0; j < n; ++j) sum += j == 2 ? std::exp(ps[2] * (z[2] - 1) * (z[2] - 1) / 0.8) : std::exp(ps[j] * z[j] * z[j] / 0.8);
+  CHECK(single == Approx(std::log(sum)).epsilon(1e-12));
+  // Logits whose squares overflow exp in float: finite loss and gradients.
+  loss::DROS<float> dros_f;
+  dros_f.propensity.assign(ps.begin(), ps.end());
+  std::vector<float> big{40.f, -35.f, 12.f, 0.f, 50.f, -3.f, 1.f}, gf(n, 0.f);
+  std::vector<double> scratch_f;
+  const float onef = 1.f;
+  const ItemId t = 5;
+  const double l = dros_f.row(big.data(), &t, &onef, 1, gf.data(), scratch_f);
+  CHECK(std::isfinite(l));
+  for (float v : gf) CHECK(std::isfinite(v));
+  const ItemId bad = 9;
+  CHECK_THROWS_AS(dros_f.row(big.data(), &bad, &onef, 1, gf.data(), scratch_f), ShapeError);
 }
 
 TEST_CASE("Ranking distillation term: consistency flags are the student's full-catalogue top-K; negatives without bce",

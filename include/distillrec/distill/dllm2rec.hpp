@@ -35,6 +35,8 @@
 #include "distillrec/data/examples.hpp"
 #include "distillrec/distill/ranking_signals.hpp"
 #include "distillrec/eval/full_ranking.hpp"
+#include "distillrec/backend/gemm.hpp"
+#include "distillrec/loss/dros.hpp"
 #include "distillrec/loss/ranking_distillation.hpp"
 #include "distillrec/serve/scoring.hpp"
 #include "distillrec/train/loss_term.hpp"
@@ -96,16 +98,117 @@ void ranking_weights(const RankingWeightsConfig& config, const float* scores, Sc
   for (Index j = 0; j < k; ++j) w[j] = static_cast<T>(static_cast<double>(w[j]) / total);
 }
 
+/// Item propensities for DROS from the training examples' targets (methods.md §2.5).
+inline std::vector<double> dros_propensities(const data::ExampleSplit& split) {
+  std::vector<double> counts(static_cast<std::size_t>(split.num_items) + 1, 0.0);
+  for (const auto& e : split.train) counts[static_cast<std::size_t>(split.target(e))] += 1.0;
+  return loss::dros_propensities(counts);
+}
+
+namespace dllm2rec_detail {
+
+/// Back through the head from gradients of full logit rows G [B, N] of h [B, d]: adds G·W to
+/// grad_h, Gᵀ·h to the head's weight gradient and G's column sums to its bias gradient.
+template <typename T>
+void add_full_logit_gradients(const ConstMatrixRef<T>& h, const nn::HeadWeights<T>& head, const ConstMatrixRef<T>& g, MatrixRef<T> grad_h,
+                              nn::HeadGradients<T> grad_head) {
+  backend::gemm(backend::Trans::kNo, backend::Trans::kNo, T(1), g, head.weight, T(1), grad_h);
+  if (grad_head.has_weight()) backend::gemm(backend::Trans::kYes, backend::Trans::kNo, T(1), g, h, T(1), grad_head.weight);
+  if (grad_head.bias != nullptr) {
+    Eigen::Map<RowVector<T>> bias(grad_head.bias, g.cols());
+    for (Index r = 0; r < g.rows(); ++r) bias += g.row(r);
+  }
+}
+
+}  // namespace dllm2rec_detail
+
+struct DROSConfig {
+  double alpha = 1.0;  // weight of the DRO term (the reference's default; its README uses 0.5)
+  double beta = 1.0;   // radius
+  void validate() const {
+    if (!(alpha > 0) || !std::isfinite(alpha)) throw ConfigError(detail::concat("DROS: alpha must be > 0, got ", alpha));
+    if (!(beta > 0) || !std::isfinite(beta)) throw ConfigError(detail::concat("DROS: beta must be > 0, got ", beta));
+  }
+};
+
+/// DROS's robustness term as a loss term: α · mean over the batch's examples of ℓ(z, target) at
+/// each window's newest position (the example's target), with the full catalogue's logits.
+template <typename Model>
+class DROSTerm : public train::LossTerm<Model> {
+ public:
+  using T = typename Model::Scalar;
+
+  DROSTerm(const data::ExampleSplit& split, DROSConfig config) : config_(config) {
+    config_.validate();
+    const auto ps = dros_propensities(split);
+    dros_.propensity.assign(ps.begin(), ps.end());
+    dros_.beta = config_.beta;
+  }
+
+  std::string name() const override { return "dros"; }
+
+  T compute(train::StepContext<Model>& ctx) override {
+    const Index b_count = ctx.num_sequences();
+    const auto head = ctx.model.output_weights();
+    const Index n = head.num_items();
+    if (static_cast<Index>(dros_.propensity.size()) != n) {
+      throw ShapeError(detail::concat("DROS: the data has ", dros_.propensity.size(), " items, the model ", n));
+    }
+    if (b_count == 0) return T(0);
+    auto logits = logits_.resize(b_count, n);
+    serve::score_items<T>(ctx.newest_outputs, head, logits);
+    auto g = grads_.zeros(b_count, n);
+    losses_.assign(static_cast<std::size_t>(b_count), 0.0);
+    scratch_.resize(static_cast<std::size_t>(std::max(1, parallel::max_threads())));
+    const T one = T(1);
+    parallel::for_each(b_count, b_count * n > 100000 && !parallel::in_parallel(), [&](Index s, int thread) {
+      const ItemId target = ctx.split.target(ctx.example(s));
+      losses_[static_cast<std::size_t>(s)] =
+          dros_.row(logits.row(s).data(), &target, &one, 1, g.row(s).data(), scratch_[static_cast<std::size_t>(thread)]);
+    });
+    double total = 0.0;
+    for (double l : losses_) total += l;
+    const double mean = total / static_cast<double>(b_count);
+    g *= static_cast<T>(config_.alpha / static_cast<double>(b_count));
+    dllm2rec_detail::add_full_logit_gradients<T>(ctx.newest_outputs, head, g, ctx.grad_newest_outputs, ctx.model.output_gradients());
+    report_ += mean;
+    ++steps_;
+    return static_cast<T>(config_.alpha * mean);
+  }
+
+  /// "dro": the mean unweighted ℓ since the last call; resets.
+  std::map<std::string, double> take_report() override {
+    std::map<std::string, double> out;
+    if (steps_ > 0) out["dro"] = report_ / static_cast<double>(steps_);
+    report_ = 0.0;
+    steps_ = 0;
+    return out;
+  }
+
+ private:
+  DROSConfig config_;
+  loss::DROS<T> dros_;
+  ScratchMatrix<T> logits_, grads_;
+  std::vector<double> losses_;
+  std::vector<std::vector<double>> scratch_;
+  double report_ = 0.0;
+  Index steps_ = 0;
+};
+
 struct RankingDistillationConfig {
   Index candidates = 10;             // K teacher candidates per example
   double weight = 0.8;               // λ: weight of L_rd in the total loss
   RankingWeightsConfig weights;
   bool reference_negative = false;   // the reference's -log σ(1 - z_neg) instead of -log(1 - σ(z_neg))
+  double dros_alpha = 0.0;           // > 0: add the reference's DRO part, α Σ_k mean_b(w_bk) mean_b(ℓ(z_b, c_bk))
+  double dros_beta = 1.0;
 
   void validate() const {
     if (candidates <= 0) throw ConfigError(detail::concat("ranking distillation: K must be >= 1, got ", candidates));
     if (!(weight >= 0) || !std::isfinite(weight)) throw ConfigError(detail::concat("ranking distillation: λ must be >= 0, got ", weight));
     weights.validate();
+    if (!(dros_alpha >= 0) || !std::isfinite(dros_alpha)) throw ConfigError("ranking distillation: the DRO weight must be >= 0");
+    if (dros_alpha > 0) DROSConfig{dros_alpha, dros_beta}.validate();
   }
 };
 
@@ -122,6 +225,11 @@ class RankingDistillation : public train::LossTerm<Model> {
     if (!signals_) throw ConfigError("ranking distillation: no teacher ranking");
     row_of_example_ = signals_->match(split, config_.candidates);
     loss_.reference_negative = config_.reference_negative;
+    if (config_.dros_alpha > 0) {
+      const auto ps = dros_propensities(split);
+      dros_.propensity.assign(ps.begin(), ps.end());
+      dros_.beta = config_.dros_beta;
+    }
   }
 
   const RankingDistillationConfig& config() const { return config_; }
@@ -141,7 +249,12 @@ class RankingDistillation : public train::LossTerm<Model> {
       std::copy(signals_->items(e), signals_->items(e) + k, candidates_.begin() + s * k);
       negatives_[static_cast<std::size_t>(s)] = negative(ctx, s);
     }
-    if (config_.weights.gamma_consistency > 0) mark_student_topk(ctx.newest_outputs, head, b_count, k);
+    const bool full_scores = config_.weights.gamma_consistency > 0 || config_.dros_alpha > 0;
+    if (full_scores) {
+      logits_.resize(b_count, n);
+      serve::score_items<T>(ctx.newest_outputs, head, logits_.map());
+    }
+    if (config_.weights.gamma_consistency > 0) mark_student_topk(b_count, k);
     std::size_t agree = 0;
     for (Index s = 0; s < b_count; ++s) {
       const Index e = signal_row(ctx, s);
@@ -149,7 +262,31 @@ class RankingDistillation : public train::LossTerm<Model> {
     }
     for (unsigned char f : in_topk_) agree += f;
     loss_.weight = static_cast<T>(config_.weight);
-    const T rd = loss_(ctx.newest_outputs, head, k, candidates_, weights_, negatives_, ctx.grad_newest_outputs, ctx.model.output_gradients());
+    T rd = loss_(ctx.newest_outputs, head, k, candidates_, weights_, negatives_, ctx.grad_newest_outputs, ctx.model.output_gradients());
+    if (config_.dros_alpha > 0 && b_count > 0) {
+      // The reference's DRO part (methods.md §2.6): α Σ_k mean_b(w_bk) · mean_b(ℓ(z_b, c_bk)); the
+      // weights do not pair with their own rows, as in the reference.
+      if (static_cast<Index>(dros_.propensity.size()) != n) throw ShapeError("ranking distillation: DROS propensities do not match the items");
+      coef_.assign(static_cast<std::size_t>(k), T(0));
+      for (Index s = 0; s < b_count; ++s) {
+        for (Index j = 0; j < k; ++j) coef_[static_cast<std::size_t>(j)] += weights_[static_cast<std::size_t>(s * k + j)];
+      }
+      for (auto& c : coef_) c = static_cast<T>(config_.dros_alpha * static_cast<double>(c) / static_cast<double>(b_count * b_count));
+      auto g = grads_.zeros(b_count, n);
+      const auto logits = logits_.map();
+      row_dro_.assign(static_cast<std::size_t>(b_count), 0.0);
+      scratch_.resize(static_cast<std::size_t>(std::max(1, parallel::max_threads())));
+      parallel::for_each(b_count, b_count * n > 100000 && !parallel::in_parallel(), [&](Index s, int thread) {
+        row_dro_[static_cast<std::size_t>(s)] = dros_.row(logits.row(s).data(), candidates_.data() + s * k, coef_.data(), k, g.row(s).data(),
+                                                           scratch_[static_cast<std::size_t>(thread)]);
+      });
+      double dro = 0.0;
+      for (double v : row_dro_) dro += v;
+      g *= static_cast<T>(config_.weight);
+      dllm2rec_detail::add_full_logit_gradients<T>(ctx.newest_outputs, head, g, ctx.grad_newest_outputs, ctx.model.output_gradients());
+      rd += static_cast<T>(dro);
+      report_dro_ += dro;
+    }
     report_rd_ += static_cast<double>(rd);
     if (config_.weights.gamma_consistency > 0 && b_count > 0) {
       report_agreement_ += static_cast<double>(agree) / static_cast<double>(b_count * k);
@@ -165,7 +302,8 @@ class RankingDistillation : public train::LossTerm<Model> {
     std::map<std::string, double> out;
     if (report_steps_ > 0) out["rd"] = report_rd_ / static_cast<double>(report_steps_);
     if (report_agreement_steps_ > 0) out["agreement"] = report_agreement_ / static_cast<double>(report_agreement_steps_);
-    report_rd_ = report_agreement_ = 0.0;
+    if (report_steps_ > 0 && config_.dros_alpha > 0) out["dro"] = report_dro_ / static_cast<double>(report_steps_);
+    report_rd_ = report_agreement_ = report_dro_ = 0.0;
     report_steps_ = report_agreement_steps_ = 0;
     return out;
   }
@@ -206,11 +344,10 @@ class RankingDistillation : public train::LossTerm<Model> {
   }
 
   /// in_topk_[s*K + j] = whether candidate j of sequence s is among the student's K best items
-  /// over the whole catalogue (serve::top_k: ties rank the lower item id first).
-  void mark_student_topk(const ConstMatrixMap<T>& h, const nn::HeadWeights<T>& head, Index b_count, Index k) {
-    const Index n = head.num_items();
-    auto logits = logits_.resize(b_count, n);
-    serve::score_items<T>(h, head, logits);
+  /// over the whole catalogue (serve::top_k: ties rank the lower item id first), from logits_.
+  void mark_student_topk(Index b_count, Index k) {
+    auto logits = logits_.map();
+    const Index n = logits.cols();
     top_.resize(static_cast<std::size_t>(std::max(1, parallel::max_threads())));
     parallel::for_each(b_count, b_count * n > 100000 && !parallel::in_parallel(), [&](Index s, int thread) {
       auto& best = top_[static_cast<std::size_t>(thread)];
@@ -233,7 +370,12 @@ class RankingDistillation : public train::LossTerm<Model> {
   std::vector<unsigned char> in_topk_;
   ScratchMatrix<T> logits_;
   std::vector<std::vector<serve::ScoredItem>> top_;
-  double report_rd_ = 0.0, report_agreement_ = 0.0;
+  loss::DROS<T> dros_;
+  ScratchMatrix<T> grads_;
+  std::vector<T> coef_;
+  std::vector<double> row_dro_;
+  std::vector<std::vector<double>> scratch_;
+  double report_rd_ = 0.0, report_agreement_ = 0.0, report_dro_ = 0.0;
   Index report_steps_ = 0, report_agreement_steps_ = 0;
 };
 

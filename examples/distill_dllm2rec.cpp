@@ -41,6 +41,10 @@
 
 using namespace distillrec;
 
+using examples::fmt;
+using examples::median;
+using examples::stats;
+
 namespace {
 
 struct RunResult {
@@ -61,11 +65,6 @@ struct RunResult {
   }
 };
 
-double median(std::vector<double> v) {
-  if (v.empty()) return 0.0;
-  std::sort(v.begin(), v.end());
-  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-}
 
 /// Median single-thread time of one user's top-10 over the catalogue, over `histories`.
 template <typename Model>
@@ -85,28 +84,6 @@ double top10_ms(const Model& model, const std::vector<Sequence>& histories, int 
   return median(times);
 }
 
-struct Stats {
-  double mean = 0.0, std = 0.0;
-};
-
-Stats stats(const std::vector<double>& v) {
-  Stats s;
-  if (v.empty()) return s;
-  for (double x : v) s.mean += x;
-  s.mean /= static_cast<double>(v.size());
-  if (v.size() > 1) {
-    for (double x : v) s.std += (x - s.mean) * (x - s.mean);
-    s.std = std::sqrt(s.std / static_cast<double>(v.size() - 1));
-  }
-  return s;
-}
-
-std::string fmt(const Stats& s, const char* f) {
-  char a[64], b[64];
-  std::snprintf(a, sizeof(a), f, s.mean);
-  std::snprintf(b, sizeof(b), f, s.std);
-  return std::string(a) + " ± " + b;
-}
 
 std::vector<std::string> split_list(const std::string& text) {
   std::vector<std::string> out;
@@ -236,6 +213,8 @@ int main(int argc, char** argv) {
         run.best_epoch = summary->best_epoch;
         run.validation = summary->best_score;
         run.history = summary->to_json()["epochs"];
+      } else {  // a model trained elsewhere: its validation score, for the table
+        run.validation = eval::evaluate_full_ranking(model, split, eval::EvalSplit::kValid).value("NDCG@10");
       }
       run.test = eval::evaluate_full_ranking(model, split, eval::EvalSplit::kTest);
       run.ms_per_user = top10_ms(model, latency_histories, threads);

@@ -43,6 +43,10 @@
 using namespace distillrec;
 using Model = models::LLMRec<float>;
 
+using examples::fmt;
+using examples::median;
+using examples::stats;
+
 namespace {
 
 struct RunResult {
@@ -78,11 +82,6 @@ struct RunResult {
   }
 };
 
-double median(std::vector<double> v) {
-  if (v.empty()) return 0.0;
-  std::sort(v.begin(), v.end());
-  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-}
 
 /// Median single-thread latency of one user's vector and of one user's top-10, over `histories`.
 std::pair<double, double> measure_latency(const Model& model, const std::vector<Sequence>& histories, int threads) {
@@ -109,28 +108,6 @@ std::pair<double, double> measure_latency(const Model& model, const std::vector<
   return {median(encode), median(top10)};
 }
 
-struct Stats {
-  double mean = 0.0, std = 0.0;
-};
-
-Stats stats(const std::vector<double>& v) {
-  Stats s;
-  if (v.empty()) return s;
-  for (double x : v) s.mean += x;
-  s.mean /= static_cast<double>(v.size());
-  if (v.size() > 1) {
-    for (double x : v) s.std += (x - s.mean) * (x - s.mean);
-    s.std = std::sqrt(s.std / static_cast<double>(v.size() - 1));
-  }
-  return s;
-}
-
-std::string fmt(const Stats& s, const char* f) {
-  char a[64], b[64];
-  std::snprintf(a, sizeof(a), f, s.mean);
-  std::snprintf(b, sizeof(b), f, s.std);
-  return std::string(a) + " ± " + b;
-}
 
 }  // namespace
 

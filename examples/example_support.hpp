@@ -11,6 +11,8 @@
 
 #include <sys/resource.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <iostream>
 #include <string>
@@ -38,6 +40,38 @@ inline distillrec::data::ExampleSplit make_split(const distillrec::data::Interac
   if (protocol == "every-prefix") return distillrec::data::every_prefix(log);
   if (protocol == "temporal") return distillrec::data::temporal_split(log);
   throw distillrec::ConfigError("unknown split \"" + protocol + "\" (expected leave-one-out, every-prefix or temporal)");
+}
+
+/// Median of a list (0 for an empty one).
+inline double median(std::vector<double> v) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+/// Mean and sample standard deviation over seeds.
+struct Stats {
+  double mean = 0.0, std = 0.0;
+};
+
+inline Stats stats(const std::vector<double>& v) {
+  Stats s;
+  if (v.empty()) return s;
+  for (double x : v) s.mean += x;
+  s.mean /= static_cast<double>(v.size());
+  if (v.size() > 1) {
+    for (double x : v) s.std += (x - s.mean) * (x - s.mean);
+    s.std = std::sqrt(s.std / static_cast<double>(v.size() - 1));
+  }
+  return s;
+}
+
+/// "mean ± std" with a printf format for each.
+inline std::string fmt(const Stats& s, const char* f) {
+  char a[64], b[64];
+  std::snprintf(a, sizeof(a), f, s.mean);
+  std::snprintf(b, sizeof(b), f, s.std);
+  return std::string(a) + " ± " + b;
 }
 
 /// Peak resident memory of this process so far, in MiB (Linux ru_maxrss is in KiB).

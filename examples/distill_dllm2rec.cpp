@@ -297,6 +297,9 @@ int main(int argc, char** argv) {
                   static_cast<long>(teacher_embeddings->dim()));
     }
     if (need_embeddings && !teacher_embeddings) throw ConfigError("embedding distillation needs the teacher's item embeddings (--teacher-embeddings)");
+    // Check the signals against the data before any training (the terms check again).
+    if (need_signals) signals->match(split, rd.candidates);
+    if (teacher_embeddings) teacher_embeddings->check(split.num_items);
 
     for (Index si = 0; si < num_seeds; ++si) {
       const std::uint64_t seed = first_seed + static_cast<std::uint64_t>(si);

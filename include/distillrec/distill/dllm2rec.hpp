@@ -249,12 +249,14 @@ class RankingDistillation : public train::LossTerm<Model> {
       std::copy(signals_->items(e), signals_->items(e) + k, candidates_.begin() + s * k);
       negatives_[static_cast<std::size_t>(s)] = negative(ctx, s);
     }
-    const bool full_scores = config_.weights.gamma_consistency > 0 || config_.dros_alpha > 0;
-    if (full_scores) {
+    if (config_.dros_alpha > 0) {
       logits_.resize(b_count, n);
       serve::score_items<T>(ctx.newest_outputs, head, logits_.map());
+    } else if (config_.weights.gamma_consistency > 0) {  // the bias is added inside the top-K scan
+      logits_.resize(b_count, n);
+      backend::gemm(backend::Trans::kNo, backend::Trans::kYes, T(1), ctx.newest_outputs, head.weight, T(0), logits_.map());
     }
-    if (config_.weights.gamma_consistency > 0) mark_student_topk(b_count, k);
+    if (config_.weights.gamma_consistency > 0) mark_student_topk(b_count, k, config_.dros_alpha > 0 ? nullptr : head.bias);
     std::size_t agree = 0;
     for (Index s = 0; s < b_count; ++s) {
       const Index e = signal_row(ctx, s);
@@ -345,13 +347,14 @@ class RankingDistillation : public train::LossTerm<Model> {
 
   /// in_topk_[s*K + j] = whether candidate j of sequence s is among the student's K best items
   /// over the whole catalogue (serve::top_k: ties rank the lower item id first), from logits_.
-  void mark_student_topk(Index b_count, Index k) {
+  /// `bias`: added to logits_ on the fly (nullptr: logits_ already carries it, or there is none).
+  void mark_student_topk(Index b_count, Index k, const T* bias) {
     auto logits = logits_.map();
     const Index n = logits.cols();
     top_.resize(static_cast<std::size_t>(std::max(1, parallel::max_threads())));
     parallel::for_each(b_count, b_count * n > 100000 && !parallel::in_parallel(), [&](Index s, int thread) {
       auto& best = top_[static_cast<std::size_t>(thread)];
-      serve::top_k(logits.row(s).data(), n, k, best);
+      serve::top_k(logits.row(s).data(), bias, n, k, best);
       for (Index j = 0; j < k; ++j) {
         const ItemId c = candidates_[static_cast<std::size_t>(s * k + j)];
         bool found = false;

@@ -10,6 +10,7 @@
 #pragma once
 
 #include "distillrec/backend/gemm.hpp"
+#include "distillrec/backend/parallel.hpp"
 #include "distillrec/core/error.hpp"
 #include "distillrec/core/types.hpp"
 #include "distillrec/nn/output_head.hpp"
@@ -38,7 +39,13 @@ void score_items(const ConstMatrixRef<T>& users, const nn::HeadWeights<T>& head,
     throw ShapeError(detail::concat("scoring: output vectors have ", users.cols(), " columns, the output head ", head.dim()));
   }
   backend::gemm(backend::Trans::kNo, backend::Trans::kYes, T(1), users, head.weight, T(0), scores);
-  if (head.bias != nullptr) scores.rowwise() += Eigen::Map<const RowVector<T>>(head.bias, num_items);
+  if (head.bias != nullptr) {
+    // Row by row (contiguous, vectorised), on the library's threads when large; Eigen's
+    // rowwise() broadcast on these maps is a scalar loop.
+    const Eigen::Map<const RowVector<T>> bias(head.bias, num_items);
+    parallel::for_each(scores.rows(), scores.size() > 100000 && !parallel::in_parallel(),
+                       [&](Index r, int) { scores.row(r) += bias; });
+  }
 }
 
 /// Sets the score of every item in excluded[b] (ids 1..N; 0 and out-of-range ids are ignored)
@@ -92,8 +99,10 @@ T push_candidate(std::vector<ScoredItem>& heap, Index k, ItemId item, T score, B
 
 }  // namespace detail
 
-template <typename T>
-void top_k(const T* scores, Index num_items, Index k, std::vector<ScoredItem>& out) {
+namespace detail {
+
+template <bool kBias, typename T>
+void top_k_impl(const T* scores, const T* bias, Index num_items, Index k, std::vector<ScoredItem>& out) {
   out.clear();
   if (k <= 0) return;
   // Heap ordered by "better": its top is the worst of the best k seen so far.
@@ -102,14 +111,21 @@ void top_k(const T* scores, Index num_items, Index k, std::vector<ScoredItem>& o
   };
   out.reserve(static_cast<std::size_t>(k));
   T threshold = -std::numeric_limits<T>::infinity();
+  auto value = [&](Index j) {
+    if constexpr (kBias) {
+      return scores[j] + bias[j];
+    } else {
+      return scores[j];
+    }
+  };
   // An item enters only if strictly better than the k-th best so far (ties keep the lower id,
   // seen first). Most items are not: whole SIMD vectors at or below the threshold are skipped
   // with one comparison; NaN scores are an error, never silently skipped.
   auto scalar = [&](Index begin, Index end) {
     for (Index j = begin; j < end; ++j) {
-      const T s = scores[j];
+      const T s = value(j);
       if (s > threshold) {
-        threshold = detail::push_candidate(out, k, static_cast<ItemId>(j + 1), s, better);
+        threshold = push_candidate(out, k, static_cast<ItemId>(j + 1), s, better);
       } else if (s != s) {
         throw Error(distillrec::detail::concat("scoring: NaN score for item ", j + 1));
       }
@@ -119,11 +135,30 @@ void top_k(const T* scores, Index num_items, Index k, std::vector<ScoredItem>& o
   constexpr Index W = static_cast<Index>(B::size);
   const Index vec_end = num_items - num_items % W;
   for (Index j = 0; j < vec_end; j += W) {
-    const B v = B::load_unaligned(scores + j);
+    B v = B::load_unaligned(scores + j);
+    if constexpr (kBias) v += B::load_unaligned(bias + j);
     if (xsimd::any(v > B(threshold)) || xsimd::any(xsimd::isnan(v))) scalar(j, j + W);
   }
   scalar(vec_end, num_items);
   std::sort_heap(out.begin(), out.end(), better);
+}
+
+}  // namespace detail
+
+template <typename T>
+void top_k(const T* scores, Index num_items, Index k, std::vector<ScoredItem>& out) {
+  detail::top_k_impl<false>(scores, static_cast<const T*>(nullptr), num_items, k, out);
+}
+
+/// The same for the scores plus a bias per item (scores[j] + bias[j]), added on the fly: a caller
+/// that only needs the top k never writes the biased row.
+template <typename T>
+void top_k(const T* scores, const T* bias, Index num_items, Index k, std::vector<ScoredItem>& out) {
+  if (bias == nullptr) {
+    detail::top_k_impl<false>(scores, bias, num_items, k, out);
+  } else {
+    detail::top_k_impl<true>(scores, bias, num_items, k, out);
+  }
 }
 
 }  // namespace distillrec::serve

@@ -1,11 +1,12 @@
 // distillrec/train/trainer.hpp
 //
 // The training loop for any sequence model of the model contract (models/model.hpp): epochs of
-// shuffled batches of training examples (data/batcher.hpp over data/examples.hpp) ->
-// forward_train -> base objective (train/objective.hpp) at the positions with a target -> the
-// loss terms (train/loss_term.hpp; e.g. distillation) -> backward -> hooks after backward ->
-// optional gradient clipping -> Adam step under a learning-rate schedule -> hooks after the
-// step. Every `eval_every` epochs the model is evaluated on the validation examples with full
+// shuffled batches of training examples (data/batcher.hpp over data/examples.hpp) -> the loss
+// terms' before_forward -> forward_train -> base objective (train/objective.hpp) at the
+// positions with a target -> the loss terms (train/loss_term.hpp; e.g. distillation) ->
+// backward -> the terms' after_backward -> hooks after backward -> optional gradient clipping ->
+// Adam step under a learning-rate schedule -> hooks after the step. Every `eval_every` epochs
+// (after the terms' before_evaluation) the model is evaluated on the validation examples with full
 // ranking; the best parameters by `selection_metric` (the model's and every loss term's) are
 // kept and restored at the end; training stops early after `patience` validations without
 // improvement. The test set is never looked at here.

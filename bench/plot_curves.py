@@ -20,7 +20,7 @@ def curves(data, metric, seeds):
         if seeds and run.get("seed") not in seeds:
             continue
         points = [(e["epoch"], e["validation"]["metrics"][metric])
-                  for e in run.get("history", []) if e.get("validation") and metric in e["validation"].get("metrics", {})]
+                  for e in (run.get("history") or []) if e.get("validation") and metric in e["validation"].get("metrics", {})]
         if points:
             label = f'{run["name"]} (seed {run.get("seed")})'
             out[label] = ([p[0] for p in points], [p[1] for p in points])

@@ -56,7 +56,7 @@ struct RunResult {
   Index best_epoch = 0;
   double validation = 0.0;
   eval::EvaluationResult test;
-  nlohmann::json history;    // every epoch: loss, terms, validation
+  nlohmann::json history = nlohmann::json::array();  // every epoch: loss, terms, validation
 
   nlohmann::json to_json() const {
     return {{"name", name},          {"seed", seed},           {"parameters", parameters}, {"seconds_per_epoch", seconds_per_epoch},

@@ -55,6 +55,18 @@ models::SASRecConfig sasrec_config(ItemId items) {
   return config;
 }
 
+/// The first batch of epoch 0 (batch_size rows, windows of max_length).
+data::TrainingBatch first_batch(const data::ExampleSplit& split, Index max_length, Index batch_size) {
+  data::BatcherConfig bc;
+  bc.batch_size = batch_size;
+  bc.max_length = max_length;
+  data::ExampleBatcher batcher(split, bc);
+  batcher.start_epoch(0);
+  data::TrainingBatch batch;
+  REQUIRE(batcher.next(batch));
+  return batch;
+}
+
 }  // namespace
 
 TEST_CASE("Ranking importance weights follow the documented formula", "[distill][dllm2rec]") {
@@ -192,13 +204,7 @@ void check_term_gradients(Model& model, const data::ExampleSplit& split, Index k
     owned = std::make_unique<distill::RankingDistillation<Model>>(signals, split, config);
   }
   auto& term = *owned;
-  data::BatcherConfig bc;
-  bc.batch_size = 6;
-  bc.max_length = model.max_length();
-  data::ExampleBatcher batcher(split, bc);
-  batcher.start_epoch(0);
-  data::TrainingBatch batch;
-  REQUIRE(batcher.next(batch));
+  const data::TrainingBatch batch = first_batch(split, model.max_length(), 6);
   typename Model::Workspace ws;
   train::StepBuffers<Model> buffers;
   auto& params = model.parameters();
@@ -334,13 +340,7 @@ TEST_CASE("Ranking distillation term: consistency flags are the student's full-c
   config.candidates = k;
   config.weights.gamma_position = 0, config.weights.gamma_confidence = 0, config.weights.gamma_consistency = 1;
   distill::RankingDistillation<models::GRU4Rec<float>> term(signals, split, config);
-  data::BatcherConfig bc;
-  bc.batch_size = 16;
-  bc.max_length = model.max_length();
-  data::ExampleBatcher batcher(split, bc);
-  batcher.start_epoch(0);
-  data::TrainingBatch batch;
-  REQUIRE(batcher.next(batch));
+  const data::TrainingBatch batch = first_batch(split, model.max_length(), 16);
   models::GRU4Rec<float>::Workspace ws;
   train::StepBuffers<models::GRU4Rec<float>> buffers;
   Rng train_rng(1);
@@ -656,13 +656,7 @@ void check_embedding_gradients(Model& model, const data::ExampleSplit& split, di
   // Larger biases than the zero default, so the MLP's ReLU sees both signs everywhere.
   auto& own = *term.parameters();
   for (Index i = 0; i < own.buffer_size(); ++i) own.values()[i] += 0.3 * rng.normal();
-  data::BatcherConfig bc;
-  bc.batch_size = 6;
-  bc.max_length = model.max_length();
-  data::ExampleBatcher batcher(split, bc);
-  batcher.start_epoch(0);
-  data::TrainingBatch batch;
-  REQUIRE(batcher.next(batch));
+  const data::TrainingBatch batch = first_batch(split, model.max_length(), 6);
   typename Model::Workspace ws;
   Matrix<double> r, grad_h;
   loss::SampledBinaryCrossEntropy<double> bce;

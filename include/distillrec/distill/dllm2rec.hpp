@@ -38,6 +38,7 @@
 #include "distillrec/backend/gemm.hpp"
 #include "distillrec/loss/dros.hpp"
 #include "distillrec/loss/ranking_distillation.hpp"
+#include "distillrec/loss/softmax_ce.hpp"
 #include "distillrec/serve/scoring.hpp"
 #include "distillrec/train/loss_term.hpp"
 
@@ -114,10 +115,7 @@ void add_full_logit_gradients(const ConstMatrixRef<T>& h, const nn::HeadWeights<
                               nn::HeadGradients<T> grad_head) {
   backend::gemm(backend::Trans::kNo, backend::Trans::kNo, T(1), g, head.weight, T(1), grad_h);
   if (grad_head.has_weight()) backend::gemm(backend::Trans::kYes, backend::Trans::kNo, T(1), g, h, T(1), grad_head.weight);
-  if (grad_head.bias != nullptr) {
-    Eigen::Map<RowVector<T>> bias(grad_head.bias, g.cols());
-    for (Index r = 0; r < g.rows(); ++r) bias += g.row(r);
-  }
+  if (grad_head.bias != nullptr) loss::add_column_sums<T>(g, grad_head.bias);
 }
 
 }  // namespace dllm2rec_detail

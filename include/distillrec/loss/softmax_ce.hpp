@@ -29,6 +29,19 @@
 
 namespace distillrec::loss {
 
+/// sums[c] += the sum of column c of m, row after row (one order whatever the thread count);
+/// chunks of columns run in parallel. Eigen's colwise().sum() on row-major storage is scalar.
+template <typename T>
+void add_column_sums(const ConstMatrixRef<T>& m, T* sums) {
+  constexpr Index kColumnChunk = 2048;
+  const Index cols = m.cols(), chunks = (cols + kColumnChunk - 1) / kColumnChunk;
+  parallel::for_each(chunks, chunks > 1 && m.rows() * cols > 100000 && !parallel::in_parallel(), [&](Index chunk, int) {
+    const Index begin = chunk * kColumnChunk, width = std::min(kColumnChunk, cols - begin);
+    Eigen::Map<RowVector<T>> total(sums + begin, width);
+    for (Index i = 0; i < m.rows(); ++i) total += m.row(i).segment(begin, width);
+  });
+}
+
 template <typename T>
 struct SoftmaxCrossEntropyWithLogits {
   Reduction reduction = Reduction::kMean;
@@ -139,24 +152,11 @@ class CatalogueSoftmaxCrossEntropy {
       if (weight_grad) {
         backend::gemm(backend::Trans::kYes, backend::Trans::kNo, T(1), logits, h.middleRows(start, rows), T(1), grad_head.weight);
       }
-      if (grad_head.bias != nullptr) add_column_sums(logits, grad_head.bias);
+      if (grad_head.bias != nullptr) add_column_sums<T>(logits, grad_head.bias);
     }
     return static_cast<T>(total / static_cast<double>(divisor));
   }
 
- private:
-  static constexpr Index kColumnChunk = 2048;
-
-  /// sums[c] += the sum of column c of m, row after row (one order whatever the thread count);
-  /// chunks of columns run in parallel. Eigen's colwise().sum() on row-major storage is scalar.
-  static void add_column_sums(const MatrixMap<T>& m, T* sums) {
-    const Index cols = m.cols(), chunks = (cols + kColumnChunk - 1) / kColumnChunk;
-    parallel::for_each(chunks, chunks > 1 && m.rows() * cols > 100000 && !parallel::in_parallel(), [&](Index chunk, int) {
-      const Index begin = chunk * kColumnChunk, width = std::min(kColumnChunk, cols - begin);
-      Eigen::Map<RowVector<T>> total(sums + begin, width);
-      for (Index i = 0; i < m.rows(); ++i) total += m.row(i).segment(begin, width);
-    });
-  }
 };
 
 }  // namespace distillrec::loss

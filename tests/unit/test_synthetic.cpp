@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <functional>
 #include <limits>
+#include <map>
 #include <numeric>
 #include <set>
 
@@ -28,6 +29,42 @@ TEST_CASE("generate_synthetic is deterministic per seed", "[data][synthetic]") {
   config.num_users = 500;
   const InteractionLog d = generate_synthetic(config);
   REQUIRE(std::equal(a.sequences.begin(), a.sequences.end(), d.sequences.begin()));
+}
+
+TEST_CASE("generate_synthetic with context groups: the next item depends on the last two items",
+          "[data][synthetic]") {
+  SyntheticConfig config;
+  config.num_users = 4000;
+  config.num_items = 1000;
+  config.num_clusters = 1;  // successors from all items: chains rarely revisit an item within 8 steps
+  config.max_length = 8;
+  config.transition_probability = 1.0;
+  config.noise_probability = 0.0;
+  config.successors_per_item = 1;
+  // 0 and 1 group draw exactly the first-order log.
+  const InteractionLog first_order = generate_synthetic(config);
+  config.context_groups = 1;
+  REQUIRE(generate_synthetic(config).sequences == first_order.sequences);
+  config.context_groups = 4;
+  const InteractionLog second_order = generate_synthetic(config);
+  REQUIRE(second_order.sequences != first_order.sequences);
+  REQUIRE(second_order.num_items == config.num_items);
+
+  // With one successor and no noise, the previous item alone fixes the next one in the
+  // first-order log (up to redraws of repeated items), while with four groups the next item
+  // varies with the item before the previous one, and the pair fixes it again.
+  auto distinct_next = [](const InteractionLog& log, bool by_pair) {
+    std::map<std::pair<ItemId, ItemId>, std::set<ItemId>> next;
+    for (const Sequence& s : log.sequences) {
+      for (std::size_t t = 2; t < s.size(); ++t) next[{s[t - 1], by_pair ? s[t - 2] : 0}].insert(s[t]);
+    }
+    double total = 0.0;
+    for (const auto& [key, items] : next) total += static_cast<double>(items.size());
+    return total / static_cast<double>(next.size());
+  };
+  CHECK(distinct_next(first_order, false) < 1.3);
+  CHECK(distinct_next(second_order, false) > 1.5);  // 1.85 here; at most 4
+  CHECK(distinct_next(second_order, true) < 1.3);
 }
 
 TEST_CASE("generate_synthetic respects lengths, ids and no repeats", "[data][synthetic]") {
@@ -105,6 +142,8 @@ TEST_CASE("generate_synthetic rejects invalid configurations, naming the field",
       {"successors_per_item", [](SyntheticConfig& c) { c.successors_per_item = 1000; }},
       {"successors_per_item", [](SyntheticConfig& c) { c.successors_per_item = 0; }},
       {"noise_probability", [](SyntheticConfig& c) { c.noise_probability = 2.0; }},
+      {"context_groups", [](SyntheticConfig& c) { c.context_groups = -1; }},
+      {"context_groups", [](SyntheticConfig& c) { c.context_groups = 1001; }},
   };
   for (const auto& c : cases) {
     CAPTURE(c.field);

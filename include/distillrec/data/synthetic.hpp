@@ -19,7 +19,12 @@
 //     transition_probability, a successor of the previous item (successor j with weight 2^-j, so
 //     the first is the likeliest); otherwise a popularity-weighted item of the user's clusters
 //     (the preferred one with probability kPreferredClusterShare). An item already in the
-//     sequence is redrawn, so no item repeats within a user.
+//     sequence is redrawn, so no item repeats within a user;
+//   - with context_groups = G > 1, every item also falls into one of G context groups (uniform),
+//     and every item has its own successors for each group: a transition from the previous item
+//     follows the successors of (previous item, group of the item before it), so predicting the
+//     next item needs the last two items together, not the last one alone (the first transition
+//     of a sequence uses group 0). G = 0 or 1 draws exactly the log of the first-order story.
 #pragma once
 
 #include <algorithm>
@@ -49,6 +54,7 @@ struct SyntheticConfig {
   double transition_probability = 0.6;  // next item is a successor of the previous one
   Index successors_per_item = 3;
   double noise_probability = 0.05;  // next item is a globally popularity-weighted one
+  Index context_groups = 0;         // > 1: successors depend on the group of the item two back
   std::uint64_t seed = 42;
 };
 
@@ -96,6 +102,9 @@ inline void validate(const SyntheticConfig& config) {
   }
   if (!is_probability(config.noise_probability)) {
     fail("noise_probability", "in [0, 1]", config.noise_probability);
+  }
+  if (config.context_groups < 0 || config.context_groups > config.num_items) {
+    fail("context_groups", detail::concat("in [0, num_items = ", config.num_items, "]"), config.context_groups);
   }
 }
 
@@ -173,11 +182,15 @@ inline InteractionLog generate_synthetic(const SyntheticConfig& config) {
     clusters.add(static_cast<ItemId>(c + 1), cluster_weights[c]);
   }
 
-  // Fixed successors, distinct and different from the item itself.
-  std::vector<ItemId> successors(static_cast<std::size_t>(num_items + 1) * num_successors,
-                                 kPaddingId);
-  for (ItemId item = 1; item <= num_items; ++item) {
-    ItemId* own = successors.data() + static_cast<std::size_t>(item) * num_successors;
+  // Fixed successors, distinct and different from the item itself; per context group g, the
+  // block g * (num_items + 1) * num_successors (group 0 first, so G <= 1 draws as before).
+  const auto num_groups = static_cast<std::size_t>(std::max<Index>(1, config.context_groups));
+  const std::size_t group_stride = static_cast<std::size_t>(num_items + 1) * num_successors;
+  std::vector<ItemId> successors(group_stride * num_groups, kPaddingId);
+  for (std::size_t slot = 1; slot < num_groups * static_cast<std::size_t>(num_items + 1); ++slot) {
+    const auto item = static_cast<ItemId>(slot % static_cast<std::size_t>(num_items + 1));
+    if (item == kPaddingId) continue;
+    ItemId* own = successors.data() + slot * num_successors;
     const auto& members = cluster_items[item_cluster[static_cast<std::size_t>(item)]].items();
     for (std::size_t j = 0; j < num_successors; ++j) {
       const bool in_cluster = structure_rng.bernoulli(kSuccessorInClusterProbability);
@@ -195,6 +208,12 @@ inline InteractionLog generate_synthetic(const SyntheticConfig& config) {
         if (drawn != item && std::find(own, own + j, drawn) == own + j) candidate = drawn;
       }
       own[j] = candidate;
+    }
+  }
+  std::vector<std::size_t> item_group(static_cast<std::size_t>(num_items) + 1, 0);
+  if (num_groups > 1) {
+    for (ItemId item = 1; item <= num_items; ++item) {
+      item_group[static_cast<std::size_t>(item)] = static_cast<std::size_t>(structure_rng.uniform_int(num_groups));
     }
   }
   std::vector<double> successor_cumulative(num_successors);
@@ -231,7 +250,8 @@ inline InteractionLog generate_synthetic(const SyntheticConfig& config) {
                 std::upper_bound(successor_cumulative.begin(), successor_cumulative.end(), u) -
                 successor_cumulative.begin()),
             num_successors - 1);
-        return successors[static_cast<std::size_t>(sequence.back()) * num_successors + j];
+        const std::size_t group = sequence.size() >= 2 ? item_group[static_cast<std::size_t>(sequence[sequence.size() - 2])] : 0;
+        return successors[group * group_stride + static_cast<std::size_t>(sequence.back()) * num_successors + j];
       }
       const bool use_primary = secondary == primary || rng.bernoulli(kPreferredClusterShare);
       return cluster_items[use_primary ? primary : secondary].draw(rng);

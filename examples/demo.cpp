@@ -60,6 +60,7 @@ using Model = models::LLMRec<float>;
 using examples::fmt;
 using examples::median;
 using examples::stats;
+using examples::top10_ms;
 
 namespace {
 
@@ -82,23 +83,6 @@ struct RunResult {
             {"history", history}};
   }
 };
-
-/// Median single-thread time of one user's top-10 over the catalogue, over `histories`.
-double top10_ms(const Model& model, const std::vector<Sequence>& histories, int threads) {
-  parallel::set_num_threads(1);
-  serve::Recommender<Model> recommender(std::shared_ptr<const Model>(&model, [](const Model*) {}));
-  std::vector<double> times;
-  for (int pass = 0; pass < 2; ++pass) {  // the first pass warms caches and workspaces
-    for (const auto& h : histories) {
-      const auto start = std::chrono::steady_clock::now();
-      const auto items = recommender.recommend(h, {10, true});
-      const double t = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-      if (pass == 1 && !items.empty()) times.push_back(t);
-    }
-  }
-  parallel::set_num_threads(threads);
-  return median(times);
-}
 
 /// The demo's built-in data (see the header comment).
 data::SyntheticConfig demo_data() {

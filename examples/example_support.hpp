@@ -1,5 +1,5 @@
 // Shared helpers of the example programs: data loading (a real log or the built-in synthetic
-// data), result tables, peak memory. Examples are programs a user copies from, so these stay
+// data), result tables, inference latency, peak memory. Examples are programs a user copies from, so these stay
 // small and plain.
 #pragma once
 
@@ -8,13 +8,16 @@
 #include "distillrec/data/split.hpp"
 #include "distillrec/data/synthetic.hpp"
 #include "distillrec/eval/metrics.hpp"
+#include "distillrec/serve/recommender.hpp"
 
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <iostream>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -47,6 +50,26 @@ inline double median(std::vector<double> v) {
   if (v.empty()) return 0.0;
   std::sort(v.begin(), v.end());
   return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+/// Median single-thread time in milliseconds of one user's top-10 over the whole catalogue (the
+/// history excluded), over `histories`; a first pass warms caches and workspaces. Runs on one
+/// thread and sets `threads` again afterwards.
+template <typename Model>
+double top10_ms(const Model& model, const std::vector<distillrec::Sequence>& histories, int threads) {
+  distillrec::parallel::set_num_threads(1);
+  distillrec::serve::Recommender<Model> recommender(std::shared_ptr<const Model>(&model, [](const Model*) {}));
+  std::vector<double> times;
+  for (int pass = 0; pass < 2; ++pass) {
+    for (const auto& h : histories) {
+      const auto start = std::chrono::steady_clock::now();
+      const auto items = recommender.recommend(h, {10, true});
+      const double t = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+      if (pass == 1 && !items.empty()) times.push_back(t);
+    }
+  }
+  distillrec::parallel::set_num_threads(threads);
+  return median(times);
 }
 
 /// Mean and sample standard deviation over seeds.

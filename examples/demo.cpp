@@ -342,7 +342,7 @@ int main(int argc, char** argv) {
         mrr.push_back(r.test.value("MRR"));
       }
       std::printf("%-20s %6ld %10ld %16s %16s %18s %18s %18s\n", name.c_str(), static_cast<long>(any->layers),
-                  static_cast<long>(any->parameters), fmt(stats(sec), "%.2f").c_str(), fmt(stats(lat), "%.3f").c_str(),
+                  static_cast<long>(any->parameters), std::isfinite(stats(sec).mean) ? fmt(stats(sec), "%.2f").c_str() : "-", fmt(stats(lat), "%.3f").c_str(),
                   fmt(stats(hr), "%.4f").c_str(), fmt(stats(ndcg), "%.4f").c_str(), fmt(stats(mrr), "%.4f").c_str());
       summary[name] = {{"layers", any->layers},
                        {"parameters", any->parameters},
@@ -391,11 +391,14 @@ int main(int argc, char** argv) {
       headline[name] = {{"gain_relative", {{"mean", g.mean}, {"std", g.std}}}, {"lead_recovered", {{"mean", r.mean}, {"std", r.std}}}};
     }
     if (summary.contains("teacher") && summary.contains("student")) {
-      std::printf("the student has %.0f%% of the teacher's parameters; its top-10 is %.1fx faster and it trains %.1fx faster per epoch\n",
+      const double training_speedup =
+          summary["teacher"]["seconds_per_epoch"]["mean"].get<double>() / summary["student"]["seconds_per_epoch"]["mean"].get<double>();
+      std::printf("the student has %.0f%% of the teacher's parameters; its top-10 is %.1fx faster%s\n",
                   100.0 * static_cast<double>(summary["student"]["parameters"].get<Index>()) /
                       static_cast<double>(summary["teacher"]["parameters"].get<Index>()),
                   summary["teacher"]["top10_ms_per_user"]["mean"].get<double>() / summary["student"]["top10_ms_per_user"]["mean"].get<double>(),
-                  summary["teacher"]["seconds_per_epoch"]["mean"].get<double>() / summary["student"]["seconds_per_epoch"]["mean"].get<double>());
+                  std::isfinite(training_speedup) ? detail::concat(" and it trains ", std::round(training_speedup * 10.0) / 10.0, "x faster per epoch").c_str()
+                                                  : " (the teacher was not trained here)");
     }
     const double minutes = std::chrono::duration<double>(std::chrono::steady_clock::now() - demo_start).count() / 60.0;
     std::printf("total %.1f min; peak memory %.0f MiB\n", minutes, examples::peak_memory_mib());

@@ -197,6 +197,40 @@ int main(int argc, char** argv) {
     teacher_training.objective.objective = train::Objective::kSoftmax;
 
     std::vector<RunResult> runs;
+    // Tests a model once and adds its run; `summary`: its training (nullptr: a model loaded, not
+    // trained here; its validation score is computed for the table).
+    auto report = [&](const Model& model, const std::string& name, std::uint64_t seed, const train::TrainingSummary* summary) {
+      RunResult run;
+      run.name = name;
+      run.seed = seed;
+      run.layers = model.num_layers();
+      run.parameters = model.parameters().num_scalars();
+      if (summary != nullptr) {
+        run.seconds_per_epoch = summary->median_epoch_seconds();
+        run.best_epoch = summary->best_epoch;
+        run.validation = summary->best_score;
+        run.history = summary->to_json()["epochs"];
+      } else {
+        run.seconds_per_epoch = std::nan("");
+        run.validation = eval::evaluate_full_ranking(model, split, eval::EvalSplit::kValid).value("NDCG@10");
+      }
+      run.test = eval::evaluate_full_ranking(model, split, eval::EvalSplit::kTest);
+      run.top10_ms = top10_ms(model, latency_histories, threads);
+      const std::string training = summary != nullptr ? detail::concat("best epoch ", run.best_epoch, "; ", std::round(run.seconds_per_epoch * 100.0) / 100.0, " s/epoch")
+                                                      : std::string("not trained here");
+      std::printf("%s (seed %lu): valid NDCG@10 %.4f; test [%s] HR@10 %.4f NDCG@10 %.4f MRR %.4f; %s; %.3f ms/user (top-10)\n",
+                  name.c_str(), static_cast<unsigned long>(seed), run.validation, run.test.protocol.c_str(), run.test.value("HR@10"),
+                  run.test.value("NDCG@10"), run.test.value("MRR"), training.c_str(), run.top10_ms);
+      std::fflush(stdout);
+      runs.push_back(run);
+    };
+    models::LLMRecConfig teacher_config = base;
+    teacher_config.num_layers = teacher_layers;
+    Model teacher(teacher_config);
+    // The teacher's knowledge, computed once per teacher: hidden states (SLMRec) and top-K lists
+    // over the whole catalogue for every training example (DLLM2Rec).
+    std::shared_ptr<const distill::TeacherSignals<float>> states;
+    std::shared_ptr<const distill::RankingSignals> rankings;
     const auto demo_start = std::chrono::steady_clock::now();
     for (Index si = 0; si < num_seeds; ++si) {
       const std::uint64_t seed = first_seed + static_cast<std::uint64_t>(si);
@@ -213,29 +247,16 @@ int main(int argc, char** argv) {
         train::Trainer<Model> trainer(model, split, c);
         for (const auto& t : terms) trainer.add_term(t);
         const auto summary = trainer.fit();
-        RunResult run;
-        run.name = name;
-        run.seed = seed;
-        run.layers = model.num_layers();
-        run.parameters = model.parameters().num_scalars();
-        run.seconds_per_epoch = summary.median_epoch_seconds();
-        run.best_epoch = summary.best_epoch;
-        run.validation = summary.best_score;
-        run.history = summary.to_json()["epochs"];
-        run.test = eval::evaluate_full_ranking(model, split, eval::EvalSplit::kTest);
-        run.top10_ms = top10_ms(model, latency_histories, threads);
-        std::printf("%s (seed %lu): valid NDCG@10 %.4f; test [%s] HR@10 %.4f NDCG@10 %.4f MRR %.4f; best epoch %ld; %.2f s/epoch; "
-                    "%.3f ms/user (top-10)\n",
-                    name.c_str(), static_cast<unsigned long>(seed), run.validation, run.test.protocol.c_str(), run.test.value("HR@10"),
-                    run.test.value("NDCG@10"), run.test.value("MRR"), static_cast<long>(run.best_epoch), run.seconds_per_epoch, run.top10_ms);
-        std::fflush(stdout);
-        runs.push_back(run);
+        report(model, name, seed, &summary);
       };
 
-      models::LLMRecConfig teacher_config = base;
-      teacher_config.num_layers = teacher_layers;
-      Model teacher(teacher_config);
-      if (!teacher_checkpoint.empty()) {
+      const bool loaded_before = !teacher_checkpoint.empty() && si > 0;
+      if (loaded_before) {  // the same file for every seed: its results and signals as for the first
+        RunResult run = runs.front();
+        run.seed = seed;
+        runs.push_back(run);
+        std::printf("\nteacher: %s, as for seed %lu\n", teacher_checkpoint.c_str(), static_cast<unsigned long>(first_seed));
+      } else if (!teacher_checkpoint.empty()) {
         teacher = io::load_checkpoint<Model>(teacher_checkpoint);
         if (teacher.num_items() != split.num_items || teacher.config().hidden_size != base.hidden_size ||
             teacher.num_layers() != teacher_layers) {
@@ -245,19 +266,9 @@ int main(int argc, char** argv) {
                                            split.num_items, " items"));
         }
         std::printf("\nteacher: %s (not trained here)\n", teacher_checkpoint.c_str());
-        RunResult run;
-        run.name = "teacher";
-        run.seed = seed;
-        run.layers = teacher.num_layers();
-        run.parameters = teacher.parameters().num_scalars();
-        run.seconds_per_epoch = std::nan("");
-        run.validation = eval::evaluate_full_ranking(teacher, split, eval::EvalSplit::kValid).value("NDCG@10");
-        run.test = eval::evaluate_full_ranking(teacher, split, eval::EvalSplit::kTest);
-        run.top10_ms = top10_ms(teacher, latency_histories, threads);
-        std::printf("teacher: valid NDCG@10 %.4f; test HR@10 %.4f NDCG@10 %.4f MRR %.4f; %.3f ms/user (top-10)\n", run.validation,
-                    run.test.value("HR@10"), run.test.value("NDCG@10"), run.test.value("MRR"), run.top10_ms);
-        runs.push_back(run);
+        report(teacher, "teacher", seed, nullptr);
       } else {
+        teacher = Model(teacher_config);
         Rng rng(seed);
         teacher.initialize(rng);
         fit(teacher, "teacher", teacher_training, {});
@@ -267,20 +278,18 @@ int main(int argc, char** argv) {
         }
       }
 
-      // The teacher's knowledge, computed once per teacher: hidden states (SLMRec) and top-K lists
-      // over the whole catalogue for every training example (DLLM2Rec).
-      const auto signal_start = std::chrono::steady_clock::now();
-      std::shared_ptr<const distill::TeacherSignals<float>> states;
-      std::shared_ptr<const distill::RankingSignals> rankings;
-      if (!skip_slmrec) {
-        states = std::make_shared<const distill::TeacherSignals<float>>(
-            distill::compute_teacher_signals(teacher, map.teacher_indices(), split, slm.positions, &log.item_raw_ids));
+      if (!loaded_before) {
+        const auto signal_start = std::chrono::steady_clock::now();
+        if (!skip_slmrec) {
+          states = std::make_shared<const distill::TeacherSignals<float>>(
+              distill::compute_teacher_signals(teacher, map.teacher_indices(), split, slm.positions, &log.item_raw_ids));
+        }
+        if (!skip_dllm2rec) {
+          rankings = std::make_shared<const distill::RankingSignals>(distill::compute_ranking_signals(teacher, split, rd.candidates));
+        }
+        std::printf("teacher signals: %zu training examples, %.1f s\n", split.train.size(),
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - signal_start).count());
       }
-      if (!skip_dllm2rec) {
-        rankings = std::make_shared<const distill::RankingSignals>(distill::compute_ranking_signals(teacher, split, rd.candidates));
-      }
-      std::printf("teacher signals: %zu training examples, %.1f s\n", split.train.size(),
-                  std::chrono::duration<double>(std::chrono::steady_clock::now() - signal_start).count());
 
       // Every student starts from the same draw (seed + 1000); the distillations' heads draw next.
       auto make_student = [&](Rng& rng, bool teacher_table) {

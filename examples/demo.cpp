@@ -60,29 +60,9 @@ using Model = models::LLMRec<float>;
 using examples::fmt;
 using examples::median;
 using examples::stats;
-using examples::top10_ms;
+using examples::RunResult;
 
 namespace {
-
-struct RunResult {
-  std::string name;
-  std::uint64_t seed = 0;
-  Index layers = 0;
-  Index parameters = 0;
-  double seconds_per_epoch = 0.0;
-  double top10_ms = 0.0;  // one user's top-10 over the catalogue, 1 thread, median
-  Index best_epoch = 0;
-  double validation = 0.0;
-  eval::EvaluationResult test;
-  nlohmann::json history = nlohmann::json::array();
-
-  nlohmann::json to_json() const {
-    return {{"name", name},         {"seed", seed},         {"layers", layers},
-            {"parameters", parameters}, {"seconds_per_epoch", seconds_per_epoch}, {"top10_ms_per_user", top10_ms},
-            {"best_epoch", best_epoch}, {"validation_ndcg10", validation}, {"test", test.to_json()},
-            {"history", history}};
-  }
-};
 
 /// The demo's built-in data (see the header comment).
 data::SyntheticConfig demo_data() {
@@ -197,32 +177,8 @@ int main(int argc, char** argv) {
     teacher_training.objective.objective = train::Objective::kSoftmax;
 
     std::vector<RunResult> runs;
-    // Tests a model once and adds its run; `summary`: its training (nullptr: a model loaded, not
-    // trained here; its validation score is computed for the table).
     auto report = [&](const Model& model, const std::string& name, std::uint64_t seed, const train::TrainingSummary* summary) {
-      RunResult run;
-      run.name = name;
-      run.seed = seed;
-      run.layers = model.num_layers();
-      run.parameters = model.parameters().num_scalars();
-      if (summary != nullptr) {
-        run.seconds_per_epoch = summary->median_epoch_seconds();
-        run.best_epoch = summary->best_epoch;
-        run.validation = summary->best_score;
-        run.history = summary->to_json()["epochs"];
-      } else {
-        run.seconds_per_epoch = std::nan("");
-        run.validation = eval::evaluate_full_ranking(model, split, eval::EvalSplit::kValid).value("NDCG@10");
-      }
-      run.test = eval::evaluate_full_ranking(model, split, eval::EvalSplit::kTest);
-      run.top10_ms = top10_ms(model, latency_histories, threads);
-      const std::string training = summary != nullptr ? detail::concat("best epoch ", run.best_epoch, "; ", std::round(run.seconds_per_epoch * 100.0) / 100.0, " s/epoch")
-                                                      : std::string("not trained here");
-      std::printf("%s (seed %lu): valid NDCG@10 %.4f; test [%s] HR@10 %.4f NDCG@10 %.4f MRR %.4f; %s; %.3f ms/user (top-10)\n",
-                  name.c_str(), static_cast<unsigned long>(seed), run.validation, run.test.protocol.c_str(), run.test.value("HR@10"),
-                  run.test.value("NDCG@10"), run.test.value("MRR"), training.c_str(), run.top10_ms);
-      std::fflush(stdout);
-      runs.push_back(run);
+      runs.push_back(examples::test_run(model, name, seed, summary, split, latency_histories, threads, model.num_layers()));
     };
     models::LLMRecConfig teacher_config = base;
     teacher_config.num_layers = teacher_layers;
@@ -351,7 +307,7 @@ int main(int argc, char** argv) {
         mrr.push_back(r.test.value("MRR"));
       }
       std::printf("%-20s %6ld %10ld %16s %16s %18s %18s %18s\n", name.c_str(), static_cast<long>(any->layers),
-                  static_cast<long>(any->parameters), std::isfinite(stats(sec).mean) ? fmt(stats(sec), "%.2f").c_str() : "-", fmt(stats(lat), "%.3f").c_str(),
+                  static_cast<long>(any->parameters), stats(sec).mean > 0 ? fmt(stats(sec), "%.2f").c_str() : "-", fmt(stats(lat), "%.3f").c_str(),
                   fmt(stats(hr), "%.4f").c_str(), fmt(stats(ndcg), "%.4f").c_str(), fmt(stats(mrr), "%.4f").c_str());
       summary[name] = {{"layers", any->layers},
                        {"parameters", any->parameters},
@@ -406,7 +362,7 @@ int main(int argc, char** argv) {
                   100.0 * static_cast<double>(summary["student"]["parameters"].get<Index>()) /
                       static_cast<double>(summary["teacher"]["parameters"].get<Index>()),
                   summary["teacher"]["top10_ms_per_user"]["mean"].get<double>() / summary["student"]["top10_ms_per_user"]["mean"].get<double>(),
-                  std::isfinite(training_speedup) ? detail::concat(" and it trains ", std::round(training_speedup * 10.0) / 10.0, "x faster per epoch").c_str()
+                  training_speedup > 0 ? detail::concat(" and it trains ", std::round(training_speedup * 10.0) / 10.0, "x faster per epoch").c_str()
                                                   : " (the teacher was not trained here)");
     }
     const double minutes = std::chrono::duration<double>(std::chrono::steady_clock::now() - demo_start).count() / 60.0;

@@ -44,28 +44,9 @@ using namespace distillrec;
 using examples::fmt;
 using examples::median;
 using examples::stats;
-using examples::top10_ms;
+using examples::RunResult;
 
 namespace {
-
-struct RunResult {
-  std::string name;
-  std::uint64_t seed = 0;
-  Index parameters = 0;
-  double seconds_per_epoch = 0.0;
-  double ms_per_user = 0.0;  // one user's top-10 over the catalogue, 1 thread, median
-  Index best_epoch = 0;
-  double validation = 0.0;
-  eval::EvaluationResult test;
-  nlohmann::json history = nlohmann::json::array();  // every epoch: loss, terms, validation
-
-  nlohmann::json to_json() const {
-    return {{"name", name},          {"seed", seed},           {"parameters", parameters}, {"seconds_per_epoch", seconds_per_epoch},
-            {"ms_per_user", ms_per_user}, {"best_epoch", best_epoch}, {"validation_ndcg10", validation},
-            {"test", test.to_json()}, {"history", history}};
-  }
-};
-
 
 std::vector<std::string> split_list(const std::string& text) {
   std::vector<std::string> out;
@@ -186,27 +167,7 @@ int main(int argc, char** argv) {
 
     std::vector<RunResult> runs;
     auto report = [&](const auto& model, const std::string& name, std::uint64_t seed, const train::TrainingSummary* summary) {
-      RunResult run;
-      run.name = name;
-      run.seed = seed;
-      run.parameters = model.parameters().num_scalars();
-      if (summary != nullptr) {
-        run.seconds_per_epoch = summary->median_epoch_seconds();
-        run.best_epoch = summary->best_epoch;
-        run.validation = summary->best_score;
-        run.history = summary->to_json()["epochs"];
-      } else {  // a model trained elsewhere: its validation score, for the table
-        run.validation = eval::evaluate_full_ranking(model, split, eval::EvalSplit::kValid).value("NDCG@10");
-      }
-      run.test = eval::evaluate_full_ranking(model, split, eval::EvalSplit::kTest);
-      run.ms_per_user = top10_ms(model, latency_histories, threads);
-      std::printf("%s (seed %lu): valid NDCG@10 %.4f; test [%s] HR@10 %.4f NDCG@10 %.4f MRR %.4f; best epoch %ld; %.2f s/epoch; "
-                  "%.3f ms/user (top-10)\n",
-                  name.c_str(), static_cast<unsigned long>(seed), run.validation, run.test.protocol.c_str(), run.test.value("HR@10"),
-                  run.test.value("NDCG@10"), run.test.value("MRR"), static_cast<long>(run.best_epoch), run.seconds_per_epoch,
-                  run.ms_per_user);
-      std::fflush(stdout);
-      runs.push_back(run);
+      runs.push_back(examples::test_run(model, name, seed, summary, split, latency_histories, threads));
     };
     auto save = [&](const auto& model, const std::string& name, std::uint64_t seed) {
       if (checkpoint_dir.empty()) return;
@@ -361,7 +322,7 @@ int main(int argc, char** argv) {
         if (r.name != name) continue;
         params = r.parameters;
         sec.push_back(r.seconds_per_epoch);
-        lat.push_back(r.ms_per_user);
+        lat.push_back(r.top10_ms);
         hr.push_back(r.test.value("HR@10"));
         ndcg.push_back(r.test.value("NDCG@10"));
         mrr.push_back(r.test.value("MRR"));

@@ -7,14 +7,19 @@
 #include "distillrec/data/interactions.hpp"
 #include "distillrec/data/split.hpp"
 #include "distillrec/data/synthetic.hpp"
+#include "distillrec/eval/full_ranking.hpp"
 #include "distillrec/eval/metrics.hpp"
 #include "distillrec/serve/recommender.hpp"
+#include "distillrec/train/trainer.hpp"
+
+#include <nlohmann/json.hpp>
 
 #include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <iostream>
 #include <memory>
@@ -70,6 +75,60 @@ double top10_ms(const Model& model, const std::vector<distillrec::Sequence>& his
   }
   distillrec::parallel::set_num_threads(threads);
   return median(times);
+}
+
+/// One model's results in an example program's table and JSON: trained (its best validation
+/// epoch, history and median seconds per epoch) or loaded (seconds_per_epoch 0), tested once.
+struct RunResult {
+  std::string name;
+  std::uint64_t seed = 0;
+  distillrec::Index layers = 0;  // 0: not reported
+  distillrec::Index parameters = 0;
+  double seconds_per_epoch = 0.0;  // 0: not trained here
+  double top10_ms = 0.0;           // one user's top-10 over the catalogue, 1 thread, median
+  distillrec::Index best_epoch = 0;
+  double validation = 0.0;  // NDCG@10 on the validation split
+  distillrec::eval::EvaluationResult test;
+  nlohmann::json history = nlohmann::json::array();  // every epoch: loss, terms, validation
+
+  nlohmann::json to_json() const {
+    nlohmann::json j{{"name", name},         {"seed", seed},           {"parameters", parameters}, {"seconds_per_epoch", seconds_per_epoch},
+                     {"top10_ms_per_user", top10_ms}, {"best_epoch", best_epoch}, {"validation_ndcg10", validation},
+                     {"test", test.to_json()}, {"history", history}};
+    if (layers > 0) j["layers"] = layers;
+    return j;
+  }
+};
+
+/// Tests `model` once on the test split, times its top-10 and prints one line. `summary`: its
+/// training (nullptr: a model loaded, not trained here; its validation NDCG@10 is computed).
+template <typename Model>
+RunResult test_run(const Model& model, const std::string& name, std::uint64_t seed, const distillrec::train::TrainingSummary* summary,
+                   const distillrec::data::ExampleSplit& split, const std::vector<distillrec::Sequence>& latency_histories, int threads,
+                   distillrec::Index layers = 0) {
+  using namespace distillrec;
+  RunResult run;
+  run.name = name;
+  run.seed = seed;
+  run.layers = layers;
+  run.parameters = model.parameters().num_scalars();
+  if (summary != nullptr) {
+    run.seconds_per_epoch = summary->median_epoch_seconds();
+    run.best_epoch = summary->best_epoch;
+    run.validation = summary->best_score;
+    run.history = summary->to_json()["epochs"];
+  } else {
+    run.validation = eval::evaluate_full_ranking(model, split, eval::EvalSplit::kValid).value("NDCG@10");
+  }
+  run.test = eval::evaluate_full_ranking(model, split, eval::EvalSplit::kTest);
+  run.top10_ms = top10_ms(model, latency_histories, threads);
+  char training[64] = "not trained here";
+  if (summary != nullptr) std::snprintf(training, sizeof(training), "best epoch %ld; %.2f s/epoch", static_cast<long>(run.best_epoch), run.seconds_per_epoch);
+  std::printf("%s (seed %lu): valid NDCG@10 %.4f; test [%s] HR@10 %.4f NDCG@10 %.4f MRR %.4f; %s; %.3f ms/user (top-10)\n", name.c_str(),
+              static_cast<unsigned long>(seed), run.validation, run.test.protocol.c_str(), run.test.value("HR@10"), run.test.value("NDCG@10"),
+              run.test.value("MRR"), training, run.top10_ms);
+  std::fflush(stdout);
+  return run;
 }
 
 /// Mean and sample standard deviation over seeds.

@@ -113,7 +113,7 @@ int main(int argc, char** argv) {
   app.add_option("--lambda", rd.weight, "Weight of the ranking distillation loss (λ)");
   app.add_option("--gamma-position", rd.weights.gamma_position, "γ_p: weight of the position-aware importance");
   app.add_option("--gamma-confidence", rd.weights.gamma_confidence, "γ_c: weight of the confidence-aware importance");
-  app.add_option("--gamma-consistency", rd.weights.gamma_consistency, "γ_o: weight of the consistency-aware importance");
+  app.add_option("--gamma-consistency", rd.weights.gamma_consistency, "γ_o: weight of the consistency-aware importance (default 0; the reference's 0.1 scores the whole catalogue for the student at every step)");
   app.add_option("--lambda-position", rd.weights.lambda_position, "λ_r: position weights exp(-k/λ_r)");
   app.add_option("--dros-alpha", dros.alpha, "DROS: weight α of the robustness term for every student and inside the ranking loss (0: off, the default; the reference uses 1.0, its README 0.5)");
   app.add_option("--dros-beta", dros.beta, "DROS: radius β");

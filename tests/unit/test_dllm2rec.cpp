@@ -71,6 +71,8 @@ data::TrainingBatch first_batch(const data::ExampleSplit& split, Index max_lengt
 
 TEST_CASE("Ranking importance weights follow the documented formula", "[distill][dllm2rec]") {
   distill::RankingWeightsConfig config;
+  CHECK(config.gamma_consistency == 0.0);  // the library's default (the reference's 0.1 costs a full scoring per step)
+  config.gamma_consistency = 0.1;          // the reference's mix
   const std::vector<float> distances{0.5f, 1.0f, 2.0f, 4.0f};
   const std::vector<unsigned char> flags{1, 0, 1, 0};
   std::vector<double> w(4);
@@ -620,6 +622,7 @@ TEST_CASE("Ranking distillation trains a student towards its teacher's rankings 
   train::Trainer<models::GRU4Rec<float>>(plain, split, training).fit();
   distill::RankingDistillationConfig config;
   config.candidates = k;
+  config.weights.gamma_consistency = 0.1;  // the reference's weights: the term reports the agreement
   auto term = std::make_shared<distill::RankingDistillation<models::GRU4Rec<float>>>(signals, split, config);
   train::Trainer<models::GRU4Rec<float>> trainer(distilled, split, training);
   trainer.add_term(term);

@@ -105,6 +105,12 @@ def main(paths):
                     rel.append(diffs[-1] / plain["test"]["metrics"]["NDCG@10"])
             if diffs:
                 effect = f"{mean_std(diffs, 4)} ({100 * statistics.mean(rel):+.1f}%)"
+                if teacher:  # where the student lands between its plain self and the teacher
+                    plains = [runs[(base, json.dumps({}), r["seed"])]["test"]["metrics"]["NDCG@10"] for r in found
+                              if (base, json.dumps({}), r["seed"]) in runs]
+                    lead = teacher["test"]["metrics"]["NDCG@10"] - statistics.mean(plains)
+                    if lead > 0:
+                        effect += f", {100 * statistics.mean(diffs) / lead:.0f}% of the teacher's lead"
         valid = mean_std([r["validation_ndcg10"] for r in found], 4)
         shown = label(name, settings[own], [o for n, o in rows if n == name], settings)
         print(f"| {shown} ({len(found)} seeds) | {cells[0]} | {cells[1]} | {cells[2]} | {effect} | {valid} |")

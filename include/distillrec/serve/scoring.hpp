@@ -101,16 +101,16 @@ T push_candidate(std::vector<ScoredItem>& heap, Index k, ItemId item, T score, B
 
 namespace detail {
 
+/// The running heaps' order: "better" first, so the heap's top is the worst of the best k so far.
+inline bool better(const ScoredItem& a, const ScoredItem& b) { return a.score > b.score || (a.score == b.score && a.item < b.item); }
+
+/// Scans the scores of items first_item .. first_item + count - 1 (scores[j], plus bias[j] when
+/// kBias) into a running heap of the best k (top_k's order); `threshold` is the heap's entry bar,
+/// -inf until it holds k items. Scanning a row in consecutive pieces, in increasing item order,
+/// leaves the same heap as scanning it whole.
 template <bool kBias, typename T>
-void top_k_impl(const T* scores, const T* bias, Index num_items, Index k, std::vector<ScoredItem>& out) {
-  out.clear();
+void scan_into_heap(const T* scores, const T* bias, Index count, ItemId first_item, Index k, std::vector<ScoredItem>& heap, T& threshold) {
   if (k <= 0) return;
-  // Heap ordered by "better": its top is the worst of the best k seen so far.
-  auto better = [](const ScoredItem& a, const ScoredItem& b) {
-    return a.score > b.score || (a.score == b.score && a.item < b.item);
-  };
-  out.reserve(static_cast<std::size_t>(k));
-  T threshold = -std::numeric_limits<T>::infinity();
   auto value = [&](Index j) {
     if constexpr (kBias) {
       return scores[j] + bias[j];
@@ -125,21 +125,30 @@ void top_k_impl(const T* scores, const T* bias, Index num_items, Index k, std::v
     for (Index j = begin; j < end; ++j) {
       const T s = value(j);
       if (s > threshold) {
-        threshold = push_candidate(out, k, static_cast<ItemId>(j + 1), s, better);
+        threshold = push_candidate(heap, k, static_cast<ItemId>(first_item + j), s, better);
       } else if (s != s) {
-        throw Error(distillrec::detail::concat("scoring: NaN score for item ", j + 1));
+        throw Error(distillrec::detail::concat("scoring: NaN score for item ", first_item + j));
       }
     }
   };
   using B = xsimd::batch<T>;
   constexpr Index W = static_cast<Index>(B::size);
-  const Index vec_end = num_items - num_items % W;
+  const Index vec_end = count - count % W;
   for (Index j = 0; j < vec_end; j += W) {
     B v = B::load_unaligned(scores + j);
     if constexpr (kBias) v += B::load_unaligned(bias + j);
     if (xsimd::any(v > B(threshold)) || xsimd::any(xsimd::isnan(v))) scalar(j, j + W);
   }
-  scalar(vec_end, num_items);
+  scalar(vec_end, count);
+}
+
+template <bool kBias, typename T>
+void top_k_impl(const T* scores, const T* bias, Index num_items, Index k, std::vector<ScoredItem>& out) {
+  out.clear();
+  if (k <= 0) return;
+  out.reserve(static_cast<std::size_t>(k));
+  T threshold = -std::numeric_limits<T>::infinity();
+  scan_into_heap<kBias>(scores, bias, num_items, ItemId{1}, k, out, threshold);
   std::sort_heap(out.begin(), out.end(), better);
 }
 

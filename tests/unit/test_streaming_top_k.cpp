@@ -22,10 +22,6 @@ std::vector<std::vector<serve::ScoredItem>> whole_row_top_k(const Matrix<float>&
   return top;
 }
 
-}  // namespace
-
-namespace {
-
 /// Entries in quarters up to about ±3: every product and sum of 8 of them is exact in float, so
 /// any GEMM kernel and block size computes the same scores and the comparison can be exact.
 Matrix<float> quarter_matrix(Index rows, Index cols, Rng& rng) {

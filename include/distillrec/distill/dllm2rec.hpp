@@ -30,8 +30,9 @@
 // Default that differs from the reference: γ_o = 0 (the reference uses 0.1). The consistency
 // weight needs the student's scores for the whole catalogue at every step, one [batch x items x d]
 // product and a top-K scan that the BCE base objective does not otherwise need: on Amazon Games
-// (23,715 items) it makes an epoch 1.4-1.8x (SASRec) and 1.8-2.3x (GRU4Rec) as long, while
-// without it ranking distillation adds 0-15% (bench/dllm2rec_overhead). On validation it changed
+// (23,715 items) it makes an epoch 1.42x (SASRec) and 1.74x (GRU4Rec) as long, while without
+// it ranking distillation adds nothing measurable (x0.97, x1.01; bench/dllm2rec_overhead,
+// bench/results/dllm2rec_overhead_games.log). On validation it changed
 // nothing beyond the seed spread (README, "Cost of ranking distillation"). Set
 // gamma_consistency = 0.1 for the reference's weighting; with γ_o = 0 the term skips the scoring.
 #pragma once

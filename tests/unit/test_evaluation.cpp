@@ -209,3 +209,68 @@ TEST_CASE("Errors inside the parallel evaluation reach the caller as exceptions"
   REQUIRE_THROWS_WITH(eval::evaluate_full_ranking(model, split, eval::EvalSplit::kTest, options),
                       Catch::Matchers::Contains("item 250 rejected"));
 }
+
+namespace {
+
+// A scoring model with a Gaussian item table and user vectors drawn from a hash of the history:
+// enough structure for ranks to spread over the whole catalogue.
+struct GaussianModel {
+  using Scalar = float;
+  struct Workspace {};
+  Matrix<float> table;
+  ItemId num_items() const { return static_cast<ItemId>(table.rows()); }
+  nn::HeadWeights<float> output_weights() const { return {ConstMatrixMap<float>(table.data(), table.rows(), table.cols()), nullptr}; }
+  void encode(const std::vector<Sequence>& histories, MatrixRef<float> out, Workspace&) const {
+    for (std::size_t i = 0; i < histories.size(); ++i) {
+      // Close to the last item's row, so targets (the next item) rank near the top sometimes.
+      out.row(static_cast<Index>(i)) = table.row(histories[i].back() - 1);
+      Rng rng(static_cast<std::uint64_t>(histories[i].size() * 7919 + static_cast<std::size_t>(histories[i].back())));
+      for (Index c = 0; c < out.cols(); ++c) out(static_cast<Index>(i), c) += static_cast<float>(0.2 * rng.normal());
+    }
+  }
+};
+
+}  // namespace
+
+TEST_CASE("Full ranking under a scoring policy ranks as the policy serves", "[eval][full_ranking]") {
+  Rng rng(31);
+  const Index n = 3000, d = 24;
+  // Neighbouring ids have similar rows (an AR(1) walk over ids) and sequences step to a
+  // neighbour: the model ranks the target near the top often, not only by chance.
+  GaussianModel model{test::random_matrix<float>(n, d, rng)};
+  for (Index j = 1; j < n; ++j) model.table.row(j) = 0.95f * model.table.row(j - 1) + 0.31f * model.table.row(j);
+  std::vector<Sequence> sequences(400);
+  for (auto& s : sequences) {
+    ItemId item = static_cast<ItemId>(1 + rng.uniform_int(std::uint64_t{3000}));
+    for (int j = 0; j < 6; ++j) {
+      s.push_back(item);
+      item = static_cast<ItemId>(1 + (item + static_cast<ItemId>(rng.uniform_int(std::uint64_t{3}))) % n);  // a neighbour follows
+    }
+  }
+  const auto split = data::leave_one_out(data::make_log(sequences, n, "gaussian"));
+  const auto fp32 = eval::evaluate_full_ranking(model, split, eval::EvalSplit::kTest);
+  REQUIRE(fp32.metrics.at("HR@10") > 0.2);
+  auto options = [](serve::Precision precision, Index block, Index shortlist) {
+    eval::FullRankingOptions o;
+    o.scoring.precision = precision;
+    o.scoring.item_block = block;
+    o.scoring.shortlist = shortlist;
+    return o;
+  };
+  // fp32 in blocks of items: the same ranks.
+  const auto blocked = eval::evaluate_full_ranking(model, split, eval::EvalSplit::kTest, options(serve::Precision::kFp32, 256, 0));
+  for (const auto& [name, value] : fp32.metrics) CHECK(blocked.metrics.at(name) == Approx(value).margin(1e-12));
+  // int8 with a shortlist of the whole catalogue re-scores every item exactly: fp32's ranks.
+  const auto exact = eval::evaluate_full_ranking(model, split, eval::EvalSplit::kTest, options(serve::Precision::kInt8, 512, n));
+  for (const auto& [name, value] : fp32.metrics) CHECK(exact.metrics.at(name) == Approx(value).margin(1e-9));
+  CHECK_THAT(exact.description, Catch::Contains("scoring int8"));
+  // The default policies stay close to fp32 on every metric.
+  for (auto precision : {serve::Precision::kBf16, serve::Precision::kInt8}) {
+    const auto approx = eval::evaluate_full_ranking(model, split, eval::EvalSplit::kTest, options(precision, 1000, 0));
+    CAPTURE(serve::to_string(precision));
+    for (const auto& [name, value] : fp32.metrics) CHECK(approx.metrics.at(name) == Approx(value).epsilon(0.02).margin(1e-3));
+  }
+  // A tiny shortlist changes ranks beyond it only: HR@1 still comes from exact scores.
+  const auto tiny = eval::evaluate_full_ranking(model, split, eval::EvalSplit::kTest, options(serve::Precision::kInt8, 1000, 20));
+  CHECK(tiny.metrics.at("HR@1") == Approx(fp32.metrics.at("HR@1")).epsilon(0.05));
+}

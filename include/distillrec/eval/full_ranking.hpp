@@ -19,8 +19,10 @@
 #include "distillrec/data/split.hpp"
 #include "distillrec/eval/metrics.hpp"
 #include "distillrec/models/model.hpp"
+#include "distillrec/serve/item_scorer.hpp"
 #include "distillrec/serve/scoring.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -48,6 +50,17 @@ struct FullRankingOptions {
   Index block_users = 256;
   std::vector<Index> cutoffs = {1, 5, 10, 20};
   Index max_users = 0;  // > 0: only the first max_users examples (quick checks)
+  /// How items are scored (serve/item_scorer.hpp): the serving policy, so what is measured is
+  /// what is served. By default fp32 over the whole catalogue at once; under int8 the rank is
+  /// the served one: the shortlist (for k = the largest cutoff) re-scored in fp32 first, then
+  /// the other items in their approximate order.
+  serve::ScoringPolicy scoring = whole_catalogue_fp32();
+
+  static serve::ScoringPolicy whole_catalogue_fp32() {
+    serve::ScoringPolicy policy;
+    policy.item_block = 0;
+    return policy;
+  }
 };
 
 /// 0-based pessimistic rank of `target` (1..N) in one row of item scores; -1 if it is masked.
@@ -117,16 +130,39 @@ EvaluationResult evaluate_full_ranking(const Model& model, const data::ExampleSp
   const Index num_items = model.num_items();
   std::vector<Index> ranks(static_cast<std::size_t>(num_examples));
   const auto head = model.output_weights();
+  const serve::ItemScorer<T> scorer(head, options.scoring);
+  const bool int8 = options.scoring.precision == serve::Precision::kInt8;
+  const Index max_cutoff = options.cutoffs.empty() ? 1 : *std::max_element(options.cutoffs.begin(), options.cutoffs.end());
+  const Index shortlist = std::min(options.scoring.shortlist_for(max_cutoff), num_items);
+  struct PerThread {
+    typename serve::ItemScorer<T>::Workspace scoring;
+    std::vector<serve::ScoredItem> candidates;
+  };
+  std::vector<PerThread> per_thread(static_cast<std::size_t>(std::max(1, parallel::max_threads())));
   for_each_encoded_block(model, split, examples, options.block_users,
                          [&](Index begin, Index end, const std::vector<Sequence>& histories,
                              const Matrix<T>& user_vectors, Matrix<T>& scores) {
+                           PerThread& local = per_thread[static_cast<std::size_t>(parallel::thread_index())];
                            scores.resize(end - begin, num_items);
-                           serve::score_items<T>(user_vectors, head, scores);
+                           scorer.score_all(user_vectors, scores, local.scoring);
                            for (Index i = begin; i < end; ++i) {
                              const Index row = i - begin;
+                             const ItemId target = split.target(examples[static_cast<std::size_t>(i)]);
                              if (options.mask_history) serve::mask_items<T>(scores, row, histories[static_cast<std::size_t>(row)]);
-                             ranks[static_cast<std::size_t>(i)] =
-                                 rank_of_target(scores.row(row).data(), num_items, split.target(examples[static_cast<std::size_t>(i)]));
+                             Index rank = rank_of_target(scores.row(row).data(), num_items, target);
+                             if (int8 && rank >= 0 && rank < shortlist) {
+                               // Served order: the shortlist re-scored exactly comes first.
+                               serve::top_k<T>(scores.row(row).data(), num_items, shortlist, local.candidates);
+                               std::vector<serve::ScoredItem> unused;
+                               scorer.rescore(user_vectors.row(row), 0, local.candidates, unused);
+                               const auto it = std::find_if(local.candidates.begin(), local.candidates.end(),
+                                                            [&](const serve::ScoredItem& c) { return c.item == target; });
+                               if (it != local.candidates.end()) {
+                                 rank = static_cast<Index>(std::count_if(local.candidates.begin(), local.candidates.end(),
+                                                                         [&](const serve::ScoredItem& c) { return c.score >= it->score; })) - 1;
+                               }
+                             }
+                             ranks[static_cast<std::size_t>(i)] = rank;
                            }
                          });
 
@@ -137,7 +173,8 @@ EvaluationResult evaluate_full_ranking(const Model& model, const data::ExampleSp
   result.protocol = "full";
   result.description = detail::concat("full ranking: all ", num_items, " items, history ",
                                       options.mask_history ? "masked" : "kept", ", pessimistic ties; ", num_examples,
-                                      split.protocol == "leave-one-out" ? " users" : " examples");
+                                      split.protocol == "leave-one-out" ? " users" : " examples",
+                                      options.scoring.precision == serve::Precision::kFp32 ? "" : "; scoring " + scorer.description());
   result.num_users = num_examples;
   result.metrics = metrics.values();
   return result;

@@ -1,21 +1,38 @@
 // distillrec/serve/recommender.hpp
 //
 // Thread-safe top-K recommendation on a CPU. The Recommender holds the model through a
-// shared_ptr to const: weights are immutable while it serves, so any number of threads may
-// call recommend() at once. Each call borrows a workspace (activations, score buffer) from a
-// small pool, so steady-state serving does not allocate.
+// shared_ptr to const: weights are immutable while it serves, so any number of threads may call
+// its queries at once (every query is const). Each call borrows a workspace (activations, score
+// block, heaps) from a pool, so steady-state serving does not allocate.
 //
-//   recommend(history, k)        top-k items for one chronological history (an overload fills a
-//                                caller's vector: once warm, such a call allocates nothing)
-//   recommend_batch(histories)   the same for many users, in parallel blocks (OpenMP)
-// History items are excluded from the results unless `exclude_history` is false. Scores are
-// the model's (through its output head), computed on the same path as evaluation. Any scoring
-// model of the model contract (models/model.hpp) serves.
+//   recommend(history, options)          top-k items for one chronological history (an overload
+//                                        fills a caller's vector: once warm, an fp32 call
+//                                        allocates nothing)
+//   recommend_batch(histories, options)  the same for many users, in blocks of users
+//   rerank(history, candidates)          the model's scores of a caller's candidate items, best
+//                                        first (re-ranking another system's shortlist)
+//   user_vector(history)                 the output vector the items are scored against
+//
+// Scoring follows RecommenderConfig::scoring (serve/item_scorer.hpp: fp32, bf16 or int8, the
+// catalogue streamed in blocks of items, so memory per query is bounded whatever its size).
+// The history's items are left out of the results unless `exclude_history` is false; `exclude`
+// leaves out any further items the caller gives.
+//
+// Thread policy (RecommenderConfig::threads):
+//   kLibrary  recommend_batch splits its users over the library's OpenMP threads
+//             (parallel::set_num_threads); a single-user call runs on the calling thread, its
+//             GEMMs free to use the library's threads when called outside a parallel region.
+//   kSerial   every call runs on the calling thread alone: no OpenMP team is started, inside
+//             the library or oneDNN. For hosts that run their own thread pools and call the
+//             Recommender from many threads at once.
+// Bad input is an exception naming what is wrong (an empty history, an item outside 1..N, k
+// outside 1..N); the Recommender stays usable afterwards.
 #pragma once
 
 #include "distillrec/backend/parallel.hpp"
 #include "distillrec/core/error.hpp"
 #include "distillrec/models/model.hpp"
+#include "distillrec/serve/item_scorer.hpp"
 #include "distillrec/serve/scoring.hpp"
 
 #include <memory>
@@ -24,9 +41,19 @@
 
 namespace distillrec::serve {
 
+enum class ThreadPolicy { kLibrary, kSerial };
+
+/// How a Recommender serves (fixed when it is built).
+struct RecommenderConfig {
+  ScoringPolicy scoring;
+  ThreadPolicy threads = ThreadPolicy::kLibrary;
+};
+
+/// One query's options.
 struct RecommendOptions {
   Index k = 10;
   bool exclude_history = true;
+  const Sequence* exclude = nullptr;  // further items to leave out (ids outside 1..N ignored)
 };
 
 template <typename Model>
@@ -36,11 +63,17 @@ class Recommender {
  public:
   using T = typename Model::Scalar;
 
-  explicit Recommender(std::shared_ptr<const Model> model) : model_(std::move(model)) {
+  explicit Recommender(std::shared_ptr<const Model> model, RecommenderConfig config = {})
+      : model_(std::move(model)), config_(config) {
     if (!model_) throw ConfigError("Recommender: no model");
+    scorer_ = std::make_unique<ItemScorer<T>>(model_->output_weights(), config_.scoring);
   }
 
   const Model& model() const { return *model_; }
+  const RecommenderConfig& config() const { return config_; }
+  /// The scoring path in use (ItemScorer::description() says what runs on this machine).
+  const ItemScorer<T>& scorer() const { return *scorer_; }
+  Index num_items() const { return static_cast<Index>(model_->num_items()); }
 
   /// Top-k for one history (non-empty, ids in 1..N). Safe to call from many threads at once.
   std::vector<ScoredItem> recommend(const Sequence& history, const RecommendOptions& options = {}) const {
@@ -49,53 +82,137 @@ class Recommender {
     return out;
   }
 
-  /// The same into `out` (reused: once warm, a call allocates nothing).
+  /// The same into `out` (reused: once warm, an fp32 call allocates nothing).
   void recommend(const Sequence& history, const RecommendOptions& options, std::vector<ScoredItem>& out) const {
-    auto lease = acquire();
-    Slot& slot = *lease;
-    slot.histories.resize(1);
-    slot.histories[0].assign(history.begin(), history.end());
-    try {
-      score_and_select(slot, 0, options, out);
-    } catch (...) {
-      release(std::move(lease));
-      throw;
-    }
-    release(std::move(lease));
+    check_k(options.k);
+    check_history(history, 0);
+    Serial serial(config_.threads == ThreadPolicy::kSerial);
+    Lease slot(*this);
+    slot->histories.resize(1);
+    slot->histories[0].assign(history.begin(), history.end());
+    encode(*slot);
+    select(*slot, 0, 1, options);
+    out.assign(slot->top[0].begin(), slot->top[0].end());
   }
 
-  /// Top-k for every history, in parallel blocks of `block_users` (> 0) on the library's threads.
+  /// Top-k for every history, in blocks of `block_users` (> 0): across the library's threads
+  /// (kLibrary) or on the calling thread (kSerial).
   std::vector<std::vector<ScoredItem>> recommend_batch(const std::vector<Sequence>& histories,
                                                        const RecommendOptions& options = {},
                                                        Index block_users = 128) const {
     if (block_users <= 0) {
       throw ConfigError(distillrec::detail::concat("Recommender::recommend_batch: block_users must be positive, got ", block_users));
     }
+    check_k(options.k);
+    for (std::size_t i = 0; i < histories.size(); ++i) check_history(histories[i], static_cast<Index>(i));
     const Index n = static_cast<Index>(histories.size());
     std::vector<std::vector<ScoredItem>> results(static_cast<std::size_t>(n));
     const Index num_blocks = (n + block_users - 1) / block_users;
+    Serial serial(config_.threads == ThreadPolicy::kSerial);
+    auto run_block = [&](Slot& slot, Index b) {
+      const Index begin = b * block_users, end = std::min(n, begin + block_users);
+      slot.histories.assign(histories.begin() + begin, histories.begin() + end);
+      encode(slot);
+      select(slot, 0, end - begin, options);
+      for (Index i = begin; i < end; ++i) results[static_cast<std::size_t>(i)] = slot.top[static_cast<std::size_t>(i - begin)];
+    };
+    if (config_.threads == ThreadPolicy::kSerial || num_blocks <= 1 || parallel::in_parallel()) {
+      Lease slot(*this);
+      for (Index b = 0; b < num_blocks; ++b) run_block(*slot, b);
+      return results;
+    }
     parallel::ExceptionCollector errors;
-#pragma omp parallel if (num_blocks > 1 && !parallel::in_parallel())
+#pragma omp parallel
     {
-      auto lease = acquire();
+      Lease slot(*this);
 #pragma omp for schedule(dynamic, 1)
-      for (Index b = 0; b < num_blocks; ++b) errors.run([&] {
-        const Index begin = b * block_users, end = std::min(n, begin + block_users);
-        lease->histories.assign(histories.begin() + begin, histories.begin() + end);
-        encode(*lease);
-        for (Index i = begin; i < end; ++i) select(*lease, i - begin, options, results[static_cast<std::size_t>(i)]);
-      });
-      release(std::move(lease));
+      for (Index b = 0; b < num_blocks; ++b) errors.run([&] { run_block(*slot, b); });
     }
     errors.rethrow();
     return results;
   }
 
+  /// The model's scores of `candidates` (ids in 1..N) for one history, best first (ties to the
+  /// lower id); fp32 whatever the scoring policy. Candidates are scored even if in the history.
+  std::vector<ScoredItem> rerank(const Sequence& history, const Sequence& candidates) const {
+    check_history(history, 0);
+    const auto head = model_->output_weights();
+    for (ItemId item : candidates) {
+      if (item < 1 || item > head.num_items()) {
+        throw ShapeError(distillrec::detail::concat("Recommender::rerank: candidate item ", item, " is outside 1..", head.num_items()));
+      }
+    }
+    Serial serial(config_.threads == ThreadPolicy::kSerial);
+    Lease slot(*this);
+    slot->histories.resize(1);
+    slot->histories[0].assign(history.begin(), history.end());
+    encode(*slot);
+    std::vector<ScoredItem> out;
+    out.reserve(candidates.size());
+    for (ItemId item : candidates) {
+      const T s = head.score(slot->user_vectors.row(0), item);
+      if (s != s) throw Error(distillrec::detail::concat("Recommender::rerank: NaN score for item ", item));
+      out.push_back({item, static_cast<float>(s)});
+    }
+    std::stable_sort(out.begin(), out.end(), detail::better);
+    return out;
+  }
+
+  /// The output vector of one history (what every item is scored against), length d.
+  std::vector<T> user_vector(const Sequence& history) const {
+    check_history(history, 0);
+    Serial serial(config_.threads == ThreadPolicy::kSerial);
+    Lease slot(*this);
+    slot->histories.resize(1);
+    slot->histories[0].assign(history.begin(), history.end());
+    encode(*slot);
+    return std::vector<T>(slot->user_vectors.data(), slot->user_vectors.data() + slot->user_vectors.cols());
+  }
+
  private:
   struct Slot {
     typename Model::Workspace workspace;
+    typename ItemScorer<T>::Workspace scoring;
     std::vector<Sequence> histories;
-    Matrix<T> user_vectors, scores;
+    Matrix<T> user_vectors;
+    std::vector<std::vector<ScoredItem>> top;
+    std::vector<Sequence> merged;
+  };
+
+  // Borrows a pooled slot for one call and returns it on every path, exceptions included.
+  class Lease {
+   public:
+    explicit Lease(const Recommender& owner) : owner_(owner), slot_(owner.acquire()) {}
+    ~Lease() { owner_.release(std::move(slot_)); }
+    Lease(const Lease&) = delete;
+    Lease& operator=(const Lease&) = delete;
+    Slot& operator*() const { return *slot_; }
+    Slot* operator->() const { return slot_.get(); }
+
+   private:
+    const Recommender& owner_;
+    std::unique_ptr<Slot> slot_;
+  };
+
+  // kSerial: the calling thread's OpenMP thread count is 1 for the call (a per-thread setting,
+  // restored afterwards), so neither the library nor oneDNN starts a team.
+  class Serial {
+   public:
+    explicit Serial(bool active) : active_(active && !parallel::in_parallel()) {
+      if (active_) {
+        saved_ = parallel::max_threads();
+        parallel::set_num_threads(1);
+      }
+    }
+    ~Serial() {
+      if (active_) parallel::set_num_threads(saved_);
+    }
+    Serial(const Serial&) = delete;
+    Serial& operator=(const Serial&) = delete;
+
+   private:
+    bool active_;
+    int saved_ = 1;
   };
 
   std::unique_ptr<Slot> acquire() const {
@@ -110,31 +227,60 @@ class Recommender {
     return std::make_unique<Slot>();
   }
 
-  void release(std::unique_ptr<Slot> slot) const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    pool_.push_back(std::move(slot));
+  void release(std::unique_ptr<Slot> slot) const noexcept {
+    try {
+      std::lock_guard<std::mutex> lock(mutex_);
+      pool_.push_back(std::move(slot));
+    } catch (...) {  // out of memory growing the pool: the slot is simply freed
+    }
+  }
+
+  void check_k(Index k) const {
+    if (k < 1 || k > num_items()) {
+      throw ConfigError(distillrec::detail::concat("Recommender: k must be in 1..", num_items(), " (the catalogue), got ", k));
+    }
+  }
+
+  void check_history(const Sequence& history, Index index) const {
+    if (history.empty()) throw ShapeError(distillrec::detail::concat("Recommender: history ", index, " is empty"));
+    for (std::size_t j = 0; j < history.size(); ++j) {
+      if (history[j] < 1 || history[j] > num_items()) {
+        throw ShapeError(distillrec::detail::concat("Recommender: history ", index, " has item ", history[j], " at position ", j,
+                                                    ", outside 1..", num_items()));
+      }
+    }
   }
 
   void encode(Slot& slot) const {
-    const Index rows = static_cast<Index>(slot.histories.size());
-    const auto head = model_->output_weights();
-    slot.user_vectors.resize(rows, head.dim());
-    slot.scores.resize(rows, head.num_items());
+    slot.user_vectors.resize(static_cast<Index>(slot.histories.size()), scorer_->dim());
     model_->encode(slot.histories, slot.user_vectors, slot.workspace);
-    score_items<T>(slot.user_vectors, head, slot.scores);
   }
 
-  void select(Slot& slot, Index row, const RecommendOptions& options, std::vector<ScoredItem>& out) const {
-    if (options.exclude_history) mask_items<T>(slot.scores, row, slot.histories[static_cast<std::size_t>(row)]);
-    top_k<T>(slot.scores.row(row).data(), slot.scores.cols(), options.k, out);
-  }
-
-  void score_and_select(Slot& slot, Index row, const RecommendOptions& options, std::vector<ScoredItem>& out) const {
-    encode(slot);
-    select(slot, row, options, out);
+  // slot.top[r] = top-k of user rows begin..end-1, leaving out what the options say.
+  void select(Slot& slot, Index begin, Index end, const RecommendOptions& options) const {
+    const Index rows = end - begin;
+    const auto users = slot.user_vectors.middleRows(begin, rows);
+    const bool both = options.exclude != nullptr && options.exclude_history;
+    if (both) {  // the history and the caller's items: their union per row (slot memory, reused)
+      slot.merged.resize(static_cast<std::size_t>(rows));
+      for (Index r = 0; r < rows; ++r) {
+        auto& m = slot.merged[static_cast<std::size_t>(r)];
+        const auto& h = slot.histories[static_cast<std::size_t>(begin + r)];
+        m.assign(h.begin(), h.end());
+        m.insert(m.end(), options.exclude->begin(), options.exclude->end());
+      }
+    }
+    auto excluded = [&](Index r) -> const Sequence* {
+      if (both) return &slot.merged[static_cast<std::size_t>(r)];
+      if (options.exclude_history) return &slot.histories[static_cast<std::size_t>(begin + r)];
+      return options.exclude;
+    };
+    scorer_->top_k(users, options.k, excluded, slot.top, slot.scoring, config_.threads == ThreadPolicy::kLibrary);
   }
 
   std::shared_ptr<const Model> model_;
+  RecommenderConfig config_;
+  std::unique_ptr<ItemScorer<T>> scorer_;
   mutable std::mutex mutex_;
   mutable std::vector<std::unique_ptr<Slot>> pool_;
 };

@@ -1,0 +1,219 @@
+// serve: the inference engine's latency, throughput and quality under each scoring policy
+// (fp32, bf16, int8), measured side by side in one run:
+//   latency     one user's top-10 on one thread, p50 and p99, for histories cut to 10, 50 and
+//               200 items; the policies take turns on every query (interleaved), so all see the
+//               same machine state
+//   throughput  recommend_batch over every test history, 1 and 2 threads, blocks of --block
+//               users; users/s, the median of --repeats runs
+//   quality     top-10 overlap with fp32 over the test users, and full-ranking NDCG@10 / HR@10
+//               under each policy (what is measured is what is served)
+// With --checkpoint the model is a trained checkpoint of any of the library's models; with
+// --synthetic-items N a SASRec (d = --dim) with random weights over N items is served instead
+// (speed and memory of large catalogues; quality is then not reported). Peak memory is the
+// process's resident set size at the end. Prints the CPU and what each policy runs on.
+//
+//   serve --data ../shared/data/amazon-games.txt --checkpoint sasrec.safetensors --json out.json
+//   serve --data ../shared/data/amazon-games.txt --synthetic-items 1000000
+#include "distillrec/backend/parallel.hpp"
+#include "distillrec/data/interactions.hpp"
+#include "distillrec/data/split.hpp"
+#include "distillrec/eval/full_ranking.hpp"
+#include "distillrec/io/atomic_file.hpp"
+#include "distillrec/models/registry.hpp"
+#include "distillrec/models/sasrec.hpp"
+#include "distillrec/serve/recommender.hpp"
+
+#include "bench_support.hpp"
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <vector>
+
+using namespace distillrec;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+struct Options {
+  std::string data_path, checkpoint, json_path;
+  Index synthetic_items = 0, dim = 50, queries = 2000, block = 128, item_block = 4096;
+  int repeats = 3, threads = 2;
+  bool no_quality = false;
+};
+
+const serve::Precision kPrecisions[] = {serve::Precision::kFp32, serve::Precision::kBf16, serve::Precision::kInt8};
+
+template <typename Model>
+nlohmann::json run(std::shared_ptr<const Model> model, const data::LeaveOneOutSplit& split, const Options& o, bool quality) {
+  std::vector<std::unique_ptr<serve::Recommender<Model>>> recommenders;
+  nlohmann::json out;
+  for (auto precision : kPrecisions) {
+    serve::RecommenderConfig config;
+    config.scoring.precision = precision;
+    config.scoring.item_block = o.item_block;
+    recommenders.push_back(std::make_unique<serve::Recommender<Model>>(model, config));
+    std::printf("%s: %s\n", serve::to_string(precision).c_str(), recommenders.back()->scorer().description().c_str());
+    out["policies"][serve::to_string(precision)] = recommenders.back()->scorer().description();
+  }
+  std::vector<Sequence> histories;
+  for (Index user : split.evaluable_users) histories.push_back(split.test_history(user));
+  const std::size_t np = recommenders.size();
+
+  // Latency: one user, one thread, the policies interleaved on every query.
+  parallel::set_num_threads(1);
+  std::printf("\none user's top-10, 1 thread (%ld queries per cell), ms:\n%-10s", static_cast<long>(o.queries), "history");
+  for (auto p : kPrecisions) std::printf("  %8s p50  %8s p99", serve::to_string(p).c_str(), serve::to_string(p).c_str());
+  std::printf("\n");
+  for (Index length : {Index{10}, Index{50}, Index{200}}) {
+    // Users with at least `length` items, their newest `length`; cycled when fewer than queries.
+    std::vector<Sequence> pool;
+    for (const auto& h : histories) {
+      if (static_cast<Index>(h.size()) >= length) pool.emplace_back(h.end() - length, h.end());
+    }
+    if (pool.empty()) {  // a synthetic catalogue: histories of random items
+      Rng rng(static_cast<std::uint64_t>(length));
+      for (int u = 0; u < 500; ++u) {
+        Sequence h;
+        for (Index j = 0; j < length; ++j) h.push_back(static_cast<ItemId>(1 + rng.uniform_int(static_cast<std::uint64_t>(model->num_items()))));
+        pool.push_back(std::move(h));
+      }
+    }
+    std::vector<std::vector<double>> times(np);
+    std::vector<serve::ScoredItem> top;
+    for (Index q = -50; q < o.queries; ++q) {
+      const auto& h = pool[static_cast<std::size_t>((q + 50)) % pool.size()];
+      for (std::size_t p = 0; p < np; ++p) {
+        const auto t0 = Clock::now();
+        recommenders[p]->recommend(h, {10, true}, top);
+        const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+        if (top.size() != 10) throw Error("serve benchmark: fewer than 10 recommendations");
+        if (q >= 0) times[p].push_back(ms);
+      }
+    }
+    std::printf("%-10ld", static_cast<long>(length));
+    for (std::size_t p = 0; p < np; ++p) {
+      const double p50 = bench::percentile(times[p], 0.5), p99 = bench::percentile(times[p], 0.99);
+      std::printf("  %12.4f  %12.4f", p50, p99);
+      out["latency_ms"][serve::to_string(kPrecisions[p])][std::to_string(length)] = {{"p50", p50}, {"p99", p99}, {"users", pool.size()}};
+    }
+    std::printf("\n");
+    std::fflush(stdout);
+  }
+
+  // Throughput: every test history, blocks of users, 1 and --threads threads.
+  std::vector<Sequence> batch = histories;
+  if (batch.size() < 20000) {  // synthetic: 20,000 users of 50 random items
+    Rng rng(99);
+    while (batch.size() < 20000) {
+      Sequence h;
+      for (int j = 0; j < 50; ++j) h.push_back(static_cast<ItemId>(1 + rng.uniform_int(static_cast<std::uint64_t>(model->num_items()))));
+      batch.push_back(std::move(h));
+    }
+  }
+  std::printf("\nbatch top-10 (%zu users, blocks of %ld), users/s:\n", batch.size(), static_cast<long>(o.block));
+  for (int threads : {1, o.threads}) {
+    parallel::set_num_threads(threads);
+    std::printf("%d thread(s):", threads);
+    for (std::size_t p = 0; p < np; ++p) {
+      recommenders[p]->recommend_batch(std::vector<Sequence>(batch.begin(), batch.begin() + 500), {10, true}, o.block);
+      std::vector<double> rates;
+      for (int r = 0; r < o.repeats; ++r) {
+        const auto t0 = Clock::now();
+        const auto results = recommenders[p]->recommend_batch(batch, {10, true}, o.block);
+        rates.push_back(static_cast<double>(results.size()) / std::chrono::duration<double>(Clock::now() - t0).count());
+      }
+      const double rate = bench::percentile(rates, 0.5);
+      std::printf("  %s %.0f", serve::to_string(kPrecisions[p]).c_str(), rate);
+      out["users_per_second"][serve::to_string(kPrecisions[p])][std::to_string(threads)] = rate;
+    }
+    std::printf("\n");
+    std::fflush(stdout);
+  }
+  out["peak_rss_mib_after_batches"] = bench::peak_rss_mib();
+
+  if (quality) {
+    parallel::set_num_threads(o.threads);
+    std::printf("\nquality against fp32 (test users):\n");
+    const auto reference = recommenders[0]->recommend_batch(histories, {10, true}, o.block);
+    for (std::size_t p = 0; p < np; ++p) {
+      const auto results = recommenders[p]->recommend_batch(histories, {10, true}, o.block);
+      double overlap = 0.0;
+      for (std::size_t i = 0; i < results.size(); ++i) {
+        for (const auto& s : results[i]) {
+          overlap += static_cast<double>(std::count_if(reference[i].begin(), reference[i].end(),
+                                                       [&](const serve::ScoredItem& r) { return r.item == s.item; }));
+        }
+      }
+      overlap /= 10.0 * static_cast<double>(results.size());
+      eval::FullRankingOptions options;
+      options.scoring = recommenders[p]->scorer().policy();
+      const auto metrics = eval::evaluate_full_ranking(*model, split, eval::EvalSplit::kTest, options);
+      std::printf("%s: top-10 overlap with fp32 %.4f; full ranking NDCG@10 %.5f HR@10 %.5f\n", serve::to_string(kPrecisions[p]).c_str(),
+                  overlap, metrics.metrics.at("NDCG@10"), metrics.metrics.at("HR@10"));
+      out["quality"][serve::to_string(kPrecisions[p])] = {{"top10_overlap_with_fp32", overlap},
+                                                          {"test_full", metrics.metrics},
+                                                          {"description", metrics.description}};
+    }
+  }
+  out["peak_rss_mib"] = bench::peak_rss_mib();
+  std::printf("\npeak resident memory: %.0f MiB\n", bench::peak_rss_mib());
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Latency, throughput and quality of the serving engine under fp32, bf16 and int8 scoring."};
+  Options o;
+  app.add_option("--data", o.data_path, "Interaction log: the users' histories (and the quality's test set)")->required();
+  app.add_option("--checkpoint", o.checkpoint, "A trained checkpoint of any of the library's models");
+  app.add_option("--synthetic-items", o.synthetic_items, "Serve a random SASRec over this many items instead of a checkpoint");
+  app.add_option("--dim", o.dim, "Hidden size of the synthetic SASRec");
+  app.add_option("--queries", o.queries, "Single-user queries timed per history length and policy");
+  app.add_option("--block", o.block, "Users per block in batch queries");
+  app.add_option("--item-block", o.item_block, "Items scored per step (the scoring policy's item_block)");
+  app.add_option("--threads", o.threads, "Threads of the multi-threaded batch run");
+  app.add_option("--repeats", o.repeats, "Batch runs per cell (median)");
+  app.add_flag("--no-quality", o.no_quality, "Skip the overlap and NDCG comparison");
+  app.add_option("--json", o.json_path, "Write every figure as JSON here");
+  CLI11_PARSE(app, argc, argv);
+  bench::print_machine();
+  try {
+    if (o.checkpoint.empty() == (o.synthetic_items == 0)) throw ConfigError("give exactly one of --checkpoint and --synthetic-items");
+    const auto log = data::read_log(o.data_path);
+    nlohmann::json result;
+    if (o.synthetic_items > 0) {
+      // The log's histories only give realistic lengths; the synthetic run draws random items.
+      models::SASRecConfig config;
+      config.num_items = static_cast<ItemId>(o.synthetic_items);
+      config.hidden_size = o.dim;
+      auto model = std::make_shared<models::SASRec<float>>(config);
+      Rng rng(1);
+      model->initialize(rng);
+      std::printf("synthetic SASRec: %ld items, d = %ld, random weights\n", static_cast<long>(o.synthetic_items), static_cast<long>(o.dim));
+      data::LeaveOneOutSplit empty = data::leave_one_out(data::make_log({{1, 2, 3}}, config.num_items, "synthetic"));
+      result = run<models::SASRec<float>>(model, empty, o, false);
+      result["model"] = {{"synthetic_items", o.synthetic_items}, {"dim", o.dim}};
+    } else {
+      const auto split = data::leave_one_out(log);
+      result = models::with_checkpoint_model(o.checkpoint, [&](auto model) {
+        using Model = typename decltype(model)::element_type;
+        std::printf("checkpoint %s: %s, %d items\n", o.checkpoint.c_str(), Model::kModelName, static_cast<int>(model->num_items()));
+        auto r = run<Model>(std::shared_ptr<const Model>(model), split, o, !o.no_quality);
+        r["model"] = {{"checkpoint", o.checkpoint}, {"type", Model::kModelName}};
+        return r;
+      });
+    }
+    result["machine"] = bench::machine_json();
+    if (!o.json_path.empty()) io::write_file_atomic(o.json_path, result.dump(2) + "\n");
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "serve: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

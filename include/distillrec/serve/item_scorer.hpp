@@ -1,0 +1,479 @@
+// distillrec/serve/item_scorer.hpp
+//
+// Scoring the catalogue under a precision policy, shared by serving and evaluation, so what is
+// evaluated is what is served (eval::FullRankingOptions::policy, serve::RecommenderOptions).
+//
+//   fp32  the head's item table as it is, the library's GEMM (oneDNN sgemm where linked).
+//   bf16  a bfloat16 copy of the table (half the bytes to stream), user vectors rounded to
+//         bfloat16, fp32 accumulation: oneDNN's bf16 matmul primitive where the CPU has it
+//         (AVX512-BF16 or AMX); elsewhere (AVX2, or no oneDNN) the same arithmetic by converting
+//         tiles of the table to fp32, which is slower than fp32 itself (only the memory saving
+//         remains). description() says which path runs.
+//   int8  an int8 copy of the table with one scale per item row (max |w| / 127) and user
+//         vectors quantised per query to 7 bits around a zero point (so the u8 x s8 products of
+//         CPUs without VNNI never saturate), exact integer sums through oneDNN's integer matmul;
+//         the best `shortlist` items of that approximate scoring are then re-scored exactly in
+//         fp32 and the top k taken from them. Scores returned are the fp32 ones.
+//
+// The catalogue is scored in blocks of `item_block` items with a running heap per user, so the
+// scratch of a query is [users, item_block] whatever the catalogue size. Primitives are created
+// once, when the scorer is built, and shared by every thread; each thread (or pooled workspace)
+// has its own ItemScorer::Workspace. The scorer reads the head's weights in place (fp32) or keeps
+// its own copies (bf16, int8): it must not outlive the model it was built from.
+//
+// Ranking rules are top_k's (serve/scoring.hpp): best first, equal scores to the lower item id,
+// excluded items never returned, NaN scores an error.
+#pragma once
+
+#include "distillrec/backend/gemm.hpp"
+#include "distillrec/backend/parallel.hpp"
+#include "distillrec/core/error.hpp"
+#include "distillrec/core/types.hpp"
+#include "distillrec/nn/output_head.hpp"
+#include "distillrec/serve/scoring.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#ifdef DISTILLREC_WITH_ONEDNN
+#include <oneapi/dnnl/dnnl.hpp>
+#endif
+
+namespace distillrec::serve {
+
+enum class Precision { kFp32, kBf16, kInt8 };
+
+inline std::string to_string(Precision precision) {
+  switch (precision) {
+    case Precision::kFp32: return "fp32";
+    case Precision::kBf16: return "bf16";
+    case Precision::kInt8: return "int8";
+  }
+  return "?";
+}
+
+inline Precision parse_precision(const std::string& name) {
+  if (name == "fp32") return Precision::kFp32;
+  if (name == "bf16") return Precision::kBf16;
+  if (name == "int8") return Precision::kInt8;
+  throw ConfigError("unknown scoring precision \"" + name + "\" (expected fp32, bf16 or int8)");
+}
+
+/// How the catalogue is scored.
+struct ScoringPolicy {
+  Precision precision = Precision::kFp32;
+  /// Items scored per step: [users, item_block] floats of scratch per query; 0 = the whole
+  /// catalogue in one step (evaluation's default: fp32 then computes exactly what
+  /// score_items does).
+  Index item_block = 4096;
+  /// int8: items of the approximate scoring re-scored in fp32 per query; 0 = max(100, 10 k).
+  Index shortlist = 0;
+  /// bf16 and int8: run the portable path (tiles of the table converted to fp32) even where
+  /// oneDNN has a kernel; the results are the same up to fp32 summation order.
+  bool portable = false;
+
+  Index shortlist_for(Index k) const { return shortlist > 0 ? std::max(shortlist, k) : std::max<Index>(100, 10 * k); }
+
+  void validate() const {
+    if (item_block < 0) throw ConfigError(distillrec::detail::concat("scoring policy: item_block must be >= 0, got ", item_block));
+    if (shortlist < 0) throw ConfigError(distillrec::detail::concat("scoring policy: shortlist must be >= 0, got ", shortlist));
+  }
+};
+
+namespace detail {
+
+/// float to bfloat16, rounding to nearest even (the conversion oneDNN and AVX512-BF16 use).
+inline std::uint16_t float_to_bfloat16(float value) {
+  std::uint32_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((bits >> 16) | 0x40u);  // quiet NaN
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<std::uint16_t>(bits >> 16);
+}
+
+inline float bfloat16_to_float(std::uint16_t value) {
+  const std::uint32_t bits = static_cast<std::uint32_t>(value) << 16;
+  float out;
+  std::memcpy(&out, &bits, sizeof out);
+  return out;
+}
+
+/// User vectors are quantised to q = round(u / scale) + kInt8ZeroPoint in 1..127.
+inline constexpr int kInt8ZeroPoint = 64;
+inline constexpr float kInt8UserLevels = 63.0f;
+
+}  // namespace detail
+
+template <typename T>
+class ItemScorer {
+ public:
+  /// Per-thread scratch; grows to the largest query seen, then calls reuse it.
+  struct Workspace {
+    std::vector<T> block;                     // [rows, width] scores of the current block
+    std::vector<T> thresholds;                // entry bar of each row's heap
+    std::vector<float> tile;                  // fallback: a block of the table converted to fp32
+    std::vector<float> users_f32;             // fallback: users as the fp32 values the policy scores
+    std::vector<std::uint16_t> users_bf16;    // [rows, d]
+    std::vector<std::uint8_t> users_u8;       // [rows, d]
+    std::vector<float> user_scale;            // int8: one per row
+    std::vector<std::int32_t> sums;           // int8: [rows, width]
+    Matrix<float> exact;                      // int8 fallback: the integer sums in fp32
+    std::vector<std::vector<ScoredItem>> shortlists;
+#ifdef DISTILLREC_WITH_ONEDNN
+    std::unique_ptr<dnnl::stream> stream;     // on stream_engine
+    std::shared_ptr<const dnnl::engine> stream_engine;
+#endif
+  };
+
+  /// Builds the scorer for `head` (which must outlive it) under `policy`. bf16 and int8 need
+  /// T = float. Weights with NaN or infinity are an error naming the item.
+  ItemScorer(const nn::HeadWeights<T>& head, ScoringPolicy policy) : head_(head), policy_(policy) {
+    policy_.validate();
+    if (policy_.precision != Precision::kFp32 && !std::is_same<T, float>::value) {
+      throw ConfigError("scoring policy: " + to_string(policy_.precision) + " scoring needs float weights");
+    }
+    const Index block = policy_.item_block > 0 ? policy_.item_block : head_.num_items();
+    width_ = std::max<Index>(1, std::min(block, head_.num_items()));
+    if (policy_.precision == Precision::kFp32) {
+      description_ = backend::kHasOneDnn ? "fp32: oneDNN sgemm" : "fp32: Eigen";
+      return;
+    }
+    if constexpr (std::is_same<T, float>::value) {
+      check_finite();
+      if (policy_.precision == Precision::kBf16) build_bf16(); else build_int8();
+    }
+  }
+
+  const ScoringPolicy& policy() const { return policy_; }
+  Precision precision() const { return policy_.precision; }
+  /// What runs, e.g. "bf16: oneDNN matmul (brg:avx512_core_bf16)" or the fallback's reason.
+  const std::string& description() const { return description_; }
+  Index num_items() const { return head_.num_items(); }
+  Index dim() const { return head_.dim(); }
+  const nn::HeadWeights<T>& head() const { return head_; }
+  /// Bytes of the table the policy streams per query (the head's own for fp32).
+  std::size_t table_bytes() const {
+    const auto cells = static_cast<std::size_t>(head_.num_items() * head_.dim());
+    switch (policy_.precision) {
+      case Precision::kFp32: return cells * sizeof(T);
+      case Precision::kBf16: return cells * 2;
+      case Precision::kInt8: return cells + static_cast<std::size_t>(head_.num_items()) * 8;
+    }
+    return 0;
+  }
+
+  /// Calls sink(first, count, block, stride) for consecutive blocks of items first..first+count-1
+  /// (0-based), block[r * stride + j] being the policy's score of item first + j + 1 for
+  /// users.row(r), bias included (int8: the approximate score).
+  template <typename Sink>
+  void for_each_block(const ConstMatrixRef<T>& users, Workspace& ws, Sink&& sink) const {
+    if (users.cols() != head_.dim()) {
+      throw ShapeError(distillrec::detail::concat("scoring: output vectors have ", users.cols(), " columns, the output head ",
+                                                  head_.dim()));
+    }
+    const Index rows = users.rows(), num_items = head_.num_items();
+    if (rows == 0 || num_items == 0) return;
+    ws.block.resize(static_cast<std::size_t>(rows * width_));
+    prepare_users(users, ws);
+    for (Index first = 0; first < num_items; first += width_) {
+      const Index count = std::min(width_, num_items - first);
+      score_block(users, first, count, ws);
+      sink(first, count, static_cast<T*>(ws.block.data()), count);
+    }
+  }
+
+  /// scores [rows, N] = the policy's scores of every item (int8: approximate, see rank_of_target).
+  void score_all(const ConstMatrixRef<T>& users, MatrixRef<T> scores, Workspace& ws) const {
+    require_shape(scores, users.rows(), head_.num_items(), "policy scores");
+    for_each_block(users, ws, [&](Index first, Index count, const T* block, Index stride) {
+      for (Index r = 0; r < users.rows(); ++r) {
+        std::copy(block + r * stride, block + r * stride + count, scores.row(r).data() + first);
+      }
+    });
+  }
+
+  /// top[r] = the k best items for users.row(r), leaving out the items of *excluded(r) (a
+  /// const Sequence*, may be null; ids outside 1..N ignored). Rows are scanned on the library's
+  /// threads when `threaded` and the block is large.
+  template <typename Excluded>
+  void top_k(const ConstMatrixRef<T>& users, Index k, Excluded&& excluded, std::vector<std::vector<ScoredItem>>& top,
+             Workspace& ws, bool threaded = true) const {
+    if (k < 0) throw ConfigError(distillrec::detail::concat("top-K: k must be >= 0, got ", k));
+    const Index rows = users.rows();
+    const bool int8 = policy_.precision == Precision::kInt8;
+    const Index kept = int8 ? std::min(policy_.shortlist_for(k), head_.num_items()) : k;
+    auto& heaps = int8 ? ws.shortlists : top;
+    heaps.resize(static_cast<std::size_t>(rows));
+    top.resize(static_cast<std::size_t>(rows));
+    ws.thresholds.assign(static_cast<std::size_t>(rows), -std::numeric_limits<T>::infinity());
+    for (auto& heap : heaps) {
+      heap.clear();
+      heap.reserve(static_cast<std::size_t>(kept));
+    }
+    if (k == 0) {
+      for (auto& heap : top) heap.clear();
+      return;
+    }
+    const bool parallel_rows = threaded && rows > 1 && !parallel::in_parallel();
+    for_each_block(users, ws, [&](Index first, Index count, T* block, Index stride) {
+      const auto first_item = static_cast<ItemId>(first + 1);
+      parallel::ExceptionCollector errors;  // a NaN score throws from inside the loop
+      parallel::for_each(rows, parallel_rows && rows * count > 100000, [&](Index r, int) { errors.run([&] {
+        T* row = block + r * stride;
+        if (const Sequence* skip = excluded(r)) {
+          for (ItemId item : *skip) {
+            if (item >= first_item && item < first_item + count) row[item - first_item] = -std::numeric_limits<T>::infinity();
+          }
+        }
+        detail::scan_into_heap<false>(row, static_cast<const T*>(nullptr), count, first_item, kept,
+                                      heaps[static_cast<std::size_t>(r)], ws.thresholds[static_cast<std::size_t>(r)]);
+      }); });
+      errors.rethrow();
+    });
+    if (int8) {
+      for (Index r = 0; r < rows; ++r) rescore(users.row(r), k, ws.shortlists[static_cast<std::size_t>(r)], top[static_cast<std::size_t>(r)]);
+    } else {
+      for (auto& heap : top) std::sort_heap(heap.begin(), heap.end(), detail::better);
+    }
+  }
+
+  /// Replaces `candidates` (items) by their exact fp32 scores and writes the best k of them to
+  /// `out`, best first (the int8 policy's second stage).
+  template <typename Row>
+  void rescore(const Row& user, Index k, std::vector<ScoredItem>& candidates, std::vector<ScoredItem>& out) const {
+    for (auto& c : candidates) {
+      c.score = static_cast<float>(head_.score(user, c.item));
+      if (c.score != c.score) throw Error(distillrec::detail::concat("scoring: NaN score for item ", c.item));
+    }
+    const auto keep = static_cast<std::ptrdiff_t>(std::min<Index>(k, static_cast<Index>(candidates.size())));
+    std::partial_sort(candidates.begin(), candidates.begin() + keep, candidates.end(), detail::better);
+    out.assign(candidates.begin(), candidates.begin() + keep);
+  }
+
+ private:
+  void check_finite() const {
+    for (Index j = 0; j < head_.num_items(); ++j) {
+      const bool finite = head_.weight.row(j).allFinite() && (head_.bias == nullptr || std::isfinite(head_.bias[j]));
+      if (!finite) throw Error(distillrec::detail::concat("scoring policy: the output head of item ", j + 1, " is not finite"));
+    }
+  }
+
+  void build_bf16() {
+    const Index n = head_.num_items(), d = head_.dim();
+    bf16_.resize(static_cast<std::size_t>(n * d));
+    for (Index j = 0; j < n; ++j) {
+      for (Index c = 0; c < d; ++c) bf16_[static_cast<std::size_t>(j * d + c)] = detail::float_to_bfloat16(static_cast<float>(head_.weight(j, c)));
+    }
+    description_ = policy_.portable ? "bf16: portable path, table converted to fp32 tile by tile"
+                                    : "bf16: table converted to fp32 tile by tile (no oneDNN bf16 matmul on this machine)";
+#ifdef DISTILLREC_WITH_ONEDNN
+    if (!policy_.portable && make_primitives(dnnl::memory::data_type::bf16, dnnl::memory::data_type::bf16, dnnl::memory::data_type::f32)) {
+      description_ = "bf16: oneDNN matmul (" + impl_ + ")";
+    }
+#endif
+  }
+
+  void build_int8() {
+    const Index n = head_.num_items(), d = head_.dim();
+    int8_.resize(static_cast<std::size_t>(n * d));
+    row_scale_.resize(static_cast<std::size_t>(n));
+    row_offset_.resize(static_cast<std::size_t>(n));
+    for (Index j = 0; j < n; ++j) {
+      const float max_abs = static_cast<float>(head_.weight.row(j).cwiseAbs().maxCoeff());
+      const float scale = max_abs > 0.0f ? max_abs / 127.0f : 1.0f;
+      std::int32_t sum = 0;
+      for (Index c = 0; c < d; ++c) {
+        const float q = std::nearbyint(static_cast<float>(head_.weight(j, c)) / scale);
+        const auto v = static_cast<std::int8_t>(std::max(-127.0f, std::min(127.0f, q)));
+        int8_[static_cast<std::size_t>(j * d + c)] = v;
+        sum += v;
+      }
+      row_scale_[static_cast<std::size_t>(j)] = scale;
+      row_offset_[static_cast<std::size_t>(j)] = scale * static_cast<float>(detail::kInt8ZeroPoint * sum);
+    }
+    description_ = policy_.portable ? "int8: portable path, table converted to fp32 tile by tile"
+                                    : "int8: table converted to fp32 tile by tile (no oneDNN int8 matmul)";
+#ifdef DISTILLREC_WITH_ONEDNN
+    if (!policy_.portable && make_primitives(dnnl::memory::data_type::u8, dnnl::memory::data_type::s8, dnnl::memory::data_type::s32)) {
+      description_ = "int8: oneDNN matmul (" + impl_ + ")";
+    }
+#endif
+    description_ += distillrec::detail::concat(", then fp32 re-score of ", policy_.shortlist > 0 ? distillrec::detail::concat(policy_.shortlist) : std::string("max(100, 10 k)"),
+                                   " items per query");
+  }
+
+  // Users as the policy sees them: bf16-rounded, or int8 codes with a scale per row.
+  void prepare_users(const ConstMatrixRef<T>& users, Workspace& ws) const {
+    if (policy_.precision == Precision::kFp32) return;
+    const Index rows = users.rows(), d = users.cols();
+    const auto cells = static_cast<std::size_t>(rows * d);
+    if (policy_.precision == Precision::kBf16) {
+      ws.users_bf16.resize(cells);
+      for (Index r = 0; r < rows; ++r) {
+        for (Index c = 0; c < d; ++c) ws.users_bf16[static_cast<std::size_t>(r * d + c)] = detail::float_to_bfloat16(static_cast<float>(users(r, c)));
+      }
+    } else {
+      ws.users_u8.resize(cells);
+      ws.user_scale.resize(static_cast<std::size_t>(rows));
+      for (Index r = 0; r < rows; ++r) {
+        const float max_abs = static_cast<float>(users.row(r).cwiseAbs().maxCoeff());
+        if (!std::isfinite(max_abs)) throw Error(distillrec::detail::concat("scoring: the output vector of row ", r, " is not finite"));
+        const float scale = max_abs > 0.0f ? max_abs / detail::kInt8UserLevels : 1.0f;
+        ws.user_scale[static_cast<std::size_t>(r)] = scale;
+        for (Index c = 0; c < d; ++c) {
+          const float q = std::nearbyint(static_cast<float>(users(r, c)) / scale);
+          const float clamped = std::max(-detail::kInt8UserLevels, std::min(detail::kInt8UserLevels, q));
+          ws.users_u8[static_cast<std::size_t>(r * d + c)] = static_cast<std::uint8_t>(static_cast<int>(clamped) + detail::kInt8ZeroPoint);
+        }
+      }
+    }
+    if (!native_) {  // the fallback multiplies these values in fp32
+      ws.users_f32.resize(cells);
+      for (std::size_t i = 0; i < cells; ++i) {
+        ws.users_f32[i] = policy_.precision == Precision::kBf16 ? detail::bfloat16_to_float(ws.users_bf16[i])
+                                                                : static_cast<float>(ws.users_u8[i]);
+      }
+    }
+  }
+
+  // ws.block [rows, count] = the policy's scores of items first..first+count-1.
+  void score_block(const ConstMatrixRef<T>& users, Index first, Index count, Workspace& ws) const {
+    const Index rows = users.rows(), d = head_.dim();
+    MatrixMap<T> block(ws.block.data(), rows, count);
+    if (policy_.precision == Precision::kFp32) {
+      backend::gemm(backend::Trans::kNo, backend::Trans::kYes, T(1), users, head_.weight.middleRows(first, count), T(0), block);
+      if (head_.bias != nullptr) {
+        const Eigen::Map<const RowVector<T>> bias(head_.bias + first, count);
+        for (Index r = 0; r < rows; ++r) block.row(r) += bias;
+      }
+      return;
+    }
+    if constexpr (std::is_same<T, float>::value) {
+      const bool int8 = policy_.precision == Precision::kInt8;
+      if (int8) ws.sums.resize(static_cast<std::size_t>(rows * count));
+      if (native_) {
+#ifdef DISTILLREC_WITH_ONEDNN
+        run_primitive(rows, first, count, int8 ? static_cast<void*>(ws.sums.data()) : static_cast<void*>(block.data()), ws);
+#endif
+      } else {
+        // Convert the block of the table to fp32, a tile of kTile items at a time, and multiply
+        // with the users' policy values: the products are exact (bf16 x bf16, or small
+        // integers) and the sums fp32 ones (integer sums exact below 2^24, i.e. d < 1040).
+        constexpr Index kTile = 512;
+        ws.tile.resize(static_cast<std::size_t>(std::min(kTile, count) * d));
+        if (int8) ws.exact.resize(rows, count);
+        const ConstMatrixMap<float> policy_users(ws.users_f32.data(), rows, d);
+        for (Index t0 = 0; t0 < count; t0 += kTile) {
+          const Index tn = std::min(kTile, count - t0);
+          for (Index j = 0; j < tn; ++j) {
+            for (Index c = 0; c < d; ++c) {
+              const auto at = static_cast<std::size_t>((first + t0 + j) * d + c);
+              ws.tile[static_cast<std::size_t>(j * d + c)] = int8 ? static_cast<float>(int8_[at]) : detail::bfloat16_to_float(bf16_[at]);
+            }
+          }
+          const ConstMatrixMap<float> tile(ws.tile.data(), tn, d);
+          if (int8) {
+            backend::gemm(backend::Trans::kNo, backend::Trans::kYes, 1.0f, policy_users, tile, 0.0f, ws.exact.middleCols(t0, tn));
+          } else {
+            backend::gemm(backend::Trans::kNo, backend::Trans::kYes, 1.0f, policy_users, tile, 0.0f, block.middleCols(t0, tn));
+          }
+        }
+        if (int8) {
+          for (Index i = 0; i < rows * count; ++i) ws.sums[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(std::lrint(ws.exact.data()[i]));
+        }
+      }
+      if (int8) {
+        // sum_c (u_q + z) w_q = sum_c u_q w_q + z * rowsum: remove the zero point's share
+        // (row_offset = scale * z * rowsum), scale back. The integer sums are exact in fp32
+        // below 2^24 (d < 1040).
+        const Eigen::Map<const Eigen::ArrayXf> scale(row_scale_.data() + first, count);
+        const Eigen::Map<const Eigen::ArrayXf> offset(row_offset_.data() + first, count);
+        for (Index r = 0; r < rows; ++r) {
+          const Eigen::Map<const Eigen::Array<std::int32_t, Eigen::Dynamic, 1>> s(ws.sums.data() + r * count, count);
+          Eigen::Map<Eigen::ArrayXf> out(block.data() + r * count, count);
+          out = ws.user_scale[static_cast<std::size_t>(r)] * (scale * s.cast<float>() - offset);
+        }
+      }
+      if (head_.bias != nullptr) {
+        const Eigen::Map<const RowVector<float>> bias(head_.bias + first, count);
+        for (Index r = 0; r < rows; ++r) block.row(r) += bias;
+      }
+    }
+  }
+
+#ifdef DISTILLREC_WITH_ONEDNN
+  bool make_primitives(dnnl::memory::data_type src, dnnl::memory::data_type weights, dnnl::memory::data_type dst) {
+    using dnnl::memory;
+    try {
+      engine_ = std::make_shared<dnnl::engine>(dnnl::engine::kind::cpu, 0);
+      const Index n = head_.num_items();
+      const Index tail = n % width_;
+      full_ = make_matmul(src, weights, dst, width_);
+      if (tail > 0) tail_ = make_matmul(src, weights, dst, tail);
+      native_ = true;
+      return true;
+    } catch (const dnnl::error&) {
+      native_ = false;  // e.g. bf16 on a CPU without AVX512-BF16: the fallback runs
+      full_.reset();
+      tail_.reset();
+      return false;
+    }
+  }
+
+  std::shared_ptr<dnnl::matmul> make_matmul(dnnl::memory::data_type src, dnnl::memory::data_type weights,
+                                           dnnl::memory::data_type dst, Index width) {
+    using dnnl::memory;
+    const auto d = static_cast<memory::dim>(head_.dim());
+    const memory::desc a({DNNL_RUNTIME_DIM_VAL, d}, src, memory::format_tag::ab);
+    const memory::desc b({d, static_cast<memory::dim>(width)}, weights, memory::format_tag::ba);  // the table's rows
+    const memory::desc c({DNNL_RUNTIME_DIM_VAL, static_cast<memory::dim>(width)}, dst, memory::format_tag::ab);
+    const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, b, c), *engine_);
+    impl_ = pd.impl_info_str();
+    return std::make_shared<dnnl::matmul>(pd);
+  }
+
+  void run_primitive(Index rows, Index first, Index count, void* out, Workspace& ws) const {
+    using dnnl::memory;
+    if (!ws.stream || ws.stream_engine != engine_) {  // a workspace may move between scorers
+      ws.stream = std::make_unique<dnnl::stream>(*engine_);
+      ws.stream_engine = engine_;
+    }
+    const bool int8 = policy_.precision == Precision::kInt8;
+    const auto d = static_cast<memory::dim>(head_.dim());
+    const auto src_type = int8 ? memory::data_type::u8 : memory::data_type::bf16;
+    const auto w_type = int8 ? memory::data_type::s8 : memory::data_type::bf16;
+    const auto dst_type = int8 ? memory::data_type::s32 : memory::data_type::f32;
+    void* src = int8 ? static_cast<void*>(ws.users_u8.data()) : static_cast<void*>(ws.users_bf16.data());
+    const void* weights = int8 ? static_cast<const void*>(int8_.data() + first * d)
+                               : static_cast<const void*>(bf16_.data() + first * d);
+    const memory a({{static_cast<memory::dim>(rows), d}, src_type, memory::format_tag::ab}, *engine_, src);
+    const memory b({{d, static_cast<memory::dim>(count)}, w_type, memory::format_tag::ba}, *engine_, const_cast<void*>(weights));
+    const memory c({{static_cast<memory::dim>(rows), static_cast<memory::dim>(count)}, dst_type, memory::format_tag::ab}, *engine_, out);
+    const dnnl::matmul& primitive = count == width_ ? *full_ : *tail_;
+    primitive.execute(*ws.stream, {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c}});
+  }
+
+  std::shared_ptr<const dnnl::engine> engine_;
+  std::shared_ptr<dnnl::matmul> full_, tail_;
+  std::string impl_;
+#endif
+
+  nn::HeadWeights<T> head_;
+  ScoringPolicy policy_;
+  Index width_ = 1;
+  bool native_ = false;
+  std::string description_;
+  std::vector<std::uint16_t> bf16_;
+  std::vector<std::int8_t> int8_;
+  std::vector<float> row_scale_;
+  std::vector<float> row_offset_;
+};
+
+}  // namespace distillrec::serve

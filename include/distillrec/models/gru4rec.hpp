@@ -172,6 +172,32 @@ class GRU4Rec {
     grus_.back().forward_last(input_of(ws, L - 1), ws.layout, out, ws.gru.back());
   }
 
+  // ---- incremental sessions (serve/session.hpp) ---------------------------------------------
+
+  /// Scalars of a session's cache: the state of every layer after the session's items.
+  Index session_cache_size() const { return config_.num_layers * hidden_size(); }
+
+  /// Appends `item` to a session: `cache` holds the layers' states after the items so far
+  /// (zeros for none) and is advanced in place; out [1, H] = the output vector, equal to
+  /// encode() of the items so far plus `item` as long as they fit the window (max_length).
+  void session_append(T* cache, ItemId item, MatrixRef<T> out, Workspace& ws) const {
+    if (item < 1 || item > config_.num_items) {
+      throw ShapeError(detail::concat("GRU4Rec: session item ", item, " is outside 1..", config_.num_items));
+    }
+    require_shape(out, 1, hidden_size(), "GRU4Rec session output");
+    prepare(ws);
+    const Index H = hidden_size();
+    auto x = ws.embedded.resize(1, config_.embedding_dim);
+    x = item_embedding_->table().row(item);  // inference: no dropout
+    for (Index l = 0; l < config_.num_layers; ++l) {
+      MatrixMap<T> h(cache + l * H, 1, H);
+      const ConstMatrixMap<T> input = l == 0 ? ConstMatrixMap<T>(ws.embedded.data(), 1, config_.embedding_dim)
+                                             : ConstMatrixMap<T>(cache + (l - 1) * H, 1, H);
+      grus_[static_cast<std::size_t>(l)].step(input, h, h, ws.gru[static_cast<std::size_t>(l)]);
+    }
+    out = ConstMatrixMap<T>(cache + (config_.num_layers - 1) * H, 1, H);
+  }
+
   // ---- training --------------------------------------------------------------------------
 
   /// Forward pass over a training batch (embedding dropout active): the last layer's state at

@@ -12,6 +12,12 @@
 //   rerank(history, candidates)          the model's scores of a caller's candidate items, best
 //                                        first (re-ranking another system's shortlist)
 //   user_vector(history)                 the output vector the items are scored against
+//   start_session(history), append(session, item), recommend_session(session, options)
+//                                        incremental serving (serve/session.hpp): an append
+//                                        updates the session's output vector (incrementally
+//                                        where the model can), a recommendation only scores
+//   save_session(session), load_session(bytes)
+//                                        sessions as checked bytes, tied to this model
 //
 // Scoring follows RecommenderConfig::scoring (serve/item_scorer.hpp: fp32, bf16 or int8, the
 // catalogue streamed in blocks of items, so memory per query is bounded whatever its size).
@@ -34,9 +40,12 @@
 #include "distillrec/models/model.hpp"
 #include "distillrec/serve/item_scorer.hpp"
 #include "distillrec/serve/scoring.hpp"
+#include "distillrec/serve/session.hpp"
 
+#include <cmath>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
 namespace distillrec::serve {
@@ -169,6 +178,145 @@ class Recommender {
     return std::vector<T>(slot->user_vectors.data(), slot->user_vectors.data() + slot->user_vectors.cols());
   }
 
+  // ---- sessions (serve/session.hpp) ---------------------------------------------------------
+
+  /// A session holding `history` (chronological; may be empty).
+  Session<T> start_session(const Sequence& history = {}) const {
+    static_assert(models::contract::has_max_length<Model>::value, "sessions need a model with `Index max_length() const`");
+    if (!history.empty()) check_history(history, 0);
+    Session<T> session;
+    for (ItemId item : history) append(session, item);
+    return session;
+  }
+
+  /// Appends one event to `session` (an item in 1..N). On an error the session is unchanged.
+  void append(Session<T>& session, ItemId item) const {
+    static_assert(models::contract::has_max_length<Model>::value, "sessions need a model with `Index max_length() const`");
+    if (item < 1 || item > num_items()) {
+      throw ShapeError(distillrec::detail::concat("Recommender::append: item ", item, " is outside 1..", num_items()));
+    }
+    check_session_shape(session);
+    const Index window = model_->max_length(), d = scorer_->dim();
+    Serial serial(config_.threads == ThreadPolicy::kSerial);
+    Lease slot(*this);
+    const bool slides = static_cast<Index>(session.window.size()) >= window;
+    if constexpr (models::contract::has_session_append<Model>::value) {
+      if (!session.slid && !slides) {
+        const auto size = static_cast<std::size_t>(model_->session_cache_size());
+        if (session.cache.size() != size) session.cache.assign(size, T(0));
+        session.user.resize(static_cast<std::size_t>(d));
+        model_->session_append(session.cache.data(), item, MatrixMap<T>(session.user.data(), 1, d), slot->workspace);
+        session.window.push_back(item);
+        ++session.events;
+        return;
+      }
+    }
+    // Re-encode the window with the new item (the newest max_length items).
+    auto& h = slot->histories;
+    h.resize(1);
+    h[0].assign(session.window.begin() + (slides ? 1 : 0), session.window.end());
+    h[0].push_back(item);
+    slot->user_vectors.resize(1, d);
+    model_->encode(h, slot->user_vectors, slot->workspace);
+    session.window.swap(h[0]);
+    session.user.assign(slot->user_vectors.data(), slot->user_vectors.data() + d);
+    if (slides) {
+      session.slid = true;
+      session.cache.clear();
+    }
+    ++session.events;
+  }
+
+  /// Top-k for a session (at least one event); the window's items are left out unless
+  /// `exclude_history` is false. No encoding: the session's output vector is scored.
+  void recommend_session(const Session<T>& session, const RecommendOptions& options, std::vector<ScoredItem>& out) const {
+    check_k(options.k);
+    if (session.empty()) throw ShapeError("Recommender: the session has no events yet");
+    check_session_shape(session);
+    Serial serial(config_.threads == ThreadPolicy::kSerial);
+    Lease slot(*this);
+    slot->histories.resize(1);
+    slot->histories[0].assign(session.window.begin(), session.window.end());
+    slot->user_vectors.resize(1, scorer_->dim());
+    std::copy(session.user.begin(), session.user.end(), slot->user_vectors.data());
+    select(*slot, 0, 1, options);
+    out.assign(slot->top[0].begin(), slot->top[0].end());
+  }
+
+  std::vector<ScoredItem> recommend_session(const Session<T>& session, const RecommendOptions& options = {}) const {
+    std::vector<ScoredItem> out;
+    recommend_session(session, options, out);
+    return out;
+  }
+
+  /// The session as bytes (serve/session.hpp), loadable by a Recommender of the same model.
+  std::string save_session(const Session<T>& session) const {
+    check_session_shape(session);
+    detail::SessionWriter w;
+    w.raw(detail::kSessionMagic, sizeof detail::kSessionMagic);
+    w.put(detail::kSessionVersion);
+    w.put(static_cast<std::uint8_t>(sizeof(T)));
+    w.put(fingerprint());
+    w.put(session.events);
+    w.put(static_cast<std::uint8_t>(session.slid ? 1 : 0));
+    std::vector<std::uint32_t> items(session.window.begin(), session.window.end());
+    w.put_vector(items);
+    w.put_vector(session.cache);
+    w.put_vector(session.user);
+    return w.finish();
+  }
+
+  /// A session from save_session's bytes; a blob that is truncated, corrupt, of another format
+  /// version or made by another model (other weights or configuration) is an Error saying so.
+  Session<T> load_session(const std::string& bytes) const {
+    detail::SessionReader r(bytes);
+    const auto version = r.get<std::uint32_t>("the version");
+    if (version != detail::kSessionVersion) {
+      detail::SessionReader::fail(distillrec::detail::concat("format version ", version, ", this library reads ", detail::kSessionVersion));
+    }
+    const auto scalar = r.get<std::uint8_t>("the scalar size");
+    if (scalar != sizeof(T)) detail::SessionReader::fail(distillrec::detail::concat("it holds ", int{scalar}, "-byte values, this model ", sizeof(T)));
+    if (r.get<std::uint64_t>("the model fingerprint") != fingerprint()) {
+      detail::SessionReader::fail("it was made by another model (its fingerprint differs from this model's weights and configuration)");
+    }
+    Session<T> session;
+    session.events = r.get<std::uint64_t>("the event count");
+    session.slid = r.get<std::uint8_t>("the slid flag") != 0;
+    const auto window = static_cast<std::size_t>(model_->max_length());
+    const auto items = r.get_vector<std::uint32_t>("window", window);
+    session.window.assign(items.begin(), items.end());
+    session.cache = r.get_vector<T>("cache", static_cast<std::size_t>(1) << 28);
+    session.user = r.get_vector<T>("output vector", static_cast<std::size_t>(scorer_->dim()));
+    r.done();
+    try {
+      check_session_shape(session);
+    } catch (const Error& e) {
+      detail::SessionReader::fail(e.what());
+    }
+    return session;
+  }
+
+  /// FNV-1a of the model's name, configuration and weights (computed once, on first use).
+  std::uint64_t fingerprint() const {
+    std::call_once(fingerprint_once_, [&] {
+      detail::Fnv1a h;
+      if constexpr (models::contract::has_model_name<Model>::value) h.add(std::string(Model::kModelName));
+      if constexpr (models::contract::has_config_json<Model>::value && models::contract::has_config<Model>::value) {
+        h.add(model_->config().to_json().dump());
+      }
+      if constexpr (models::contract::has_parameters<Model>::value) {
+        const auto& p = model_->parameters();
+        h.add(p.values(), static_cast<std::size_t>(p.buffer_size()) * sizeof(T));
+      } else {
+        const auto head = model_->output_weights();
+        h.add(head.weight.data(), static_cast<std::size_t>(head.weight.size()) * sizeof(T));
+        if (head.bias != nullptr) h.add(head.bias, static_cast<std::size_t>(head.num_items()) * sizeof(T));
+      }
+      fingerprint_ = h.value();
+    });
+    return fingerprint_;
+  }
+
  private:
   struct Slot {
     typename Model::Workspace workspace;
@@ -251,6 +399,31 @@ class Recommender {
     }
   }
 
+  // A session this model could have made: lengths, ids and cache consistent.
+  void check_session_shape(const Session<T>& session) const {
+    const auto window = static_cast<std::size_t>(model_->max_length());
+    const std::size_t n = session.window.size();
+    auto bad = [](const std::string& why) { throw ShapeError("Recommender: invalid session: " + why); };
+    if (n > window) bad(distillrec::detail::concat("its window has ", n, " items, the model reads ", window));
+    if (session.events < n) bad(distillrec::detail::concat("it counts ", session.events, " events but holds ", n));
+    if (session.slid && n != window) bad("it has slid but its window is not full");
+    if (!session.slid && session.events != n) bad("its event count and window disagree");
+    for (std::size_t j = 0; j < n; ++j) {
+      if (session.window[j] < 1 || session.window[j] > num_items()) {
+        bad(distillrec::detail::concat("item ", session.window[j], " at position ", j, " is outside 1..", num_items()));
+      }
+    }
+    if (session.user.size() != (n == 0 ? 0 : static_cast<std::size_t>(scorer_->dim()))) bad("its output vector has the wrong length");
+    std::size_t cache = 0;
+    if constexpr (models::contract::has_session_append<Model>::value) {
+      if (!session.slid && n > 0) cache = static_cast<std::size_t>(model_->session_cache_size());
+    }
+    if (session.cache.size() != cache) bad(distillrec::detail::concat("its cache has ", session.cache.size(), " values, expected ", cache));
+    for (T v : session.user) {
+      if (!std::isfinite(v)) bad("its output vector is not finite");
+    }
+  }
+
   void encode(Slot& slot) const {
     slot.user_vectors.resize(static_cast<Index>(slot.histories.size()), scorer_->dim());
     model_->encode(slot.histories, slot.user_vectors, slot.workspace);
@@ -283,6 +456,8 @@ class Recommender {
   std::unique_ptr<ItemScorer<T>> scorer_;
   mutable std::mutex mutex_;
   mutable std::vector<std::unique_ptr<Slot>> pool_;
+  mutable std::once_flag fingerprint_once_;
+  mutable std::uint64_t fingerprint_ = 0;
 };
 
 }  // namespace distillrec::serve

@@ -41,7 +41,7 @@ namespace {
 
 struct Options {
   std::string data_path, checkpoint, json_path;
-  Index synthetic_items = 0, dim = 50, queries = 2000, block = 128, item_block = 4096;
+  Index synthetic_items = 0, dim = 50, queries = 2000, block = 128, item_block = 4096, shortlist = 0;
   int repeats = 3, threads = 2;
   bool no_quality = false;
 };
@@ -56,6 +56,7 @@ nlohmann::json run(std::shared_ptr<const Model> model, const data::LeaveOneOutSp
     serve::RecommenderConfig config;
     config.scoring.precision = precision;
     config.scoring.item_block = o.item_block;
+    config.scoring.shortlist = o.shortlist;
     recommenders.push_back(std::make_unique<serve::Recommender<Model>>(model, config));
     std::printf("%s: %s\n", serve::to_string(precision).c_str(), recommenders.back()->scorer().description().c_str());
     out["policies"][serve::to_string(precision)] = recommenders.back()->scorer().description();
@@ -177,6 +178,7 @@ int main(int argc, char** argv) {
   app.add_option("--queries", o.queries, "Single-user queries timed per history length and policy");
   app.add_option("--block", o.block, "Users per block in batch queries");
   app.add_option("--item-block", o.item_block, "Items scored per step (the scoring policy's item_block)");
+  app.add_option("--shortlist", o.shortlist, "int8: items re-scored in fp32 per query (0: the policy's default)");
   app.add_option("--threads", o.threads, "Threads of the multi-threaded batch run");
   app.add_option("--repeats", o.repeats, "Batch runs per cell (median)");
   app.add_flag("--no-quality", o.no_quality, "Skip the overlap and NDCG comparison");

@@ -15,7 +15,7 @@
 //         the best `shortlist` items of that approximate scoring are then re-scored exactly in
 //         fp32 and the top k taken from them. Scores returned are the fp32 ones.
 //
-// The catalogue is scored in blocks of `item_block` items with a running heap per user, so the
+// The catalogue is scored in blocks of `item_block` items with a running selection of the best k per user, so the
 // scratch of a query is [users, item_block] whatever the catalogue size. Primitives are created
 // once, when the scorer is built, and shared by every thread; each thread (or pooled workspace)
 // has its own ItemScorer::Workspace. The scorer reads the head's weights in place (fp32) or keeps
@@ -73,13 +73,15 @@ struct ScoringPolicy {
   /// catalogue in one step (evaluation's default: fp32 then computes exactly what
   /// score_items does).
   Index item_block = 4096;
-  /// int8: items of the approximate scoring re-scored in fp32 per query; 0 = max(100, 10 k).
+  /// int8: items of the approximate scoring re-scored in fp32 per query; 0 = max(40, 4 k).
+  /// (On Amazon Games' SASRec even 20 gave fp32's exact top-10 for every test user,
+  /// bench/serve --shortlist; the default leaves a margin.)
   Index shortlist = 0;
   /// bf16 and int8: run the portable path (tiles of the table converted to fp32) even where
   /// oneDNN has a kernel; the results are the same up to fp32 summation order.
   bool portable = false;
 
-  Index shortlist_for(Index k) const { return shortlist > 0 ? std::max(shortlist, k) : std::max<Index>(100, 10 * k); }
+  Index shortlist_for(Index k) const { return shortlist > 0 ? std::max(shortlist, k) : std::max<Index>(40, 4 * k); }
 
   void validate() const {
     if (item_block < 0) throw ConfigError(distillrec::detail::concat("scoring policy: item_block must be >= 0, got ", item_block));
@@ -117,7 +119,7 @@ class ItemScorer {
   /// Per-thread scratch; grows to the largest query seen, then calls reuse it.
   struct Workspace {
     std::vector<T> block;                     // [rows, width] scores of the current block
-    std::vector<T> thresholds;                // entry bar of each row's heap
+    std::vector<T> thresholds;                // entry bar of each row's selection
     std::vector<float> tile;                  // fallback: a block of the table converted to fp32
     std::vector<float> users_f32;             // fallback: users as the fp32 values the policy scores
     std::vector<std::uint16_t> users_bf16;    // [rows, d]
@@ -209,13 +211,13 @@ class ItemScorer {
     const Index rows = users.rows();
     const bool int8 = policy_.precision == Precision::kInt8;
     const Index kept = int8 ? std::min(policy_.shortlist_for(k), head_.num_items()) : k;
-    auto& heaps = int8 ? ws.shortlists : top;
-    heaps.resize(static_cast<std::size_t>(rows));
+    auto& selections = int8 ? ws.shortlists : top;
+    selections.resize(static_cast<std::size_t>(rows));
     top.resize(static_cast<std::size_t>(rows));
     ws.thresholds.assign(static_cast<std::size_t>(rows), -std::numeric_limits<T>::infinity());
-    for (auto& heap : heaps) {
+    for (auto& heap : selections) {
       heap.clear();
-      heap.reserve(static_cast<std::size_t>(kept));
+      heap.reserve(static_cast<std::size_t>(2 * kept));
     }
     if (k == 0) {
       for (auto& heap : top) heap.clear();
@@ -232,15 +234,14 @@ class ItemScorer {
             if (item >= first_item && item < first_item + count) row[item - first_item] = -std::numeric_limits<T>::infinity();
           }
         }
-        detail::scan_into_heap<false>(row, static_cast<const T*>(nullptr), count, first_item, kept,
-                                      heaps[static_cast<std::size_t>(r)], ws.thresholds[static_cast<std::size_t>(r)]);
+        detail::scan_into_selection<false>(row, static_cast<const T*>(nullptr), count, first_item, kept,
+                                      selections[static_cast<std::size_t>(r)], ws.thresholds[static_cast<std::size_t>(r)]);
       }); });
       errors.rethrow();
     });
+    for (auto& heap : selections) detail::finish_candidates(heap, kept);
     if (int8) {
       for (Index r = 0; r < rows; ++r) rescore(users.row(r), k, ws.shortlists[static_cast<std::size_t>(r)], top[static_cast<std::size_t>(r)]);
-    } else {
-      for (auto& heap : top) std::sort_heap(heap.begin(), heap.end(), detail::better);
     }
   }
 
@@ -253,7 +254,7 @@ class ItemScorer {
       if (c.score != c.score) throw Error(distillrec::detail::concat("scoring: NaN score for item ", c.item));
     }
     const auto keep = static_cast<std::ptrdiff_t>(std::min<Index>(k, static_cast<Index>(candidates.size())));
-    std::partial_sort(candidates.begin(), candidates.begin() + keep, candidates.end(), detail::better);
+    std::partial_sort(candidates.begin(), candidates.begin() + keep, candidates.end(), detail::Better{});
     out.assign(candidates.begin(), candidates.begin() + keep);
   }
 
@@ -305,7 +306,7 @@ class ItemScorer {
       description_ = "int8: oneDNN matmul (" + impl_ + ")";
     }
 #endif
-    description_ += distillrec::detail::concat(", then fp32 re-score of ", policy_.shortlist > 0 ? distillrec::detail::concat(policy_.shortlist) : std::string("max(100, 10 k)"),
+    description_ += distillrec::detail::concat(", then fp32 re-score of ", policy_.shortlist > 0 ? distillrec::detail::concat(policy_.shortlist) : std::string("max(40, 4 k)"),
                                    " items per query");
   }
 

@@ -80,36 +80,46 @@ void score_candidates(const ConstMatrixRef<T>& users, const nn::HeadWeights<T>& 
 /// than k items come back when fewer are unmasked. NaN scores throw.
 namespace detail {
 
-/// Pushes one candidate into a heap of the best k (see top_k); returns the new threshold.
-template <typename T, typename Better>
-T push_candidate(std::vector<ScoredItem>& heap, Index k, ItemId item, T score, Better better) {
-  const ScoredItem candidate{item, static_cast<float>(score)};
-  if (static_cast<Index>(heap.size()) < k) {
-    heap.push_back(candidate);
-    std::push_heap(heap.begin(), heap.end(), better);
-    // Until the heap is full every unmasked item enters, so the threshold stays at -inf.
-    return static_cast<Index>(heap.size()) == k ? static_cast<T>(heap.front().score)
-                                                : -std::numeric_limits<T>::infinity();
-  }
-  std::pop_heap(heap.begin(), heap.end(), better);
-  heap.back() = candidate;
-  std::push_heap(heap.begin(), heap.end(), better);
-  return static_cast<T>(heap.front().score);
-}
-
-}  // namespace detail
-
-namespace detail {
-
-/// The running heaps' order: "better" first, so the heap's top is the worst of the best k so far.
+/// The selection order: "better" first (higher score, then lower id): a strict total order.
 inline bool better(const ScoredItem& a, const ScoredItem& b) { return a.score > b.score || (a.score == b.score && a.item < b.item); }
 
+struct Better {
+  bool operator()(const ScoredItem& a, const ScoredItem& b) const { return better(a, b); }
+};
+
+/// Keeps the best k of `candidates` (the k best by `better`, in no particular order) and
+/// returns the entry bar for later items: the k-th best score once k are kept, else -inf.
+template <typename T>
+T prune_candidates(std::vector<ScoredItem>& candidates, Index k) {
+  if (static_cast<Index>(candidates.size()) > k) {
+    std::nth_element(candidates.begin(), candidates.begin() + (k - 1), candidates.end(), Better{});
+    candidates.resize(static_cast<std::size_t>(k));
+  }
+  if (static_cast<Index>(candidates.size()) < k) return -std::numeric_limits<T>::infinity();
+  return static_cast<T>(std::max_element(candidates.begin(), candidates.end(), Better{})->score);
+}
+
+/// The selection's result: the best k of `candidates`, best first.
+inline void finish_candidates(std::vector<ScoredItem>& candidates, Index k) {
+  if (k <= 0) {
+    candidates.clear();
+    return;
+  }
+  prune_candidates<float>(candidates, k);
+  std::sort(candidates.begin(), candidates.end(), Better{});
+}
+
 /// Scans the scores of items first_item .. first_item + count - 1 (scores[j], plus bias[j] when
-/// kBias) into a running heap of the best k (top_k's order); `threshold` is the heap's entry bar,
-/// -inf until it holds k items. Scanning a row in consecutive pieces, in increasing item order,
-/// leaves the same heap as scanning it whole.
+/// kBias) into `candidates`, a running selection of the best k: items strictly better than the
+/// entry bar `threshold` are appended, and whenever 2k have gathered the best k are kept
+/// (prune_candidates), which raises the bar. Amortised O(1) per entering item, where a heap
+/// costs O(log k) comparisons through unpredictable branches. Scanning a row in consecutive
+/// pieces, in increasing item order, selects the same items as scanning it whole (an item tying
+/// the bar has a higher id than the one it ties, so it is rightly left out); finish_candidates
+/// sorts the result. Start with an empty vector and threshold -inf.
 template <bool kBias, typename T>
-void scan_into_heap(const T* scores, const T* bias, Index count, ItemId first_item, Index k, std::vector<ScoredItem>& heap, T& threshold) {
+void scan_into_selection(const T* scores, const T* bias, Index count, ItemId first_item, Index k, std::vector<ScoredItem>& candidates,
+                    T& threshold) {
   if (k <= 0) return;
   auto value = [&](Index j) {
     if constexpr (kBias) {
@@ -118,14 +128,15 @@ void scan_into_heap(const T* scores, const T* bias, Index count, ItemId first_it
       return scores[j];
     }
   };
-  // An item enters only if strictly better than the k-th best so far (ties keep the lower id,
-  // seen first). Most items are not: whole SIMD vectors at or below the threshold are skipped
-  // with one comparison; NaN scores are an error, never silently skipped.
+  const auto limit = static_cast<std::size_t>(2 * k);
+  // Most items do not enter: whole SIMD vectors at or below the bar are skipped with one
+  // comparison; NaN scores are an error, never silently skipped.
   auto scalar = [&](Index begin, Index end) {
     for (Index j = begin; j < end; ++j) {
       const T s = value(j);
       if (s > threshold) {
-        threshold = push_candidate(heap, k, static_cast<ItemId>(first_item + j), s, better);
+        candidates.push_back(ScoredItem{static_cast<ItemId>(first_item + j), static_cast<float>(s)});
+        if (candidates.size() >= limit) threshold = prune_candidates<T>(candidates, k);
       } else if (s != s) {
         throw Error(distillrec::detail::concat("scoring: NaN score for item ", first_item + j));
       }
@@ -146,10 +157,10 @@ template <bool kBias, typename T>
 void top_k_impl(const T* scores, const T* bias, Index num_items, Index k, std::vector<ScoredItem>& out) {
   out.clear();
   if (k <= 0) return;
-  out.reserve(static_cast<std::size_t>(k));
+  out.reserve(static_cast<std::size_t>(2 * k));
   T threshold = -std::numeric_limits<T>::infinity();
-  scan_into_heap<kBias>(scores, bias, num_items, ItemId{1}, k, out, threshold);
-  std::sort_heap(out.begin(), out.end(), better);
+  scan_into_selection<kBias>(scores, bias, num_items, ItemId{1}, k, out, threshold);
+  finish_candidates(out, k);
 }
 
 }  // namespace detail

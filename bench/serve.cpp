@@ -41,7 +41,7 @@ namespace {
 
 struct Options {
   std::string data_path, checkpoint, json_path;
-  Index synthetic_items = 0, dim = 50, queries = 2000, block = 128, item_block = 4096, shortlist = 0;
+  Index synthetic_items = 0, dim = 50, queries = 2000, block = 128, item_block = 4096, shortlist = 0, batch_users = 0;
   int repeats = 3, threads = 2;
   bool no_quality = false;
 };
@@ -106,11 +106,14 @@ nlohmann::json run(std::shared_ptr<const Model> model, const data::LeaveOneOutSp
     std::fflush(stdout);
   }
 
-  // Throughput: every test history, blocks of users, 1 and --threads threads.
+  // Throughput: every test history (or --batch-users of them), blocks of users, 1 and
+  // --threads threads. A synthetic catalogue has users of 50 random items.
   std::vector<Sequence> batch = histories;
-  if (batch.size() < 20000) {  // synthetic: 20,000 users of 50 random items
+  const auto wanted = static_cast<std::size_t>(o.batch_users > 0 ? o.batch_users : (quality ? 0 : 20000));
+  if (wanted > 0 && batch.size() > wanted) batch.resize(wanted);
+  if (batch.size() < wanted) {
     Rng rng(99);
-    while (batch.size() < 20000) {
+    while (batch.size() < wanted) {
       Sequence h;
       for (int j = 0; j < 50; ++j) h.push_back(static_cast<ItemId>(1 + rng.uniform_int(static_cast<std::uint64_t>(model->num_items()))));
       batch.push_back(std::move(h));
@@ -179,6 +182,7 @@ int main(int argc, char** argv) {
   app.add_option("--block", o.block, "Users per block in batch queries");
   app.add_option("--item-block", o.item_block, "Items scored per step (the scoring policy's item_block)");
   app.add_option("--shortlist", o.shortlist, "int8: items re-scored in fp32 per query (0: the policy's default)");
+  app.add_option("--batch-users", o.batch_users, "Users of the throughput runs (default: every test history; 20,000 synthetic)");
   app.add_option("--threads", o.threads, "Threads of the multi-threaded batch run");
   app.add_option("--repeats", o.repeats, "Batch runs per cell (median)");
   app.add_flag("--no-quality", o.no_quality, "Skip the overlap and NDCG comparison");

@@ -6,6 +6,8 @@
 #include "support.hpp"
 
 #include <cmath>
+#include <cstring>
+#include <limits>
 
 using namespace distillrec;
 
@@ -151,6 +153,32 @@ TEST_CASE("Sessions round-trip through bytes and reject corrupt, truncated or fo
   const std::uint64_t sum = h.value();
   newer.append(reinterpret_cast<const char*>(&sum), sizeof sum);
   CHECK_THROWS_WITH(recommender.load_session(newer), Catch::Contains("format version 2"));
+  // Blobs with a valid checksum but inconsistent contents reach the field checks.
+  auto sealed = [](std::string body) {
+    serve::detail::Fnv1a hash;
+    hash.add(body.data(), body.size());
+    const std::uint64_t v = hash.value();
+    body.append(reinterpret_cast<const char*>(&v), sizeof v);
+    return body;
+  };
+  const std::string body = bytes.substr(0, bytes.size() - 8);
+  CHECK_THROWS_WITH(recommender.load_session(sealed(body.substr(0, 40))), Catch::Contains("ends inside"));
+  CHECK_THROWS_WITH(recommender.load_session(sealed(body + "xyz")), Catch::Contains("unexpected bytes at the end"));
+  {  // a window longer than the model's: the window length field sits after magic, version,
+     // scalar size, fingerprint, event count and slid flag
+    std::string longer = body;
+    const std::size_t at = 8 + 4 + 1 + 8 + 8 + 1;
+    const std::uint32_t n = 99;
+    std::memcpy(&longer[at], &n, sizeof n);
+    CHECK_THROWS_WITH(recommender.load_session(sealed(longer)), Catch::Contains("more than 8"));
+  }
+  {  // a NaN in the cache (the last values before the output vector's length and values)
+    std::string poisoned = body;
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    const std::size_t at = poisoned.size() - (4 + 12 * sizeof(float)) - sizeof(float);
+    std::memcpy(&poisoned[at], &nan, sizeof nan);
+    CHECK_THROWS_WITH(recommender.load_session(sealed(poisoned)), Catch::Contains("cache is not finite"));
+  }
   // The engine and the session are still usable.
   CHECK(recommender.recommend_session(session).size() == 10);
 }

@@ -5,8 +5,8 @@
 //
 //   fp32  the head's item table as it is, the library's GEMM (oneDNN sgemm where linked).
 //   bf16  a bfloat16 copy of the table (half the bytes to stream), user vectors rounded to
-//         bfloat16, fp32 accumulation: oneDNN's bf16 matmul primitive where the CPU has it
-//         (AVX512-BF16 or AMX); elsewhere (AVX2, or no oneDNN) the same arithmetic by converting
+//         bfloat16, fp32 accumulation: oneDNN's bf16 matmul primitive where oneDNN has one for
+//         the CPU (native on AVX512-BF16 or AMX); elsewhere (AVX2, or no oneDNN) the same arithmetic by converting
 //         tiles of the table to fp32, which is slower than fp32 itself (only the memory saving
 //         remains). description() says which path runs.
 //   int8  an int8 copy of the table with one scale per item row (max |w| / 127) and user
@@ -17,8 +17,8 @@
 //
 // The catalogue is scored in blocks of `item_block` items with a running selection of the best k per user, so the
 // scratch of a query is [users, item_block] whatever the catalogue size. Primitives are created
-// once, when the scorer is built, and shared by every thread; each thread (or pooled workspace)
-// has its own ItemScorer::Workspace. The scorer reads the head's weights in place (fp32) or keeps
+// once, when the scorer is built, and shared by every thread (their scratchpad is user-managed:
+// each ItemScorer::Workspace, one per thread or pooled workspace, holds its own). The scorer reads the head's weights in place (fp32) or keeps
 // its own copies (bf16, int8): it must not outlive the model it was built from.
 //
 // Ranking rules are top_k's (serve/scoring.hpp): best first, equal scores to the lower item id,
@@ -131,6 +131,8 @@ class ItemScorer {
 #ifdef DISTILLREC_WITH_ONEDNN
     std::unique_ptr<dnnl::stream> stream;     // on stream_engine
     std::shared_ptr<const dnnl::engine> stream_engine;
+    std::vector<unsigned char> scratchpad;    // the primitives' scratch (user-managed: a
+                                              // primitive then runs on many threads at once)
 #endif
   };
 
@@ -186,19 +188,26 @@ class ItemScorer {
     prepare_users(users, ws);
     for (Index first = 0; first < num_items; first += width_) {
       const Index count = std::min(width_, num_items - first);
-      score_block(users, first, count, ws);
+      score_block(users, first, count, MatrixMap<T>(ws.block.data(), rows, count), ws);
       sink(first, count, static_cast<T*>(ws.block.data()), count);
     }
   }
 
   /// scores [rows, N] = the policy's scores of every item (int8: approximate, see rank_of_target).
+  /// Written block by block straight into `scores` (no [rows, N] scratch besides it).
   void score_all(const ConstMatrixRef<T>& users, MatrixRef<T> scores, Workspace& ws) const {
     require_shape(scores, users.rows(), head_.num_items(), "policy scores");
-    for_each_block(users, ws, [&](Index first, Index count, const T* block, Index stride) {
-      for (Index r = 0; r < users.rows(); ++r) {
-        std::copy(block + r * stride, block + r * stride + count, scores.row(r).data() + first);
-      }
-    });
+    if (users.cols() != head_.dim()) {
+      throw ShapeError(distillrec::detail::concat("scoring: output vectors have ", users.cols(), " columns, the output head ",
+                                                  head_.dim()));
+    }
+    const Index num_items = head_.num_items();
+    if (users.rows() == 0 || num_items == 0) return;
+    prepare_users(users, ws);
+    for (Index first = 0; first < num_items; first += width_) {
+      const Index count = std::min(width_, num_items - first);
+      score_block(users, first, count, scores.middleCols(first, count), ws);
+    }
   }
 
   /// top[r] = the k best items for users.row(r), leaving out the items of *excluded(r) (a
@@ -210,7 +219,7 @@ class ItemScorer {
     if (k < 0) throw ConfigError(distillrec::detail::concat("top-K: k must be >= 0, got ", k));
     const Index rows = users.rows();
     const bool int8 = policy_.precision == Precision::kInt8;
-    const Index kept = int8 ? std::min(policy_.shortlist_for(k), head_.num_items()) : k;
+    const Index kept = std::min(int8 ? policy_.shortlist_for(k) : k, head_.num_items());
     auto& selections = int8 ? ws.shortlists : top;
     selections.resize(static_cast<std::size_t>(rows));
     top.resize(static_cast<std::size_t>(rows));
@@ -219,7 +228,7 @@ class ItemScorer {
       heap.clear();
       heap.reserve(static_cast<std::size_t>(2 * kept));
     }
-    if (k == 0) {
+    if (k == 0 || kept == 0) {
       for (auto& heap : top) heap.clear();
       return;
     }
@@ -344,15 +353,14 @@ class ItemScorer {
     }
   }
 
-  // ws.block [rows, count] = the policy's scores of items first..first+count-1.
-  void score_block(const ConstMatrixRef<T>& users, Index first, Index count, Workspace& ws) const {
+  // out [rows, count] (any row stride) = the policy's scores of items first..first+count-1.
+  void score_block(const ConstMatrixRef<T>& users, Index first, Index count, MatrixRef<T> out, Workspace& ws) const {
     const Index rows = users.rows(), d = head_.dim();
-    MatrixMap<T> block(ws.block.data(), rows, count);
     if (policy_.precision == Precision::kFp32) {
-      backend::gemm(backend::Trans::kNo, backend::Trans::kYes, T(1), users, head_.weight.middleRows(first, count), T(0), block);
+      backend::gemm(backend::Trans::kNo, backend::Trans::kYes, T(1), users, head_.weight.middleRows(first, count), T(0), out);
       if (head_.bias != nullptr) {
         const Eigen::Map<const RowVector<T>> bias(head_.bias + first, count);
-        for (Index r = 0; r < rows; ++r) block.row(r) += bias;
+        for (Index r = 0; r < rows; ++r) out.row(r) += bias;
       }
       return;
     }
@@ -361,7 +369,11 @@ class ItemScorer {
       if (int8) ws.sums.resize(static_cast<std::size_t>(rows * count));
       if (native_) {
 #ifdef DISTILLREC_WITH_ONEDNN
-        run_primitive(rows, first, count, int8 ? static_cast<void*>(ws.sums.data()) : static_cast<void*>(block.data()), ws);
+        if (int8) {
+          run_primitive(rows, first, count, ws.sums.data(), count, ws);
+        } else {
+          run_primitive(rows, first, count, out.data(), out.outerStride(), ws);
+        }
 #endif
       } else {
         // Convert the block of the table to fp32, a tile of kTile items at a time, and multiply
@@ -383,7 +395,7 @@ class ItemScorer {
           if (int8) {
             backend::gemm(backend::Trans::kNo, backend::Trans::kYes, 1.0f, policy_users, tile, 0.0f, ws.exact.middleCols(t0, tn));
           } else {
-            backend::gemm(backend::Trans::kNo, backend::Trans::kYes, 1.0f, policy_users, tile, 0.0f, block.middleCols(t0, tn));
+            backend::gemm(backend::Trans::kNo, backend::Trans::kYes, 1.0f, policy_users, tile, 0.0f, out.middleCols(t0, tn));
           }
         }
         if (int8) {
@@ -392,19 +404,18 @@ class ItemScorer {
       }
       if (int8) {
         // sum_c (u_q + z) w_q = sum_c u_q w_q + z * rowsum: remove the zero point's share
-        // (row_offset = scale * z * rowsum), scale back. The integer sums are exact in fp32
-        // below 2^24 (d < 1040).
+        // (row_offset = scale * z * rowsum), scale back.
         const Eigen::Map<const Eigen::ArrayXf> scale(row_scale_.data() + first, count);
         const Eigen::Map<const Eigen::ArrayXf> offset(row_offset_.data() + first, count);
         for (Index r = 0; r < rows; ++r) {
           const Eigen::Map<const Eigen::Array<std::int32_t, Eigen::Dynamic, 1>> s(ws.sums.data() + r * count, count);
-          Eigen::Map<Eigen::ArrayXf> out(block.data() + r * count, count);
-          out = ws.user_scale[static_cast<std::size_t>(r)] * (scale * s.cast<float>() - offset);
+          Eigen::Map<Eigen::ArrayXf> row(out.data() + r * out.outerStride(), count);
+          row = ws.user_scale[static_cast<std::size_t>(r)] * (scale * s.cast<float>() - offset);
         }
       }
       if (head_.bias != nullptr) {
         const Eigen::Map<const RowVector<float>> bias(head_.bias + first, count);
-        for (Index r = 0; r < rows; ++r) block.row(r) += bias;
+        for (Index r = 0; r < rows; ++r) out.row(r) += bias;
       }
     }
   }
@@ -434,18 +445,28 @@ class ItemScorer {
     const auto d = static_cast<memory::dim>(head_.dim());
     const memory::desc a({DNNL_RUNTIME_DIM_VAL, d}, src, memory::format_tag::ab);
     const memory::desc b({d, static_cast<memory::dim>(width)}, weights, memory::format_tag::ba);  // the table's rows
-    const memory::desc c({DNNL_RUNTIME_DIM_VAL, static_cast<memory::dim>(width)}, dst, memory::format_tag::ab);
-    const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, b, c), *engine_);
+    // The output's row stride is a runtime value too: score_all writes straight into the
+    // caller's [rows, N] matrix, top_k into a [rows, width] block.
+    const memory::desc c({DNNL_RUNTIME_DIM_VAL, static_cast<memory::dim>(width)}, dst,
+                         {DNNL_RUNTIME_DIM_VAL, 1});
+    // A user-managed scratchpad (one per Workspace): oneDNN's own scratchpad would not allow
+    // executing one primitive from several threads at once.
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, b, c), attr, *engine_);
     impl_ = pd.impl_info_str();
+    scratchpad_bytes_ = std::max(scratchpad_bytes_, pd.scratchpad_desc().get_size());
     return std::make_shared<dnnl::matmul>(pd);
   }
 
-  void run_primitive(Index rows, Index first, Index count, void* out, Workspace& ws) const {
+  // out [rows, count] with row stride `ld`: float scores (bf16) or int32 sums (int8).
+  void run_primitive(Index rows, Index first, Index count, void* out, Index ld, Workspace& ws) const {
     using dnnl::memory;
     if (!ws.stream || ws.stream_engine != engine_) {  // a workspace may move between scorers
       ws.stream = std::make_unique<dnnl::stream>(*engine_);
       ws.stream_engine = engine_;
     }
+    if (ws.scratchpad.size() < scratchpad_bytes_) ws.scratchpad.resize(scratchpad_bytes_);
     const bool int8 = policy_.precision == Precision::kInt8;
     const auto d = static_cast<memory::dim>(head_.dim());
     const auto src_type = int8 ? memory::data_type::u8 : memory::data_type::bf16;
@@ -454,16 +475,20 @@ class ItemScorer {
     void* src = int8 ? static_cast<void*>(ws.users_u8.data()) : static_cast<void*>(ws.users_bf16.data());
     const void* weights = int8 ? static_cast<const void*>(int8_.data() + first * d)
                                : static_cast<const void*>(bf16_.data() + first * d);
-    const memory a({{static_cast<memory::dim>(rows), d}, src_type, memory::format_tag::ab}, *engine_, src);
-    const memory b({{d, static_cast<memory::dim>(count)}, w_type, memory::format_tag::ba}, *engine_, const_cast<void*>(weights));
-    const memory c({{static_cast<memory::dim>(rows), static_cast<memory::dim>(count)}, dst_type, memory::format_tag::ab}, *engine_, out);
+    const auto r = static_cast<memory::dim>(rows), n = static_cast<memory::dim>(count);
+    const memory a({{r, d}, src_type, memory::format_tag::ab}, *engine_, src);
+    const memory b({{d, n}, w_type, memory::format_tag::ba}, *engine_, const_cast<void*>(weights));
+    const memory c({{r, n}, dst_type, {static_cast<memory::dim>(ld), 1}}, *engine_, out);
+    const memory pad({{static_cast<memory::dim>(scratchpad_bytes_)}, memory::data_type::u8, memory::format_tag::a}, *engine_,
+                     ws.scratchpad.data());
     const dnnl::matmul& primitive = count == width_ ? *full_ : *tail_;
-    primitive.execute(*ws.stream, {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c}});
+    primitive.execute(*ws.stream, {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c}, {DNNL_ARG_SCRATCHPAD, pad}});
   }
 
   std::shared_ptr<const dnnl::engine> engine_;
   std::shared_ptr<dnnl::matmul> full_, tail_;
   std::string impl_;
+  std::size_t scratchpad_bytes_ = 0;
 #endif
 
   nn::HeadWeights<T> head_;

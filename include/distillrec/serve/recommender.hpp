@@ -202,11 +202,16 @@ class Recommender {
     const bool slides = static_cast<Index>(session.window.size()) >= window;
     if constexpr (models::contract::has_session_append<Model>::value) {
       if (!session.slid && !slides) {
+        // Into copies, committed only when everything succeeded (the session stays unchanged
+        // on any error, out of memory included).
+        session.window.reserve(session.window.size() + 1);
         const auto size = static_cast<std::size_t>(model_->session_cache_size());
-        if (session.cache.size() != size) session.cache.assign(size, T(0));
-        session.user.resize(static_cast<std::size_t>(d));
-        model_->session_append(session.cache.data(), item, MatrixMap<T>(session.user.data(), 1, d), slot->workspace);
-        session.window.push_back(item);
+        std::vector<T> cache = session.cache.size() == size ? session.cache : std::vector<T>(size, T(0));
+        std::vector<T> user(static_cast<std::size_t>(d));
+        model_->session_append(cache.data(), item, MatrixMap<T>(user.data(), 1, d), slot->workspace);
+        session.window.push_back(item);  // capacity reserved: cannot throw
+        session.cache.swap(cache);
+        session.user.swap(user);
         ++session.events;
         return;
       }
@@ -218,8 +223,9 @@ class Recommender {
     h[0].push_back(item);
     slot->user_vectors.resize(1, d);
     model_->encode(h, slot->user_vectors, slot->workspace);
-    session.window.swap(h[0]);
-    session.user.assign(slot->user_vectors.data(), slot->user_vectors.data() + d);
+    std::vector<T> user(slot->user_vectors.data(), slot->user_vectors.data() + d);
+    session.window.swap(h[0]);  // nothing below throws
+    session.user.swap(user);
     if (slides) {
       session.slid = true;
       session.cache.clear();
@@ -421,6 +427,9 @@ class Recommender {
     if (session.cache.size() != cache) bad(distillrec::detail::concat("its cache has ", session.cache.size(), " values, expected ", cache));
     for (T v : session.user) {
       if (!std::isfinite(v)) bad("its output vector is not finite");
+    }
+    for (T v : session.cache) {
+      if (!std::isfinite(v)) bad("its cache is not finite");
     }
   }
 

@@ -157,7 +157,7 @@ template <bool kBias, typename T>
 void top_k_impl(const T* scores, const T* bias, Index num_items, Index k, std::vector<ScoredItem>& out) {
   out.clear();
   if (k <= 0) return;
-  out.reserve(static_cast<std::size_t>(2 * k));
+  out.reserve(static_cast<std::size_t>(std::min(k, num_items)) * 2);
   T threshold = -std::numeric_limits<T>::infinity();
   scan_into_selection<kBias>(scores, bias, num_items, ItemId{1}, k, out, threshold);
   finish_candidates(out, k);

@@ -15,7 +15,7 @@
 // what the model reads, exactly as encode() of the whole history, and every append re-encodes
 // them (a state that has seen the dropped item cannot forget it).
 //
-// Serialised form (little-endian): "DRSESSN1" magic, format version (u32), the model's
+// Serialised form (the host's byte order, little-endian on x86-64 and ARM64): "DRSESSN1" magic, format version (u32), the model's
 // fingerprint (u64: FNV-1a of its name, configuration and weights), event count (u64), slid
 // flag (u8), window length (u32) and item ids (u32 each), cache and output vector (u32 length
 // + f32/f64 values each), FNV-1a checksum (u64) of everything before it. Loading checks every
@@ -131,7 +131,7 @@ class SessionReader {
   void done() const {
     if (at_ != end_) fail(distillrec::detail::concat("it has ", end_ - at_, " unexpected bytes at the end"));
   }
-  [[noreturn]] static void fail(const std::string& why) { throw Error("session blob rejected: " + why); }
+  [[noreturn]] static void fail(const std::string& why) { throw FormatError("session blob rejected: " + why); }
 
  private:
   const std::string& bytes_;

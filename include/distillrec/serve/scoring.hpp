@@ -17,8 +17,14 @@
 
 #include <xsimd/xsimd.hpp>
 
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
+#include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace distillrec::serve {
@@ -36,7 +42,7 @@ void score_items(const ConstMatrixRef<T>& users, const nn::HeadWeights<T>& head,
   const Index num_items = head.num_items();
   require_shape(scores, users.rows(), num_items, "item scores");
   if (users.cols() != head.dim()) {
-    throw ShapeError(detail::concat("scoring: output vectors have ", users.cols(), " columns, the output head ", head.dim()));
+    throw ShapeError(distillrec::detail::concat("scoring: output vectors have ", users.cols(), " columns, the output head ", head.dim()));
   }
   backend::gemm(backend::Trans::kNo, backend::Trans::kYes, T(1), users, head.weight, T(0), scores);
   if (head.bias != nullptr) {
@@ -68,7 +74,7 @@ void score_candidates(const ConstMatrixRef<T>& users, const nn::HeadWeights<T>& 
     for (Index c = 0; c < candidates.cols(); ++c) {
       const ItemId item = candidates(b, c);
       if (item < 1 || item > head.num_items()) {
-        throw ShapeError(detail::concat("scoring: candidate item ", item, " is outside 1..", head.num_items()));
+        throw ShapeError(distillrec::detail::concat("scoring: candidate item ", item, " is outside 1..", head.num_items()));
       }
       scores(b, c) = head.score(users.row(b), item);
     }
@@ -142,6 +148,48 @@ void scan_into_selection(const T* scores, const T* bias, Index count, ItemId fir
       }
     }
   };
+  // One entering item at a time, re-checked against the bar (a prune may have raised it).
+  auto enter = [&](Index j) {
+    const T s = value(j);
+    if (s > threshold) {
+      candidates.push_back(ScoredItem{static_cast<ItemId>(first_item + j), static_cast<float>(s)});
+      if (candidates.size() >= limit) threshold = prune_candidates<T>(candidates, k);
+    }
+  };
+#if defined(__AVX512F__) || defined(__AVX2__)
+  if constexpr (std::is_same<T, float>::value) {
+    // The lanes above the bar as a bit mask: only those items are visited.
+#if defined(__AVX512F__)
+    constexpr Index W = 16;
+    auto above = [&](Index j, std::uint32_t& nan) -> std::uint32_t {
+      __m512 v = _mm512_loadu_ps(scores + j);
+      if constexpr (kBias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + j));
+      nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+      return _mm512_cmp_ps_mask(v, _mm512_set1_ps(threshold), _CMP_GT_OQ);
+    };
+#else
+    constexpr Index W = 8;
+    auto above = [&](Index j, std::uint32_t& nan) -> std::uint32_t {
+      __m256 v = _mm256_loadu_ps(scores + j);
+      if constexpr (kBias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias + j));
+      nan = static_cast<std::uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+      return static_cast<std::uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_set1_ps(threshold), _CMP_GT_OQ)));
+    };
+#endif
+    const Index vec_end = count - count % W;
+    for (Index j = 0; j < vec_end; j += W) {
+      std::uint32_t nan = 0;
+      std::uint32_t mask = above(j, nan);
+      if (nan != 0) scalar(j, j + W);  // throws naming the item
+      while (mask != 0) {
+        enter(j + __builtin_ctz(mask));
+        mask &= mask - 1;
+      }
+    }
+    scalar(vec_end, count);
+    return;
+  }
+#endif
   using B = xsimd::batch<T>;
   constexpr Index W = static_cast<Index>(B::size);
   const Index vec_end = count - count % W;

@@ -5,7 +5,10 @@
 
 #include "support.hpp"
 
+#include <cstdint>
+#include <fstream>
 #include <set>
+#include <unistd.h>
 
 using namespace distillrec;
 
@@ -72,6 +75,46 @@ TEST_CASE("Parameters lay out named slices in one aligned flat buffer", "[core][
   REQUIRE(params.grad(b).isZero());
   params.set_trainable(w, false);
   REQUIRE(params.num_trainable_scalars() == 3);
+}
+
+namespace {
+
+// Resident bytes of this process (/proc/self/statm), or -1 where that file is absent.
+double resident_mib() {
+  std::ifstream statm("/proc/self/statm");
+  long pages = 0, resident = 0;
+  if (!(statm >> pages >> resident)) return -1.0;
+  return static_cast<double>(resident) * static_cast<double>(sysconf(_SC_PAGESIZE)) / (1024.0 * 1024.0);
+}
+
+}  // namespace
+
+TEST_CASE("Parameters start at zero without touching memory: an unwritten gradient buffer is never resident",
+          "[core][params]") {
+  Parameters<float> small;
+  const auto s = small.declare("s", 3, 7);
+  small.allocate();
+  REQUIRE(small.value(s).isZero());
+  REQUIRE(small.grad(s).isZero());
+  REQUIRE(reinterpret_cast<std::uintptr_t>(small.values()) % 64 == 0);
+
+  const double before = resident_mib();
+  if (before < 0) {
+    WARN("no /proc/self/statm: residency not checked");
+    return;
+  }
+  Parameters<float> big;
+  const auto w = big.declare("w", 4096, 4096);  // 64 MiB of values, 64 MiB of gradients
+  big.allocate();
+  REQUIRE(reinterpret_cast<std::uintptr_t>(big.grads()) % 64 == 0);
+  auto values = big.value(w);
+  values.setConstant(1.0f);  // the weights are written (loaded), the gradients are not
+  const double after_values = resident_mib();
+  CHECK(after_values - before >= 60.0);
+  CHECK(after_values - before < 80.0);  // not 128 MiB: the gradient twin is not resident
+  CHECK(big.grad(w).row(4095).isZero());
+  big.zero_grad();  // training writes it
+  CHECK(resident_mib() - before >= 120.0);
 }
 
 TEST_CASE("ScratchMatrix reuses its memory for smaller shapes", "[core][workspace]") {

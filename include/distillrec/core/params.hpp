@@ -8,6 +8,10 @@
 // Life cycle: declare() every slice, allocate() once, then value()/grad() views stay valid for
 // the lifetime of the object (the buffers never move after allocate()). Models keep their
 // Parameters behind a unique_ptr so that moving a model does not invalidate its layers' views.
+//
+// Both buffers come zero-filled from the allocator without being written (large ones are fresh
+// anonymous pages of the operating system), so a buffer that is never written never becomes
+// resident: a model that only serves pays for its weights, not for the gradient twin.
 #pragma once
 
 #include "distillrec/core/error.hpp"
@@ -16,11 +20,77 @@
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <utility>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <sys/mman.h>
+#endif
+
 namespace distillrec {
+
+namespace detail {
+
+/// An allocator whose memory is zero-filled without being written: blocks of 1 MiB or more are
+/// anonymous mappings (zero pages, resident only once written), smaller ones aligned and
+/// cleared. Elements are default-initialised (not written) on resize, so a vector of them holds
+/// zeros it never touched. 64-byte aligned either way.
+template <typename T>
+struct ZeroPageAllocator {
+  using value_type = T;
+  static constexpr std::size_t kMapBytes = std::size_t{1} << 20;
+  static constexpr std::size_t kAlign = 64;
+
+  ZeroPageAllocator() = default;
+  template <typename U>
+  ZeroPageAllocator(const ZeroPageAllocator<U>&) noexcept {}
+
+  T* allocate(std::size_t n) {
+    const std::size_t bytes = n * sizeof(T);
+#if defined(__unix__) || defined(__APPLE__)
+    if (bytes >= kMapBytes) {
+      void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (p == MAP_FAILED) throw std::bad_alloc();
+      return static_cast<T*>(p);
+    }
+#endif
+    void* p = ::operator new(bytes, std::align_val_t(kAlign));
+    std::memset(p, 0, bytes);
+    return static_cast<T*>(p);
+  }
+
+  void deallocate(T* p, std::size_t n) noexcept {
+    const std::size_t bytes = n * sizeof(T);
+#if defined(__unix__) || defined(__APPLE__)
+    if (bytes >= kMapBytes) {
+      munmap(p, bytes);
+      return;
+    }
+#endif
+    ::operator delete(p, std::align_val_t(kAlign));
+  }
+
+  template <typename U>
+  void construct(U* p) noexcept {
+    ::new (static_cast<void*>(p)) U;  // default-initialised: the allocator's zeros stay unwritten
+  }
+  template <typename U, typename... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+
+  template <typename U>
+  bool operator==(const ZeroPageAllocator<U>&) const noexcept { return true; }
+  template <typename U>
+  bool operator!=(const ZeroPageAllocator<U>&) const noexcept { return false; }
+};
+
+}  // namespace detail
 
 /// Name, shape and position of one parameter tensor in the flat buffers.
 struct ParameterInfo {
@@ -36,7 +106,7 @@ template <typename T>
 class Parameters {
  public:
   using Id = Index;
-  using Buffer = std::vector<T, Eigen::aligned_allocator<T>>;
+  using Buffer = std::vector<T, detail::ZeroPageAllocator<T>>;
 
   /// Slices start on 64-byte boundaries so SIMD kernels see aligned rows of parameters.
   static constexpr Index kAlignElements = static_cast<Index>(64 / sizeof(T));
@@ -68,8 +138,9 @@ class Parameters {
   /// Allocates zero-filled value and gradient buffers. Call once, after all declarations.
   void allocate() {
     if (allocated_) throw ConfigError("Parameters::allocate() called twice");
-    values_.assign(static_cast<std::size_t>(total_), T(0));
-    grads_.assign(static_cast<std::size_t>(total_), T(0));
+    // resize() default-initialises: the allocator's zeros are not written (see the top).
+    values_.resize(static_cast<std::size_t>(total_));
+    grads_.resize(static_cast<std::size_t>(total_));
     allocated_ = true;
   }
 

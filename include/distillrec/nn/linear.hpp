@@ -47,7 +47,12 @@ class Linear {
     require_shape(y, x.rows(), out_, "Linear output");
     const auto w = std::as_const(*params_).value(weight_);
     backend::gemm(backend::Trans::kNo, backend::Trans::kYes, T(1), x, w, T(0), y);
-    if (has_bias_) y.rowwise() += std::as_const(*params_).value(bias_).row(0);
+    if (has_bias_) {
+      // Row by row: each a contiguous, vectorised add (Eigen's rowwise() broadcast on a
+      // row-major Ref is a scalar loop, an eighth of a small model's encode).
+      const auto bias = std::as_const(*params_).value(bias_).row(0);
+      for (Index r = 0; r < y.rows(); ++r) y.row(r) += bias;
+    }
   }
 
   /// dx = dy W, or dx += dy W with InputGrad::kAccumulate.

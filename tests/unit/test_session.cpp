@@ -44,13 +44,14 @@ std::shared_ptr<const models::GRU4Rec<float>> gru4rec(nn::HeadKind head, std::ui
   return make<models::GRU4Rec<float>>(c, seed);
 }
 
-std::shared_ptr<const models::LLMRec<float>> llm_rec(std::uint64_t seed = 1) {
+std::shared_ptr<const models::LLMRec<float>> llm_rec(std::uint64_t seed = 1, Index kv_heads = 0) {
   models::LLMRecConfig c;
   c.num_items = kItems;
-  c.item_dim = 16;
+  c.item_dim = 12;
   c.hidden_size = 16;
   c.num_layers = 2;
-  c.num_heads = 2;
+  c.num_heads = 4;
+  c.num_kv_heads = kv_heads;
   c.max_length = kWindow;
   return make<models::LLMRec<float>>(c, seed);
 }
@@ -102,7 +103,32 @@ TEST_CASE("Sessions equal re-encoding the whole history, also once the window sl
   SECTION("SASRec (re-encodes its window)") { check_sessions_equal_reencoding(sasrec()); }
   SECTION("GRU4Rec, tied head (incremental GRU steps)") { check_sessions_equal_reencoding(gru4rec(nn::HeadKind::kTied)); }
   SECTION("GRU4Rec, untied head") { check_sessions_equal_reencoding(gru4rec(nn::HeadKind::kUntied)); }
-  SECTION("LLMRec") { check_sessions_equal_reencoding(llm_rec()); }
+  SECTION("LLMRec (cached keys and values)") { check_sessions_equal_reencoding(llm_rec()); }
+  SECTION("LLMRec, grouped-query heads") { check_sessions_equal_reencoding(llm_rec(1, 2)); }
+}
+
+TEST_CASE("LLMRec sessions cache every block's keys and values until the window slides", "[serve][session]") {
+  const auto model = llm_rec(3, 2);
+  const serve::Recommender<models::LLMRec<float>> recommender(model);
+  // 2 blocks x (keys + values) x window x (2 kv heads x head size 4).
+  REQUIRE(model->session_cache_size() == 2 * 2 * kWindow * 8);
+  auto session = recommender.start_session({4, 5, 6});
+  CHECK(session.cache.size() == static_cast<std::size_t>(model->session_cache_size()));
+  // The cache survives the round trip through bytes and keeps serving incrementally.
+  auto loaded = recommender.load_session(recommender.save_session(session));
+  CHECK(loaded.cache == session.cache);
+  recommender.append(loaded, 9);
+  recommender.append(session, 9);
+  CHECK(loaded.user == session.user);
+  // A position beyond the window is refused by the model itself.
+  std::vector<float> cache(static_cast<std::size_t>(model->session_cache_size()));
+  std::vector<float> out(12);
+  models::LLMRec<float>::Workspace ws;
+  CHECK_THROWS_WITH(model->session_append(cache.data(), kWindow, 1, MatrixMap<float>(out.data(), 1, 12), ws),
+                    Catch::Contains("position 8 is outside 0..7"));
+  for (int i = 0; i < kWindow; ++i) recommender.append(session, 7);
+  CHECK(session.slid);
+  CHECK(session.cache.empty());
 }
 
 TEST_CASE("GRU4Rec sessions carry the GRU state until the window slides", "[serve][session]") {

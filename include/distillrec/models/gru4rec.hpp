@@ -180,7 +180,8 @@ class GRU4Rec {
   /// Appends `item` to a session: `cache` holds the layers' states after the items so far
   /// (zeros for none) and is advanced in place; out [1, H] = the output vector, equal to
   /// encode() of the items so far plus `item` as long as they fit the window (max_length).
-  void session_append(T* cache, ItemId item, MatrixRef<T> out, Workspace& ws) const {
+  /// The state carries everything: `position` (the items before) is not needed.
+  void session_append(T* cache, Index /*position*/, ItemId item, MatrixRef<T> out, Workspace& ws) const {
     if (item < 1 || item > config_.num_items) {
       throw ShapeError(detail::concat("GRU4Rec: session item ", item, " is outside 1..", config_.num_items));
     }

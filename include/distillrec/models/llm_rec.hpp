@@ -268,6 +268,34 @@ class LLMRec {
     output_adapter_->forward(normed, out);
   }
 
+  // ---- incremental sessions (serve/session.hpp) ---------------------------------------------
+
+  /// Scalars of a session's cache: every block's rotated keys and values of up to max_length
+  /// tokens (2 * layers * max_length * kv_heads * head_dim).
+  Index session_cache_size() const { return stack_->cache_size(config_.max_length); }
+
+  /// Appends `item` as the token at `position` (the number of items before it, < max_length):
+  /// `cache` holds the keys and values of those items and receives the new token's; out [1,
+  /// d_item] = the output vector, equal to encode() of the items so far plus `item`. Rotary
+  /// positions count from the oldest item, so nothing cached moves while the window fills.
+  void session_append(T* cache, Index position, ItemId item, MatrixRef<T> out, Workspace& ws) const {
+    if (item < 1 || item > config_.num_items) {
+      throw ShapeError(detail::concat("LLMRec: session item ", item, " is outside 1..", config_.num_items));
+    }
+    if (position < 0 || position >= config_.max_length) {
+      throw ShapeError(detail::concat("LLMRec: session position ", position, " is outside 0..", config_.max_length - 1));
+    }
+    require_shape(out, 1, config_.item_dim, "LLMRec session output");
+    auto items = ws.item_inputs.resize(1, config_.item_dim);
+    items = item_embedding_->table().row(item);  // inference: no dropout
+    auto x = ws.output.resize(1, hidden_size());
+    input_adapter_->forward(items, x);
+    const auto top = stack_->forward_cached(x, position, cache, config_.max_length, ws.stack);
+    auto normed = ws.normed.resize(1, hidden_size());
+    final_norm_->forward(top, normed, ws.final_norm);
+    output_adapter_->forward(normed, out);
+  }
+
   /// Inference over every token of the histories, keeping all hidden states: afterwards
   /// hidden_state(ws, k) holds them, packed by ws.layout (a teacher's signals).
   void forward_hidden_states(const std::vector<Sequence>& histories, Workspace& ws) const {

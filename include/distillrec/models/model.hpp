@@ -53,12 +53,14 @@
 //                                             // embedding distillation's row offsets
 //                                             // (distill/embedding_distillation.hpp)
 //   Index session_cache_size() const;         // incremental sessions (serve/session.hpp): the
-//   void session_append(Scalar* cache, ItemId item, MatrixRef<Scalar> out,
-//                       Workspace& ws) const; // cache's scalars, and one appended event: the
-//                                             // cache advanced in place, out [1, d] equal to
-//                                             // encode() of the items so far, for as long as
-//                                             // they fit max_length (a model without these
-//                                             // re-encodes its window on every append)
+//   void session_append(Scalar* cache, Index position, ItemId item,
+//                       MatrixRef<Scalar> out, Workspace& ws) const;
+//                                             // cache's scalars, and one appended event at
+//                                             // `position` (the items before it): the cache
+//                                             // advanced in place, out [1, d] equal to encode()
+//                                             // of the items so far, for as long as they fit
+//                                             // max_length (a model without these re-encodes
+//                                             // its window on every append)
 //
 // check_scoring_model<Model>() and check_sequence_model<Model>() state each requirement as a
 // static_assert whose message names the missing piece; the trainer, the evaluator, the
@@ -125,7 +127,7 @@ DISTILLREC_CONTRACT_TRAIT(has_output_gradients, static_cast<nn::HeadGradients<S<
 DISTILLREC_CONTRACT_TRAIT(has_input_item_embedding, static_cast<nn::Embedding<S<M>>&>(std::declval<M&>().input_item_embedding()));
 DISTILLREC_CONTRACT_TRAIT(has_session_append,
                           (static_cast<Index>(std::declval<const M&>().session_cache_size()),
-                           std::declval<const M&>().session_append(std::declval<S<M>*>(), ItemId{}, std::declval<MatrixRef<S<M>>>(),
+                           std::declval<const M&>().session_append(std::declval<S<M>*>(), Index{}, ItemId{}, std::declval<MatrixRef<S<M>>>(),
                                                                    std::declval<W<M>&>())));
 
 #undef DISTILLREC_CONTRACT_TRAIT

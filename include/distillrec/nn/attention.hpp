@@ -91,6 +91,8 @@ class MultiHeadAttention {
   Index num_heads() const { return heads_; }
   Index head_dim() const { return dim_ / heads_; }
   Index num_kv_heads() const { return kv_heads_; }
+  /// Width of the keys and values (num_kv_heads * head_dim).
+  Index kv_dim() const { return kv_heads_ * head_dim(); }
   bool has_rope() const { return rope_.has_value(); }
   bool has_output_projection() const { return output_.has_value(); }
 
@@ -194,6 +196,44 @@ class MultiHeadAttention {
       output_->forward(ctx, y_last);
     } else {
       y_last = ctx;
+    }
+  }
+
+  /// Inference for one new token at `position` (0 = the oldest of its sequence) given the keys
+  /// and values of the earlier tokens: k_cache and v_cache [>= position + 1, kv_dim()] hold rows
+  /// 0..position-1 (rotated keys, values) and receive row `position`; xq, xkv, y [1, dim]. Equal
+  /// to the newest row of forward() over the whole sequence at inference (incremental sessions).
+  void forward_cached(const ConstMatrixRef<T>& xq, const ConstMatrixRef<T>& xkv, Index position, T* k_cache, T* v_cache,
+                      MatrixRef<T> y, Workspace& ws) const {
+    require_shape(xq, 1, dim_, "attention cached query input");
+    require_shape(xkv, 1, dim_, "attention cached key/value input");
+    require_shape(y, 1, dim_, "attention cached output");
+    if (position < 0) throw ShapeError(detail::concat("attention: cached position ", position, " is negative"));
+    const Index kvd = kv_dim(), len = position + 1;
+    auto q = ws.query.resize(1, dim_);
+    query_.forward(xq, q);
+    MatrixMap<T> k_all(k_cache, len, kvd), v_all(v_cache, len, kvd);
+    key_.forward(xkv, k_all.row(position));
+    value_.forward(xkv, v_all.row(position));
+    if (rope_) {
+      rope_->rotate_row(q, 0, position);
+      rope_->rotate_row(k_all, position, position);
+    }
+    auto ctx = ws.context.resize(1, dim_);
+    const T scale = T(1) / std::sqrt(static_cast<T>(head_dim()));
+    const Index dh = head_dim(), group = heads_ / kv_heads_;
+    ws.scratch.prepare(1, static_cast<std::size_t>(len));
+    Eigen::Map<RowVector<T>> p(ws.scratch.get(0, static_cast<std::size_t>(len)), len);
+    for (Index h = 0; h < heads_; ++h) {
+      const Index g = h / group;
+      p.noalias() = q.row(0).segment(h * dh, dh) * k_all.block(0, g * dh, len, dh).transpose();
+      backend::kernels::softmax<T>(p.data(), len, scale);
+      ctx.row(0).segment(h * dh, dh).noalias() = p * v_all.block(0, g * dh, len, dh);
+    }
+    if (output_) {
+      output_->forward(ctx, y);
+    } else {
+      y = ctx;
     }
   }
 

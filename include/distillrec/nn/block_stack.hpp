@@ -11,6 +11,8 @@
 // forward_last()  inference for user vectors: blocks 0..B-2 over every token, the last block
 //                 only at the newest token of each sequence; hidden(B) then has one row per
 //                 sequence
+// forward_cached() inference for one new token of a sequence whose earlier tokens' keys and
+//                 values are cached (incremental sessions, serve/session.hpp)
 // backward()      the caller writes dL/d(stack output) into output_grad() and calls backward(),
 //                 which returns dL/d(stack input) and adds every block's parameter gradients.
 //                 Gradients from elsewhere (distillation losses on intermediate states) are
@@ -83,6 +85,37 @@ class BlockStack {
   /// Inference: the stack output at the newest token of every sequence, [sequences, dim].
   ConstMatrixMap<T> forward_last(const SequenceLayout& layout, Workspace& ws) const {
     return run(layout, ws, RunMode::inference(), /*last_block_at_newest_only=*/true);
+  }
+
+  /// Scalars of the key/value cache of `positions` tokens: per block, keys then values, each
+  /// [positions, kv_dim].
+  Index cache_size(Index positions) const {
+    Index n = 0;
+    for (const auto& block : blocks_) n += 2 * positions * block.kv_dim();
+    return n;
+  }
+
+  /// Inference for one new token at `position` of its sequence: x [1, dim] the stack input of
+  /// that token, `cache` (cache_size(positions) scalars, positions > position) holding the
+  /// earlier tokens' keys and values and receiving the new token's. Returns the stack output
+  /// [1, dim], equal to the newest row of forward() over the whole sequence at inference.
+  ConstMatrixMap<T> forward_cached(const ConstMatrixRef<T>& x, Index position, T* cache, Index positions, Workspace& ws) const {
+    if (position < 0 || position >= positions) {
+      throw ShapeError(detail::concat("block stack: cached position ", position, " is outside 0..", positions - 1));
+    }
+    ws.hidden.resize(static_cast<std::size_t>(size()) + 1);
+    ws.blocks.resize(static_cast<std::size_t>(size()));
+    ws.hidden[0].resize(1, dim_) = x;
+    for (Index b = 0; b < size(); ++b) {
+      const auto& block = blocks_[static_cast<std::size_t>(b)];
+      const Index kv = positions * block.kv_dim();
+      auto out = ws.hidden[static_cast<std::size_t>(b) + 1].resize(1, dim_);
+      block.forward_cached(ws.hidden[static_cast<std::size_t>(b)].map(), position, cache, cache + kv, out,
+                           ws.blocks[static_cast<std::size_t>(b)]);
+      cache += 2 * kv;
+    }
+    const auto& top = ws.hidden.back();
+    return ConstMatrixMap<T>(top.data(), 1, dim_);
   }
 
   /// Where the caller writes dL/d(stack output) [tokens, dim] before backward().

@@ -170,6 +170,46 @@ class TransformerBlock {
     }
   }
 
+  /// Width of the attention's keys and values (what forward_cached caches per token).
+  Index kv_dim() const { return attention_.kv_dim(); }
+
+  /// Inference for one new token at `position` of its sequence, x and y [1, dim], with the
+  /// attention's keys and values of the earlier tokens cached (MultiHeadAttention::
+  /// forward_cached; the new token's are written at row `position`). Equal to the newest row of
+  /// forward() over the whole sequence at inference.
+  void forward_cached(const ConstMatrixRef<T>& x, Index position, T* k_cache, T* v_cache, MatrixRef<T> y, Workspace& ws) const {
+    require_shape(x, 1, dim_, "TransformerBlock cached input");
+    require_shape(y, 1, dim_, "TransformerBlock cached output");
+    const RunMode mode = RunMode::inference();
+    auto q = ws.q.resize(1, dim_);
+    auto a = ws.a.resize(1, dim_);
+    auto h = ws.h.resize(1, dim_);
+    auto r = ws.r.resize(1, dim_);
+    auto f = ws.f.resize(1, dim_);
+    if constexpr (std::is_same_v<Placement, SASRecNorm>) {
+      attention_norm_.forward(x, q, ws.attention_norm);
+      attention_.forward_cached(q, x, position, k_cache, v_cache, a, ws.attention);
+      h = q + a;
+      ffn_norm_.forward(h, r, ws.ffn_norm);
+      ffn_.forward(r, f, ws.ffn, mode);
+      y = r + f;
+    } else if constexpr (std::is_same_v<Placement, PreNorm>) {
+      attention_norm_.forward(x, q, ws.attention_norm);
+      attention_.forward_cached(q, q, position, k_cache, v_cache, a, ws.attention);
+      h = x + a;
+      ffn_norm_.forward(h, r, ws.ffn_norm);
+      ffn_.forward(r, f, ws.ffn, mode);
+      y = h + f;
+    } else {
+      attention_.forward_cached(x, x, position, k_cache, v_cache, a, ws.attention);
+      q = x + a;
+      attention_norm_.forward(q, h, ws.attention_norm);
+      ffn_.forward(h, f, ws.ffn, mode);
+      r = h + f;
+      ffn_norm_.forward(r, y, ws.ffn_norm);
+    }
+  }
+
   /// dx = d(block)/dx^T dy (or dx += ..., see nn/backward.hpp); adds the parameter gradients.
   /// Needs the workspace of the matching forward call and the same input x.
   void backward(const ConstMatrixRef<T>& x, const SequenceLayout& layout, const ConstMatrixRef<T>& dy,

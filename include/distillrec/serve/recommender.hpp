@@ -208,7 +208,8 @@ class Recommender {
         const auto size = static_cast<std::size_t>(model_->session_cache_size());
         std::vector<T> cache = session.cache.size() == size ? session.cache : std::vector<T>(size, T(0));
         std::vector<T> user(static_cast<std::size_t>(d));
-        model_->session_append(cache.data(), item, MatrixMap<T>(user.data(), 1, d), slot->workspace);
+        model_->session_append(cache.data(), static_cast<Index>(session.window.size()), item, MatrixMap<T>(user.data(), 1, d),
+                               slot->workspace);
         session.window.push_back(item);  // capacity reserved: cannot throw
         session.cache.swap(cache);
         session.user.swap(user);

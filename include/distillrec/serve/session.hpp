@@ -9,8 +9,13 @@
 // What an append costs depends on the model (models/model.hpp, session_append):
 //   GRU4Rec   one GRU step per layer from the cached states, while the session fits the
 //             model's window (max_length items);
-//   others    the window is re-encoded (SASRec's learned positions count from the newest item,
-//             so every append moves every position and nothing can be reused).
+//   LLMRec    the new token only, through every block, attending over the cached rotated keys
+//             and values of the earlier tokens (rotary positions count from the oldest item, so
+//             nothing cached moves while the window fills); the cache holds 2 * layers *
+//             max_length * kv_dim values;
+//   SASRec    the window is re-encoded: its learned positions count from the newest item, so
+//             every append moves every position and nothing can be reused (an exact re-encode
+//             rather than a position variant that would change the model).
 // Once a session is longer than the window, the window slides: the newest max_length items are
 // what the model reads, exactly as encode() of the whole history, and every append re-encodes
 // them (a state that has seen the dropped item cannot forget it).

@@ -1,8 +1,8 @@
 // serve: the inference engine's latency, throughput and quality under each scoring policy
 // (fp32, bf16, int8), measured side by side in one run:
 //   latency     one user's top-10 on one thread, p50 and p99, for histories cut to 10, 50 and
-//               200 items; the policies take turns on every query (interleaved), so all see the
-//               same machine state
+//               200 items; the policies take turns in blocks of 50 queries, so each is timed in
+//               the steady state of serving it and all see the same stretches of machine time
 //   throughput  recommend_batch over every test history, 1 and 2 threads, blocks of --block
 //               users; users/s, the median of --repeats runs
 //   quality     top-10 overlap with fp32 over the test users, and full-ranking NDCG@10 / HR@10
@@ -14,6 +14,10 @@
 //
 //   serve --data ../shared/data/amazon-games.txt --checkpoint sasrec.safetensors --json out.json
 //   serve --data ../shared/data/amazon-games.txt --synthetic-items 1000000
+// Sessions: appending one event (the 50th: the cached path where the model has one; and past the
+// window, where every model re-encodes) and a session's top-10 (scoring only).
+// --torch: then the PyTorch reference (bench/pytorch/serve_reference.py, SASRec; eager and
+// TorchScript) on the same histories and machine, printed side by side.
 #include "distillrec/backend/parallel.hpp"
 #include "distillrec/data/interactions.hpp"
 #include "distillrec/data/split.hpp"
@@ -31,6 +35,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <unistd.h>
 #include <memory>
 #include <vector>
 
@@ -43,13 +51,16 @@ struct Options {
   std::string data_path, checkpoint, json_path;
   Index synthetic_items = 0, dim = 50, queries = 2000, block = 128, item_block = 4096, shortlist = 0, batch_users = 0;
   int repeats = 3, threads = 2;
-  bool no_quality = false;
+  bool no_quality = false, torch = false;
+  std::vector<serve::Precision> precisions;
+  std::string torch_script = "bench/pytorch/serve_reference.py";
 };
 
-const serve::Precision kPrecisions[] = {serve::Precision::kFp32, serve::Precision::kBf16, serve::Precision::kInt8};
 
 template <typename Model>
 nlohmann::json run(std::shared_ptr<const Model> model, const data::LeaveOneOutSplit& split, const Options& o, bool quality) {
+  const std::vector<serve::Precision>& kPrecisions = o.precisions;
+  quality = quality && kPrecisions.front() == serve::Precision::kFp32;  // compared against fp32
   std::vector<std::unique_ptr<serve::Recommender<Model>>> recommenders;
   nlohmann::json out;
   for (auto precision : kPrecisions) {
@@ -65,7 +76,7 @@ nlohmann::json run(std::shared_ptr<const Model> model, const data::LeaveOneOutSp
   for (Index user : split.evaluable_users) histories.push_back(split.test_history(user));
   const std::size_t np = recommenders.size();
 
-  // Latency: one user, one thread, the policies interleaved on every query.
+  // Latency: one user, one thread, the policies taking turns in blocks of queries.
   parallel::set_num_threads(1);
   std::printf("\none user's top-10, 1 thread (%ld queries per cell), ms:\n%-10s", static_cast<long>(o.queries), "history");
   for (auto p : kPrecisions) std::printf("  %8s p50  %8s p99", serve::to_string(p).c_str(), serve::to_string(p).c_str());
@@ -86,14 +97,20 @@ nlohmann::json run(std::shared_ptr<const Model> model, const data::LeaveOneOutSp
     }
     std::vector<std::vector<double>> times(np);
     std::vector<serve::ScoredItem> top;
-    for (Index q = -50; q < o.queries; ++q) {
-      const auto& h = pool[static_cast<std::size_t>((q + 50)) % pool.size()];
+    // Blocks of kBlock queries, the policies taking turns block by block: each policy is timed in
+    // the steady state of serving it (its table warm in the caches, as in a service), and
+    // every policy sees the same stretches of machine time.
+    constexpr Index kBlock = 50;
+    for (Index b0 = -kBlock; b0 < o.queries; b0 += kBlock) {
       for (std::size_t p = 0; p < np; ++p) {
-        const auto t0 = Clock::now();
-        recommenders[p]->recommend(h, {10, true}, top);
-        const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-        if (top.size() != 10) throw Error("serve benchmark: fewer than 10 recommendations");
-        if (q >= 0) times[p].push_back(ms);
+        for (Index q = b0; q < std::min(b0 + kBlock, o.queries); ++q) {
+          const auto& h = pool[static_cast<std::size_t>(q + kBlock) % pool.size()];
+          const auto t0 = Clock::now();
+          recommenders[p]->recommend(h, {10, true}, top);
+          const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+          if (top.size() != 10) throw Error("serve benchmark: fewer than 10 recommendations");
+          if (q >= 0) times[p].push_back(ms);
+        }
       }
     }
     std::printf("%-10ld", static_cast<long>(length));
@@ -101,6 +118,78 @@ nlohmann::json run(std::shared_ptr<const Model> model, const data::LeaveOneOutSp
       const double p50 = bench::percentile(times[p], 0.5), p99 = bench::percentile(times[p], 0.99);
       std::printf("  %12.4f  %12.4f", p50, p99);
       out["latency_ms"][serve::to_string(kPrecisions[p])][std::to_string(length)] = {{"p50", p50}, {"p99", p99}, {"users", pool.size()}};
+    }
+    std::printf("\n");
+    std::fflush(stdout);
+  }
+
+  // Sessions: appending the 50th event to a session of 49 (the cached path where the model has
+  // one), appending to a session that has slid past the window (every model re-encodes), and a
+  // session's top-10 (scoring only), on one thread.
+  {
+    const Index window = model->max_length();
+    const Index fill = std::min<Index>(50, window);
+    std::vector<Sequence> pool;
+    for (const auto& h : histories) {
+      if (static_cast<Index>(h.size()) >= fill) pool.emplace_back(h.end() - fill, h.end());
+    }
+    if (pool.empty()) {
+      Rng rng(7);
+      for (int u = 0; u < 200; ++u) {
+        Sequence h;
+        for (Index j = 0; j < fill; ++j) h.push_back(static_cast<ItemId>(1 + rng.uniform_int(static_cast<std::uint64_t>(model->num_items()))));
+        pool.push_back(std::move(h));
+      }
+    }
+    const auto& r0 = *recommenders[0];
+    using SessionT = decltype(r0.start_session());
+    std::vector<SessionT> before, full, slid;  // fill - 1 events, fill events, past the window
+    for (const auto& h : pool) {
+      before.push_back(r0.start_session(Sequence(h.begin(), h.end() - 1)));
+      full.push_back(before.back());
+      r0.append(full.back(), h.back());
+      slid.push_back(full.back());
+      while (static_cast<Index>(slid.back().events) <= window) r0.append(slid.back(), h.front());
+    }
+    std::vector<double> append_ms, slid_ms;
+    std::vector<std::vector<double>> session_ms(np);
+    std::vector<serve::ScoredItem> top;
+    const std::size_t n = pool.size();
+    const Index rounds = std::max<Index>(1, o.queries / static_cast<Index>(n));
+    for (Index round = 0; round < rounds; ++round) {
+      for (std::size_t i = 0; i < n; ++i) {  // appends into copies (the copies are not timed)
+        auto session = before[i];
+        const auto t0 = Clock::now();
+        r0.append(session, pool[i].back());
+        append_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+        session = slid[i];
+        const auto t1 = Clock::now();
+        r0.append(session, pool[i].back());
+        slid_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t1).count());
+      }
+      for (std::size_t b0 = 0; b0 < n; b0 += 50) {  // session top-10s, blocks of 50 per policy
+        for (std::size_t p = 0; p < np; ++p) {
+          for (std::size_t i = b0; i < std::min(b0 + 50, n); ++i) {
+            const auto t2 = Clock::now();
+            recommenders[p]->recommend_session(full[i], {10, true}, top);
+            session_ms[p].push_back(std::chrono::duration<double, std::milli>(Clock::now() - t2).count());
+          }
+        }
+      }
+    }
+    const bool cached = models::contract::has_session_append<Model>::value;
+    std::printf("\nsessions, 1 thread (%zu appends): append the %ldth event %s p50 %.4f p99 %.4f ms; "
+                "append past the window (re-encode) p50 %.4f ms\nsession top-10 (scoring only), ms:",
+                append_ms.size(), static_cast<long>(fill), cached ? "(cached)" : "(re-encodes the window)",
+                bench::percentile(append_ms, 0.5), bench::percentile(append_ms, 0.99), bench::percentile(slid_ms, 0.5));
+    out["session"] = {{"append_ms", {{"p50", bench::percentile(append_ms, 0.5)}, {"p99", bench::percentile(append_ms, 0.99)}}},
+                      {"append_event", fill},
+                      {"cached", cached},
+                      {"append_past_window_ms", {{"p50", bench::percentile(slid_ms, 0.5)}, {"p99", bench::percentile(slid_ms, 0.99)}}}};
+    for (std::size_t p = 0; p < np; ++p) {
+      const double p50 = bench::percentile(session_ms[p], 0.5), p99 = bench::percentile(session_ms[p], 0.99);
+      std::printf("  %s p50 %.4f p99 %.4f", serve::to_string(kPrecisions[p]).c_str(), p50, p99);
+      out["session"]["top10_ms"][serve::to_string(kPrecisions[p])] = {{"p50", p50}, {"p99", p99}};
     }
     std::printf("\n");
     std::fflush(stdout);
@@ -166,6 +255,53 @@ nlohmann::json run(std::shared_ptr<const Model> model, const data::LeaveOneOutSp
   }
   out["peak_rss_mib"] = bench::peak_rss_mib();
   std::printf("\npeak resident memory: %.0f MiB\n", bench::peak_rss_mib());
+
+  if (o.torch) {
+    // The PyTorch reference on the same histories, right after (bench/pytorch/serve_reference.py).
+    if (std::string(Model::kModelName) != "sasrec" || o.checkpoint.empty()) {
+      std::printf("\nPyTorch reference: implemented for SASRec checkpoints only\n");
+      return out;
+    }
+    const auto tmp = std::filesystem::temp_directory_path();
+    const std::string tag = std::to_string(static_cast<long long>(::getpid()));
+    const std::string hist_path = (tmp / ("distillrec_serve_histories_" + tag + ".txt")).string();
+    const std::string torch_json = (tmp / ("distillrec_serve_torch_" + tag + ".json")).string();
+    {
+      std::ofstream f(hist_path);
+      for (const auto& h : histories) {
+        for (std::size_t j = 0; j < h.size(); ++j) f << (j ? " " : "") << h[j];
+        f << "\n";
+      }
+      if (!f) throw Error("serve benchmark: cannot write " + hist_path);
+    }
+    const std::string cmd = "/usr/bin/python3 " + o.torch_script + " --checkpoint '" + o.checkpoint + "' --histories '" + hist_path +
+                            "' --queries " + std::to_string(o.queries) + " --batch " + std::to_string(o.block) + " --threads " +
+                            std::to_string(o.threads) + " --repeats " + std::to_string(o.repeats) + " --json '" + torch_json + "'";
+    std::printf("\nPyTorch reference, the same histories on the same machine:\n$ %s\n", cmd.c_str());
+    std::fflush(stdout);
+    if (std::system(cmd.c_str()) != 0) throw Error("serve benchmark: the PyTorch reference failed: " + cmd);
+    {
+      std::ifstream in(torch_json);
+      out["pytorch"] = nlohmann::json::parse(in);
+    }
+    std::filesystem::remove(hist_path);
+    std::filesystem::remove(torch_json);
+    std::printf("\nside by side (ms, users/s):\n%-22s", "");
+    for (auto p : kPrecisions) std::printf(" %10s", serve::to_string(p).c_str());
+    std::printf(" %10s %12s\n", "eager", "torchscript");
+    for (const char* length : {"10", "50", "200"}) {
+      if (!out["latency_ms"][serve::to_string(kPrecisions.front())].contains(length) || !out["pytorch"]["latency_ms"]["eager"].contains(length)) continue;
+      std::printf("top-10 p50, history %-3s", length);
+      for (auto p : kPrecisions) std::printf(" %10.4f", out["latency_ms"][serve::to_string(p)][length]["p50"].get<double>());
+      std::printf(" %10.4f %12.4f\n", out["pytorch"]["latency_ms"]["eager"][length]["p50"].get<double>(),
+                  out["pytorch"]["latency_ms"]["torchscript"][length]["p50"].get<double>());
+    }
+    const std::string t = std::to_string(o.threads);
+    std::printf("batch, %s threads          ", t.c_str());
+    for (auto p : kPrecisions) std::printf(" %10.0f", out["users_per_second"][serve::to_string(p)][t].get<double>());
+    std::printf(" %10.0f %12.0f\n", out["pytorch"]["users_per_second"]["eager"][t].get<double>(),
+                out["pytorch"]["users_per_second"]["torchscript"][t].get<double>());
+  }
   return out;
 }
 
@@ -186,8 +322,15 @@ int main(int argc, char** argv) {
   app.add_option("--threads", o.threads, "Threads of the multi-threaded batch run");
   app.add_option("--repeats", o.repeats, "Batch runs per cell (median)");
   app.add_flag("--no-quality", o.no_quality, "Skip the overlap and NDCG comparison");
+  std::vector<std::string> precision_names{"fp32", "bf16", "int8"};
+  app.add_option("--precisions", precision_names, "Policies to build and measure (fp32 first for the quality comparison)")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"fp32", "bf16", "int8"}));
+  app.add_flag("--torch", o.torch, "Then run the PyTorch reference (eager, TorchScript) on the same histories (SASRec)");
+  app.add_option("--torch-script", o.torch_script, "Path of bench/pytorch/serve_reference.py");
   app.add_option("--json", o.json_path, "Write every figure as JSON here");
   CLI11_PARSE(app, argc, argv);
+  for (const auto& name : precision_names) o.precisions.push_back(serve::parse_precision(name));
   bench::print_machine();
   try {
     if (o.checkpoint.empty() == (o.synthetic_items == 0)) throw ConfigError("give exactly one of --checkpoint and --synthetic-items");

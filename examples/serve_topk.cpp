@@ -124,7 +124,6 @@ Query parse(const std::string& text, std::size_t line, bool events) {
     if (j.contains("exclude")) q.exclude = id_list(j["exclude"], "exclude");
     return q;
   }
-  const auto numbers = plain_numbers(text);
   if (events) {
     std::istringstream in(text);
     std::string item;
@@ -134,7 +133,7 @@ Query parse(const std::string& text, std::size_t line, bool events) {
     q.items.push_back(to_item(ids[0]));
     return q;
   }
-  for (auto v : numbers) q.items.push_back(to_item(v));
+  for (auto v : plain_numbers(text)) q.items.push_back(to_item(v));
   return q;
 }
 

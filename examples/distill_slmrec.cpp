@@ -135,6 +135,7 @@ int main(int argc, char** argv) {
   training.adam.learning_rate = 1e-3;
   training.adam.beta2 = 0.98;
   int threads = 2;
+  std::string matmul_precision = "fp32";
 
   app.add_option("--data", data_path, "Interaction log: SASRec text (\"user item\" lines) or CSV (user,item,timestamp); default: synthetic data");
   app.add_option("--format", format, "Log format: auto (by extension), text or csv")->check(CLI::IsMember({"auto", "text", "csv"}));
@@ -166,6 +167,8 @@ int main(int argc, char** argv) {
   app.add_option("--teacher-signals", signals_path, "Read the teacher's hidden states from this safetensors file instead of training a teacher");
   app.add_option("--teacher-checkpoint", teacher_checkpoint, "Use this trained LLMRec teacher (a distillrec checkpoint) instead of training one");
   app.add_option("--save-signals", save_signals_path, "Write the in-process teacher's states here (first seed)");
+  app.add_option("--matmul-precision", matmul_precision, "Precision of the full softmax's catalogue GEMMs: fp32 or bf16 (bfloat16 inputs, fp32 accumulation)")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
   app.add_option("--epochs", training.epochs, "Maximum epochs per model");
   app.add_option("--patience", training.patience, "Validations without improvement before stopping");
   app.add_option("--eval-every", training.eval_every, "Validate every k epochs");
@@ -182,6 +185,11 @@ int main(int argc, char** argv) {
   try {
     parallel::set_num_threads(threads);
     slm.positions = distill::parse_align_positions(positions);
+    training.objective.catalogue_precision = backend::parse_matmul_precision(matmul_precision);
+    if (training.objective.catalogue_precision == backend::MatmulPrecision::kBf16) {
+      std::printf("catalogue GEMMs of the next-item objective: bf16 (%s on this machine)\n",
+                  backend::has_native_bf16_matmul() ? "oneDNN bf16 matmul" : "no bf16 matmul: widened to fp32, slower");
+    }
     slm.use_cos = !no_cos;
     slm.use_norm = !no_norm;
     slm.use_ms = !no_ms;

@@ -93,7 +93,7 @@ std::string display_name(const std::string& model) {
 int main(int argc, char** argv) {
   CLI::App app{"Train a sequential recommender (SASRec, GRU4Rec or LLMRec) on an interaction log and evaluate it."};
   std::string model_name = "sasrec", data_path, format = "auto", checkpoint, json_path, candidates_dir, write_data;
-  std::string examples_kind = "loo", objective = "bce";
+  std::string examples_kind = "loo", objective = "bce", matmul_precision = "fp32";
   data::SyntheticConfig synthetic;
   ModelOptions options;
   train::TrainerConfig trainer_config;
@@ -127,6 +127,8 @@ int main(int argc, char** argv) {
   app.add_option("--head", options.head, "GRU4Rec output head: untied (Linear with bias, DLLM2Rec) or tied (the item table)")
       ->check(CLI::IsMember({"tied", "untied"}));
   app.add_option("--objective", objective, "bce (SASRec), softmax (full catalogue) or sampled-softmax")->check(CLI::IsMember({"bce", "softmax", "ce", "sampled-softmax"}));
+  app.add_option("--matmul-precision", matmul_precision, "softmax: precision of the catalogue GEMMs, fp32 or bf16 (bfloat16 inputs, fp32 accumulation)")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
   app.add_option("--negatives", trainer_config.num_negatives, "bce: negatives per position");
   app.add_option("--sampled-negatives", trainer_config.objective.sampled_negatives, "sampled-softmax: shared negatives per batch");
   app.add_option("--epochs", trainer_config.epochs, "Maximum number of epochs");
@@ -176,6 +178,7 @@ int main(int argc, char** argv) {
               << " training, " << split.valid.size() << " validation, " << split.test.size() << " test examples\n";
 
     trainer_config.objective.objective = train::parse_objective(objective);
+    trainer_config.objective.catalogue_precision = backend::parse_matmul_precision(matmul_precision);
     trainer_config.adam.learning_rate = lr;
     trainer_config.adam.beta2 = beta2;
     trainer_config.adam.decoupled_weight_decay = trainer_config.adam.weight_decay > 0.0;
@@ -222,6 +225,9 @@ int main(int argc, char** argv) {
       std::printf("\ntraining: %.2f s per epoch (median), %.1f s in all, validation %.1f s; peak memory %.0f MiB; %d threads\n",
                   summary.median_epoch_seconds(), summary.train_seconds, summary.validation_seconds, examples::peak_memory_mib(),
                   threads);
+      if (trainer_config.objective.objective == train::Objective::kSoftmax) {
+        std::cout << "catalogue GEMMs: " << trainer.objective().catalogue_description() << "\n";
+      }
 
       if (!checkpoint.empty()) {
         trainer.save_checkpoint(checkpoint, {{"data", log.source}, {"best_epoch", std::to_string(summary.best_epoch)}});
@@ -242,6 +248,7 @@ int main(int argc, char** argv) {
         out["trainer"] = {{"epochs", trainer_config.epochs},   {"batch_size", trainer_config.batch_size},
                           {"objective", train::to_string(trainer_config.objective.objective)},
                           {"negatives", trainer_config.num_negatives}, {"lr", lr}, {"beta2", beta2},
+                          {"matmul_precision", matmul_precision}, {"catalogue_gemm", trainer.objective().catalogue_description()},
                           {"seed", trainer_config.seed},       {"init_seed", init_seed}, {"threads", threads}};
         out["training"] = summary.to_json();
         nlohmann::json results = nlohmann::json::array();

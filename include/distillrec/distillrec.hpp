@@ -4,6 +4,7 @@
 // larger ones include only what they use (each header is self-contained).
 #pragma once
 
+#include "distillrec/backend/bf16_gemm.hpp"
 #include "distillrec/backend/gemm.hpp"
 #include "distillrec/backend/kernels.hpp"
 #include "distillrec/backend/kernels/activation.hpp"

@@ -12,8 +12,13 @@
 //     z_i = h_i W^T (+ b),   L = reduce_i -log softmax(z_i)[y_i - 1],   y_i in 1..N
 //     dL/dh = dz W,    dL/dW += dz^T h,    dL/db += column sums of dz
 // Logits are formed a block of rows at a time, so memory stays at block_rows x N.
+// With precision = MatmulPrecision::kBf16 the three catalogue GEMMs take bfloat16 inputs (h, W
+// and dz rounded to nearest even) and accumulate in fp32 (backend/bf16_gemm.hpp: oneDNN's bf16
+// matmul where the CPU has one, else the same products widened to fp32); the softmax, the loss
+// and every gradient buffer stay fp32.
 #pragma once
 
+#include "distillrec/backend/bf16_gemm.hpp"
 #include "distillrec/backend/gemm.hpp"
 #include "distillrec/backend/kernels.hpp"
 #include "distillrec/backend/parallel.hpp"
@@ -24,6 +29,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <type_traits>
 #include <limits>
 #include <vector>
 
@@ -41,6 +48,21 @@ void add_column_sums(const ConstMatrixRef<T>& m, T* sums) {
     for (Index i = 0; i < m.rows(); ++i) total += m.row(i).segment(begin, width);
   });
 }
+
+namespace detail {
+
+/// One row of softmax cross-entropy in place: g holds the logits (classes of them) and receives
+/// (softmax - onehot(target)) * scale; returns -log softmax[target].
+template <typename T>
+double softmax_ce_row(T* g, Index classes, Index target, T scale) {
+  const T target_logit = g[target];
+  const T log_sum_exp = backend::kernels::softmax<T>(g, classes);
+  for (Index c = 0; c < classes; ++c) g[c] *= scale;
+  g[target] -= scale;
+  return static_cast<double>(log_sum_exp - target_logit);
+}
+
+}  // namespace detail
 
 template <typename T>
 struct SoftmaxCrossEntropyWithLogits {
@@ -81,11 +103,7 @@ struct SoftmaxCrossEntropyWithLogits {
         return;
       }
       if (g != logits.row(i).data()) std::copy(logits.row(i).data(), logits.row(i).data() + classes, g);
-      const T target_logit = g[t];
-      const T log_sum_exp = backend::kernels::softmax<T>(g, classes);
-      row_loss[static_cast<std::size_t>(i)] = static_cast<double>(log_sum_exp - target_logit);
-      for (Index c = 0; c < classes; ++c) g[c] *= scale;
-      g[t] -= scale;
+      row_loss[static_cast<std::size_t>(i)] = detail::softmax_ce_row<T>(g, classes, t, scale);
     });
     double total = 0.0;
     for (double v : row_loss) total += v;
@@ -100,11 +118,16 @@ class CatalogueSoftmaxCrossEntropy {
     ScratchMatrix<T> logits;               // [block_rows, N]
     std::vector<Index> block_targets;
     std::vector<double> row_loss;
+    // bf16 precision: the table, a block of output vectors and of dz as bfloat16, the products.
+    std::vector<std::uint16_t> items_bf16, h_bf16, dz_bf16;
+    backend::Bf16Gemm gemm;
   };
 
   Reduction reduction = Reduction::kMean;
   Index block_rows = 256;
   T weight = T(1);  // scales both gradients (a weighted term of a larger loss); the value returned is unweighted
+  /// Precision of the three catalogue GEMMs (bf16: float only).
+  backend::MatmulPrecision precision = backend::MatmulPrecision::kFp32;
 
   /// h [n, d] output vectors, targets [n] in 1..N (0 = ignore the row). Overwrites grad_h
   /// [n, d]; adds the head's gradients into grad_head (a frozen weight or missing bias skipped).
@@ -130,6 +153,14 @@ class CatalogueSoftmaxCrossEntropy {
     }
     const Index divisor = reduction == Reduction::kMean ? std::max<Index>(count, 1) : 1;
     const auto& items = head.weight;
+
+    if (precision == backend::MatmulPrecision::kBf16) {
+      if constexpr (std::is_same<T, float>::value) {
+        return compute_bf16(h, head, targets, grad_h, grad_head, ws, divisor);
+      } else {
+        throw ConfigError("catalogue softmax: bf16 precision needs float parameters");
+      }
+    }
 
     SoftmaxCrossEntropyWithLogits<T> ce;
     double total = 0.0;
@@ -157,6 +188,64 @@ class CatalogueSoftmaxCrossEntropy {
     return static_cast<T>(total / static_cast<double>(divisor));
   }
 
+ private:
+  // The bf16 path: per block, logits = h W^T from bfloat16 h and W; the softmax rows in fp32,
+  // their gradient written as bfloat16 as each row is finished (it is read twice more); then
+  // grad_h = dz W and grad_W += dz^T h from the bfloat16 values. Blocks are padded to a
+  // multiple of 64 rows with zero rows (zero gradient), so grad_W's product, whose inner
+  // dimension is the block height, reuses at most block_rows / 64 primitives.
+  T compute_bf16(const ConstMatrixRef<T>& h, const nn::HeadWeights<T>& head, const std::vector<ItemId>& targets,
+                 MatrixRef<T> grad_h, nn::HeadGradients<T> grad_head, Workspace& ws, Index divisor) const {
+    using backend::Trans;
+    const Index n = h.rows(), d = h.cols(), num_items = head.num_items();
+    const bool weight_grad = grad_head.has_weight();
+    constexpr Index kPad = 64;
+    const Index max_rows = std::min(block_rows, n);
+    const Index padded_max = (max_rows + kPad - 1) / kPad * kPad;
+    ws.items_bf16.resize(static_cast<std::size_t>(num_items * d));
+    backend::bf16::convert_rows(head.weight, ws.items_bf16.data());
+    ws.h_bf16.resize(static_cast<std::size_t>(padded_max * d));
+    ws.dz_bf16.resize(static_cast<std::size_t>(padded_max * num_items));
+    const T scale = weight / static_cast<T>(divisor);
+    const bool bias_grad = grad_head.bias != nullptr;
+    double total = 0.0;
+    for (Index start = 0; start < n; start += block_rows) {
+      const Index rows = std::min(block_rows, n - start);
+      const Index padded = (rows + kPad - 1) / kPad * kPad;
+      backend::bf16::convert_rows(h.middleRows(start, rows), ws.h_bf16.data());
+      std::fill(ws.h_bf16.begin() + rows * d, ws.h_bf16.begin() + padded * d, std::uint16_t{0});
+      auto logits = ws.logits.resize(rows, num_items);
+      ws.gemm.run(Trans::kNo, Trans::kYes, rows, num_items, d, ws.h_bf16.data(), ws.items_bf16.data(), logits.data(),
+                  logits.outerStride(), false);
+      const T* bias = head.bias;
+      ws.row_loss.assign(static_cast<std::size_t>(rows), 0.0);
+      parallel::for_each(rows, rows * num_items > 100000 && !parallel::in_parallel(), [&](Index i, int) {
+        T* g = logits.row(i).data();
+        std::uint16_t* out = ws.dz_bf16.data() + i * num_items;
+        const ItemId t = targets[static_cast<std::size_t>(start + i)];
+        if (t == kPaddingId) {
+          std::fill(g, g + num_items, T(0));
+          std::fill(out, out + num_items, std::uint16_t{0});
+          return;
+        }
+        if (bias != nullptr) {
+          for (Index c = 0; c < num_items; ++c) g[c] += bias[c];
+        }
+        ws.row_loss[static_cast<std::size_t>(i)] = detail::softmax_ce_row<T>(g, num_items, t - 1, scale);
+        backend::bf16::convert(g, out, num_items);
+      });
+      for (double v : ws.row_loss) total += v;
+      std::fill(ws.dz_bf16.begin() + rows * num_items, ws.dz_bf16.begin() + padded * num_items, std::uint16_t{0});
+      ws.gemm.run(Trans::kNo, Trans::kNo, rows, d, num_items, ws.dz_bf16.data(), ws.items_bf16.data(),
+                  grad_h.middleRows(start, rows).data(), grad_h.outerStride(), false);
+      if (weight_grad) {
+        ws.gemm.run(Trans::kYes, Trans::kNo, num_items, d, padded, ws.dz_bf16.data(), ws.h_bf16.data(),
+                    grad_head.weight.data(), grad_head.weight.outerStride(), true, /*fixed_m=*/true);
+      }
+      if (bias_grad) add_column_sums<T>(logits, grad_head.bias);
+    }
+    return static_cast<T>(total / static_cast<double>(divisor));
+  }
 };
 
 }  // namespace distillrec::loss

@@ -25,6 +25,7 @@
 // excluded items never returned, NaN scores an error.
 #pragma once
 
+#include "distillrec/backend/bf16_gemm.hpp"
 #include "distillrec/backend/gemm.hpp"
 #include "distillrec/backend/parallel.hpp"
 #include "distillrec/core/error.hpp"
@@ -102,21 +103,9 @@ struct ScoringPolicy {
 
 namespace detail {
 
-/// float to bfloat16, rounding to nearest even (the conversion oneDNN and AVX512-BF16 use).
-inline std::uint16_t float_to_bfloat16(float value) {
-  std::uint32_t bits;
-  std::memcpy(&bits, &value, sizeof bits);
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((bits >> 16) | 0x40u);  // quiet NaN
-  bits += 0x7fffu + ((bits >> 16) & 1u);
-  return static_cast<std::uint16_t>(bits >> 16);
-}
-
-inline float bfloat16_to_float(std::uint16_t value) {
-  const std::uint32_t bits = static_cast<std::uint32_t>(value) << 16;
-  float out;
-  std::memcpy(&out, &bits, sizeof out);
-  return out;
-}
+/// float to bfloat16, rounding to nearest even (backend/bf16_gemm.hpp).
+inline std::uint16_t float_to_bfloat16(float value) { return backend::bf16::from_float(value); }
+inline float bfloat16_to_float(std::uint16_t value) { return backend::bf16::to_float(value); }
 
 /// User vectors are quantised to q = round(u / scale) + kInt8ZeroPoint in 1..127.
 inline constexpr int kInt8ZeroPoint = 64;

@@ -20,6 +20,7 @@
 
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace distillrec::train {
@@ -47,6 +48,9 @@ struct ObjectiveConfig {
   Index sampled_negatives = 256;   // sampled-softmax: negatives shared by a batch
   double proposal_alpha = 0.75;    // sampled-softmax: proposal proportional to count^alpha
   double temperature = 1.0;        // sampled-softmax: logits / temperature
+  /// softmax: precision of the catalogue GEMMs (logits and both gradients); bf16 rounds their
+  /// inputs to bfloat16 and accumulates in fp32 (loss/softmax_ce.hpp), float models only.
+  backend::MatmulPrecision catalogue_precision = backend::MatmulPrecision::kFp32;
 };
 
 template <typename T>
@@ -54,6 +58,13 @@ class NextItemObjective {
  public:
   /// item_counts[i]: training occurrences of item i (needed by sampled-softmax only).
   NextItemObjective(const ObjectiveConfig& config, const std::vector<double>& item_counts) : config_(config) {
+    if (config.catalogue_precision == backend::MatmulPrecision::kBf16 && !std::is_same<T, float>::value) {
+      throw ConfigError("objective: bf16 catalogue GEMMs need a float model");
+    }
+    if (config.catalogue_precision == backend::MatmulPrecision::kBf16 && config.objective != Objective::kSoftmax) {
+      throw ConfigError("objective: bf16 catalogue GEMMs apply to the full softmax only, not to " + to_string(config.objective));
+    }
+    softmax_.precision = config.catalogue_precision;
     if (config.objective == Objective::kSampledSoftmax) {
       if (config.sampled_negatives <= 0) throw ConfigError("sampled-softmax needs at least one negative");
       proposal_.emplace(item_counts, config.proposal_alpha);
@@ -96,6 +107,11 @@ class NextItemObjective {
       }
     }
     throw ConfigError("unknown objective");
+  }
+
+  /// What the full softmax's catalogue GEMMs ran on (bf16: oneDNN's kernel or the portable path).
+  std::string catalogue_description() const {
+    return config_.catalogue_precision == backend::MatmulPrecision::kBf16 ? "bf16, " + softmax_ws_.gemm.description() : "fp32";
   }
 
   /// The negatives sampled-softmax drew for the last batch (empty for the other objectives).

@@ -177,6 +177,8 @@ class Trainer {
   void on_epoch_end(std::function<bool(const EpochRecord&)> callback) { hooks_.on_epoch_end.push_back(std::move(callback)); }
 
   const TrainerConfig& config() const { return config_; }
+  /// The base objective (e.g. what its catalogue GEMMs ran on: objective().catalogue_description()).
+  const NextItemObjective<T>& objective() const { return objective_; }
   const data::ExampleSplit& split() const { return split_; }
   Index steps_per_epoch() const { return batcher_->batches_per_epoch(); }
   /// The model's parameters, then each loss term's (those that have some).

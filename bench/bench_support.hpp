@@ -60,4 +60,9 @@ inline double percentile(std::vector<double> values, double q) {
   return values[low] + (position - static_cast<double>(low)) * (values[high] - values[low]);
 }
 
+/// {"p50": median, "p99": 99th percentile} of timings, as every benchmark reports them.
+inline nlohmann::json p50_p99(const std::vector<double>& values) {
+  return {{"p50", percentile(values, 0.5)}, {"p99", percentile(values, 0.99)}};
+}
+
 }  // namespace bench

@@ -182,10 +182,10 @@ nlohmann::json run(std::shared_ptr<const Model> model, const data::LeaveOneOutSp
                 "append past the window (re-encode) p50 %.4f ms\nsession top-10 (scoring only), ms:",
                 append_ms.size(), static_cast<long>(fill), cached ? "(cached)" : "(re-encodes the window)",
                 bench::percentile(append_ms, 0.5), bench::percentile(append_ms, 0.99), bench::percentile(slid_ms, 0.5));
-    out["session"] = {{"append_ms", {{"p50", bench::percentile(append_ms, 0.5)}, {"p99", bench::percentile(append_ms, 0.99)}}},
+    out["session"] = {{"append_ms", bench::p50_p99(append_ms)},
                       {"append_event", fill},
                       {"cached", cached},
-                      {"append_past_window_ms", {{"p50", bench::percentile(slid_ms, 0.5)}, {"p99", bench::percentile(slid_ms, 0.99)}}}};
+                      {"append_past_window_ms", bench::p50_p99(slid_ms)}};
     for (std::size_t p = 0; p < np; ++p) {
       const double p50 = bench::percentile(session_ms[p], 0.5), p99 = bench::percentile(session_ms[p], 0.99);
       std::printf("  %s p50 %.4f p99 %.4f", serve::to_string(kPrecisions[p]).c_str(), p50, p99);

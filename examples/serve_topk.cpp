@@ -241,9 +241,9 @@ int serve_all(std::shared_ptr<const Model> model, const Options& o) {
                          {"queries", queries.size() - failed},
                          {"failed_lines", failed},
                          {"repeats", rounds},
-                         {"top_k_ms", {{"p50", bench::percentile(query_ms, 0.5)}, {"p99", bench::percentile(query_ms, 0.99)}}},
+                         {"top_k_ms", bench::p50_p99(query_ms)},
                          {"queries_per_second", total_ms > 0.0 ? 1000.0 * static_cast<double>(query_ms.size()) / total_ms : 0.0}};
-  if (o.events) summary["append_ms"] = {{"p50", bench::percentile(append_ms, 0.5)}, {"p99", bench::percentile(append_ms, 0.99)}};
+  if (o.events) summary["append_ms"] = bench::p50_p99(append_ms);
   std::cout << summary.dump() << std::endl;
   return 0;
 }

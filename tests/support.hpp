@@ -6,6 +6,8 @@
 #include "distillrec/core/rng.hpp"
 #include "distillrec/core/types.hpp"
 #include "distillrec/data/batcher.hpp"
+#include "distillrec/data/split.hpp"
+#include "distillrec/data/synthetic.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -17,6 +19,18 @@
 #include <string>
 
 namespace distillrec::test {
+
+/// The small synthetic leave-one-out split the training tests share: 1,200 users over 300 items
+/// in 10 taste clusters, histories of up to 20 items.
+inline data::LeaveOneOutSplit small_synthetic_split() {
+  data::SyntheticConfig config;
+  config.num_users = 1200;
+  config.num_items = 300;
+  config.num_clusters = 10;
+  config.max_length = 20;
+  config.seed = 5;
+  return data::leave_one_out(data::generate_synthetic(config));
+}
 
 template <typename T>
 Matrix<T> random_matrix(Index rows, Index cols, Rng& rng, double scale = 1.0) {

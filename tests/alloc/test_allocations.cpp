@@ -125,6 +125,21 @@ TEST_CASE("A SASRec training step allocates nothing after warm-up, for every obj
   }
 }
 
+TEST_CASE("A full-softmax step with bf16 catalogue GEMMs allocates nothing after warm-up", "[alloc][train][bf16]") {
+  const data::ExampleSplit split = data::leave_one_out(long_sequences());
+  models::SASRecConfig config;
+  config.num_items = split.num_items;
+  config.hidden_size = 16;
+  config.max_length = 12;
+  models::SASRec<float> model(config);
+  Rng rng(1);
+  model.initialize(rng);
+  auto settings = training(train::Objective::kSoftmax);
+  settings.objective.catalogue_precision = backend::MatmulPrecision::kBf16;
+  train::Trainer<models::SASRec<float>> trainer(model, split, settings);
+  require_no_allocations(last_epoch_step_allocations(trainer));
+}
+
 TEST_CASE("A GRU4Rec training step allocates nothing after warm-up", "[alloc][train][gru4rec]") {
   const auto log = long_sequences();
   for (auto head : {nn::HeadKind::kUntied, nn::HeadKind::kTied}) {
@@ -200,6 +215,20 @@ TEST_CASE("A serving query allocates nothing after warm-up", "[alloc][serve]") {
                                    << " allocations per query");
     REQUIRE(out.size() == 10);
     REQUIRE(after - before == 0);
+    // Sessions: appending an event (the cached path, or a re-encode) and a session's top-k.
+    std::vector<serve::Session<float>> sessions;
+    for (const auto& h : histories) sessions.push_back(recommender.start_session(Sequence(h.begin(), h.begin() + 4)));
+    for (auto& session : sessions) recommender.append(session, histories[0][0]);  // every buffer sized
+    test::count_allocations(true);
+    const long session_before = test::allocation_count();
+    for (std::size_t i = 0; i < sessions.size(); ++i) {
+      recommender.append(sessions[i], histories[i][4]);
+      recommender.recommend_session(sessions[i], {10, true}, out);
+    }
+    const long session_after = test::allocation_count();
+    test::count_allocations(false);
+    REQUIRE(out.size() == 10);
+    REQUIRE(session_after - session_before == 0);
   };
   models::SASRecConfig sasrec;
   sasrec.num_items = split.num_items;
@@ -209,6 +238,13 @@ TEST_CASE("A serving query allocates nothing after warm-up", "[alloc][serve]") {
   Rng rng(4);
   s->initialize(rng);
   check(serve::Recommender<models::SASRec<float>>(s));
+  for (auto precision : {serve::Precision::kBf16, serve::Precision::kInt8}) {  // through oneDNN's matmul
+    CAPTURE(serve::to_string(precision));
+    serve::RecommenderConfig config;
+    config.scoring.precision = precision;
+    config.scoring.kernel_rows = 0;
+    check(serve::Recommender<models::SASRec<float>>(s, config));
+  }
   models::GRU4RecConfig gru;
   gru.num_items = split.num_items;
   gru.embedding_dim = 16;

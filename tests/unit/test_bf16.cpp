@@ -56,16 +56,6 @@ double gemm_error(backend::Bf16Gemm& gemm, Trans ta, Trans tb, Index m, Index n,
   return worst;
 }
 
-data::LeaveOneOutSplit synthetic_split() {
-  data::SyntheticConfig config;
-  config.num_users = 1200;
-  config.num_items = 300;
-  config.num_clusters = 10;
-  config.max_length = 20;
-  config.seed = 5;
-  return data::leave_one_out(data::generate_synthetic(config));
-}
-
 }  // namespace
 
 TEST_CASE("bfloat16 conversion rounds to nearest even and keeps NaN and infinity", "[backend][bf16]") {
@@ -198,7 +188,7 @@ TEST_CASE("Catalogue softmax in bf16 follows fp32 within bfloat16 rounding, over
 
 TEST_CASE("SASRec trains with bf16 catalogue GEMMs: the loss falls, quality beats popularity and tracks fp32",
           "[train][trainer][bf16]") {
-  const auto split = synthetic_split();
+  const auto split = test::small_synthetic_split();
   models::Popularity<float> popularity(split.train, split.num_items);
   const double popularity_ndcg = eval::evaluate_full_ranking(popularity, split, eval::EvalSplit::kTest).value("NDCG@10");
   std::vector<double> ndcg, last_loss;

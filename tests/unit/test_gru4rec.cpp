@@ -26,16 +26,6 @@ models::GRU4RecConfig tiny_config(nn::HeadKind head, Index layers = 1) {
   return config;
 }
 
-data::LeaveOneOutSplit synthetic_split() {
-  data::SyntheticConfig config;
-  config.num_users = 1200;
-  config.num_items = 300;
-  config.num_clusters = 10;
-  config.max_length = 20;
-  config.seed = 5;
-  return data::leave_one_out(data::generate_synthetic(config));
-}
-
 }  // namespace
 
 static_assert(models::is_sequence_model_v<models::GRU4Rec<float>>, "GRU4Rec conforms to the model contract");
@@ -151,7 +141,7 @@ TEST_CASE("GRU4Rec configuration validates, round-trips through JSON and names i
 
 TEST_CASE("GRU4Rec trains with every objective and both heads, beats popularity, and round-trips through a checkpoint",
           "[models][gru4rec][train]") {
-  const auto split = synthetic_split();
+  const auto split = test::small_synthetic_split();
   models::Popularity<float> popularity(split.train, split.num_items);
   const double popularity_ndcg = eval::evaluate_full_ranking(popularity, split, eval::EvalSplit::kTest).value("NDCG@10");
   struct Case {

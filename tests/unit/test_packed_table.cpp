@@ -33,11 +33,11 @@ TEST_CASE("Packed bf16 kernels equal the scalar bf16 dot products", "[serve][sco
       const auto table = random_bf16(items * d, rng);
       sd::PackedBf16Table packed;
       packed.build(table.data(), items, d);
-      REQUIRE(packed.pairs == (d + 1) / 2);
+      REQUIRE(packed.words_per_item == (d + 1) / 2);
       for (Index rows = 1; rows <= 9; ++rows) {
         const auto users = random_bf16(rows * d, rng);
-        std::vector<std::uint32_t> words(static_cast<std::size_t>(rows * packed.pairs));
-        for (Index r = 0; r < rows; ++r) packed.pack_user(users.data() + r * d, words.data() + r * packed.pairs);
+        std::vector<std::uint32_t> words(static_cast<std::size_t>(rows * packed.words_per_item));
+        for (Index r = 0; r < rows; ++r) packed.pack_user(users.data() + r * d, words.data() + r * packed.words_per_item);
         for (Index first_panel : {Index{0}, Index{1}}) {
           const Index first = first_panel * sd::kPanel;
           if (first >= items) continue;
@@ -85,8 +85,8 @@ TEST_CASE("Packed int8 kernels give the exact integer sums on every path", "[ser
         for (auto& v : users) v = static_cast<std::uint8_t>(rng.uniform_int(std::int64_t{1}, std::int64_t{127}));
         std::vector<float> user_scale(static_cast<std::size_t>(rows));
         for (Index r = 0; r < rows; ++r) user_scale[static_cast<std::size_t>(r)] = static_cast<float>(r % 2 == 0 ? 1.0 : 0.5);
-        std::vector<std::uint32_t> words(static_cast<std::size_t>(rows * packed.quads));
-        for (Index r = 0; r < rows; ++r) packed.pack_user(users.data() + r * d, words.data() + r * packed.quads);
+        std::vector<std::uint32_t> words(static_cast<std::size_t>(rows * packed.words_per_item));
+        for (Index r = 0; r < rows; ++r) packed.pack_user(users.data() + r * d, words.data() + r * packed.words_per_item);
         std::vector<std::vector<float>> results;
         for (bool native : {true, false}) {
           CAPTURE(d, items, rows, native);

@@ -17,16 +17,6 @@ using namespace distillrec;
 
 namespace {
 
-data::LeaveOneOutSplit synthetic_split() {
-  data::SyntheticConfig config;
-  config.num_users = 1200;
-  config.num_items = 300;
-  config.num_clusters = 10;
-  config.max_length = 20;
-  config.seed = 5;
-  return data::leave_one_out(data::generate_synthetic(config));
-}
-
 models::SASRecConfig small_model(ItemId num_items) {
   models::SASRecConfig config;
   config.num_items = num_items;
@@ -42,7 +32,7 @@ models::SASRecConfig small_model(ItemId num_items) {
 
 TEST_CASE("SASRec training lowers the loss and beats popularity on held-out data, for every objective",
           "[train][trainer][sasrec]") {
-  const auto split = synthetic_split();
+  const auto split = test::small_synthetic_split();
   models::Popularity<float> popularity(split.train, split.num_items);
   const double popularity_ndcg =
       eval::evaluate_full_ranking(popularity, split, eval::EvalSplit::kTest).value("NDCG@10");
@@ -73,7 +63,7 @@ TEST_CASE("SASRec training lowers the loss and beats popularity on held-out data
 }
 
 TEST_CASE("SASRec with an untied head trains, lowers the loss and beats popularity", "[train][trainer][sasrec]") {
-  const auto split = synthetic_split();
+  const auto split = test::small_synthetic_split();
   models::Popularity<float> popularity(split.train, split.num_items);
   const double popularity_ndcg = eval::evaluate_full_ranking(popularity, split, eval::EvalSplit::kTest).value("NDCG@10");
   auto model_config = small_model(split.num_items);
@@ -93,7 +83,7 @@ TEST_CASE("SASRec with an untied head trains, lowers the loss and beats populari
 }
 
 TEST_CASE("Trainer keeps the best validation epoch, stops early and is deterministic", "[train][trainer]") {
-  const auto split = synthetic_split();
+  const auto split = test::small_synthetic_split();
   auto run = [&](Index patience) {
     models::SASRec<float> model(small_model(split.num_items));
     Rng rng(2);
@@ -122,7 +112,7 @@ TEST_CASE("Trainer keeps the best validation epoch, stops early and is determini
 }
 
 TEST_CASE("Trainer rejects bad configurations and diverging runs", "[train][trainer]") {
-  const auto split = synthetic_split();
+  const auto split = test::small_synthetic_split();
   models::SASRec<float> model(small_model(split.num_items));
   Rng rng(3);
   model.initialize(rng);
@@ -190,7 +180,7 @@ class PullTerm : public train::LossTerm<models::SASRec<float>> {
 }  // namespace
 
 TEST_CASE("A loss term acts on SASRec's outputs", "[train][trainer][terms]") {
-  const auto split = synthetic_split();
+  const auto split = test::small_synthetic_split();
   auto run = [&](bool with_term, std::shared_ptr<PullTerm> term) {
     models::SASRec<float> model(small_model(split.num_items));
     Rng rng(4);
@@ -231,7 +221,7 @@ TEST_CASE("A loss term acts on SASRec's outputs", "[train][trainer][terms]") {
 }
 
 TEST_CASE("Trainer hooks run at epoch begin and end, after backward and after the step", "[train][trainer][hooks]") {
-  const auto split = synthetic_split();
+  const auto split = test::small_synthetic_split();
   models::SASRec<float> model(small_model(split.num_items));
   Rng rng(5);
   model.initialize(rng);
@@ -274,7 +264,7 @@ TEST_CASE("Trainer owns its data, snapshots and checkpoints loss-term parameters
   config.patience = 0;
   config.log = nullptr;
   // The split is a temporary: the trainer keeps its own (shared) copy.
-  train::Trainer<models::SASRec<float>> trainer(model, synthetic_split(), config);
+  train::Trainer<models::SASRec<float>> trainer(model, test::small_synthetic_split(), config);
   auto term = std::make_shared<PullTerm>(0.1f, 32);
   trainer.add_term(term);
   REQUIRE(trainer.parameter_groups().size() == 2);

@@ -27,6 +27,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -110,6 +111,64 @@ inline bool has_native_bf16_matmul() {
 #endif
 }
 
+#ifdef DISTILLREC_WITH_ONEDNN
+namespace onednn {
+
+/// A row-major-or-transposed 2-D memory descriptor built on stack arrays (the C++ API's
+/// memory::dims are std::vectors: a heap allocation per descriptor).
+inline dnnl_memory_desc_t plain_desc(Index rows, Index cols, dnnl_data_type_t type, Index row_stride, Index col_stride) {
+  dnnl_memory_desc_t desc;
+  const dnnl_dims_t dims = {static_cast<dnnl_dim_t>(rows), static_cast<dnnl_dim_t>(cols)};
+  const dnnl_dims_t strides = {static_cast<dnnl_dim_t>(row_stride), static_cast<dnnl_dim_t>(col_stride)};
+  if (dnnl_memory_desc_init_by_strides(&desc, 2, dims, type, strides) != dnnl_success) {
+    throw Error(distillrec::detail::concat("oneDNN: cannot describe a ", rows, "x", cols, " matrix"));
+  }
+  return desc;
+}
+
+/// A buffer of `bytes` bytes (a user-managed scratchpad).
+inline dnnl_memory_desc_t bytes_desc(std::size_t bytes) {
+  dnnl_memory_desc_t desc;
+  const dnnl_dims_t dims = {static_cast<dnnl_dim_t>(bytes)};
+  if (dnnl_memory_desc_init_by_tag(&desc, 1, dims, dnnl_u8, dnnl_a) != dnnl_success) {
+    throw Error(distillrec::detail::concat("oneDNN: cannot describe a buffer of ", bytes, " bytes"));
+  }
+  return desc;
+}
+
+/// One argument of a primitive: its oneDNN argument id, descriptor and data.
+struct Argument {
+  int id;
+  dnnl_memory_desc_t desc;
+  void* data;
+};
+
+/// Executes a primitive on up to 4 arguments and waits for it. Through the C API with stack
+/// arrays, so the calling code allocates nothing (the C++ API's memory handles and argument map
+/// allocate on every call; what oneDNN allocates inside is its own, as in its sgemm).
+inline void execute(const dnnl::primitive& primitive, const dnnl::engine& engine, const dnnl::stream& stream,
+                    std::initializer_list<Argument> arguments) {
+  constexpr std::size_t kMax = 4;
+  DISTILLREC_ASSERT(arguments.size() <= kMax);
+  dnnl_memory_t memories[kMax] = {};
+  dnnl_exec_arg_t args[kMax];
+  int count = 0;
+  dnnl_status_t status = dnnl_success;
+  for (const Argument& a : arguments) {
+    status = dnnl_memory_create(&memories[count], &a.desc, engine.get(), a.data);
+    if (status != dnnl_success) break;
+    args[count] = {a.id, memories[count]};
+    ++count;
+  }
+  if (status == dnnl_success) status = dnnl_primitive_execute(primitive.get(), stream.get(), count, args);
+  if (status == dnnl_success) status = dnnl_stream_wait(stream.get());
+  for (int i = 0; i < count; ++i) dnnl_memory_destroy(memories[i]);
+  if (status != dnnl_success) throw Error(distillrec::detail::concat("oneDNN: executing a primitive failed with status ", static_cast<int>(status)));
+}
+
+}  // namespace onednn
+#endif
+
 class Bf16Gemm {
  public:
   /// portable: always widen to fp32 and use gemm() (the path of CPUs without bf16 matmul).
@@ -142,8 +201,22 @@ class Bf16Gemm {
     widen_and_multiply(trans_a, trans_b, m, n, k, a, b, c, ldc, accumulate);
   }
 
-  /// What the last product ran on: the oneDNN implementation, or the portable path.
-  std::string description() const { return description_; }
+  /// What the products ran on: the oneDNN implementations used, and/or the widened path.
+  std::string description() const {
+    std::string impls;
+#ifdef DISTILLREC_WITH_ONEDNN
+    for (const Entry& e : cache_) {
+      if (e.used && impls.find(e.impl) == std::string::npos) impls += (impls.empty() ? "" : ", ") + e.impl;
+    }
+#endif
+    std::string out = impls.empty() ? std::string() : "oneDNN bf16 matmul (" + impls + ")";
+    if (widened_) {
+      out += out.empty() ? "" : "; ";
+      out += portable_ ? "portable path: bfloat16 widened to fp32, fp32 GEMM"
+                       : "bfloat16 widened to fp32, fp32 GEMM (no oneDNN bf16 matmul on this machine)";
+    }
+    return out.empty() ? "no product run yet" : out;
+  }
 
   /// True once a product ran on a oneDNN bf16 primitive.
   bool native() const { return native_; }
@@ -153,6 +226,7 @@ class Bf16Gemm {
     Trans trans_a, trans_b;
     Index m, n, k, ldc;  // m = -1: a runtime dimension
     bool accumulate;
+    bool used = false;  // has run a product
 #ifdef DISTILLREC_WITH_ONEDNN
     std::shared_ptr<dnnl::matmul> primitive;  // null: oneDNN has no native bf16 kernel for it
     std::string impl;
@@ -170,8 +244,7 @@ class Bf16Gemm {
     const ConstMatrixMap<float> wa(wide_a_.data(), a_rows, a_cols), wb(wide_b_.data(), b_rows, b_cols);
     MatrixStridedMap out(c, m, n, Eigen::OuterStride<>(ldc));
     gemm(trans_a, trans_b, 1.0f, wa, wb, accumulate ? 1.0f : 0.0f, out);
-    description_ = portable_ ? "portable path: bfloat16 widened to fp32, fp32 GEMM"
-                             : "bfloat16 widened to fp32, fp32 GEMM (no oneDNN bf16 matmul on this machine)";
+    widened_ = true;
   }
 
   static void widen(const std::uint16_t* src, float* dst, Index n) {
@@ -192,7 +265,7 @@ class Bf16Gemm {
       }
     }
     using dnnl::memory;
-    Entry entry{trans_a, trans_b, m, n, k, ldc, accumulate, nullptr, {}};
+    Entry entry{trans_a, trans_b, m, n, k, ldc, accumulate, false, nullptr, {}};
     try {
       if (!engine_) engine_ = std::make_unique<dnnl::engine>(dnnl::engine::kind::cpu, 0);
       const memory::dim rm = m < 0 ? DNNL_RUNTIME_DIM_VAL : static_cast<memory::dim>(m);
@@ -216,20 +289,18 @@ class Bf16Gemm {
     return cache_.back().primitive ? &cache_.back() : nullptr;
   }
 
-  void execute(const Entry& entry, Trans trans_a, Trans trans_b, Index m, Index n, Index k, const std::uint16_t* a,
+  void execute(Entry& entry, Trans trans_a, Trans trans_b, Index m, Index n, Index k, const std::uint16_t* a,
                const std::uint16_t* b, float* c, Index ldc) {
-    using dnnl::memory;
     if (!stream_) stream_ = std::make_unique<dnnl::stream>(*engine_);
-    const auto dm = static_cast<memory::dim>(m), dn = static_cast<memory::dim>(n), dk = static_cast<memory::dim>(k);
-    const memory ma({{dm, dk}, memory::data_type::bf16, trans_a == Trans::kNo ? memory::format_tag::ab : memory::format_tag::ba},
-                    *engine_, const_cast<std::uint16_t*>(a));
-    const memory mb({{dk, dn}, memory::data_type::bf16, trans_b == Trans::kNo ? memory::format_tag::ab : memory::format_tag::ba},
-                    *engine_, const_cast<std::uint16_t*>(b));
-    const memory mc({{dm, dn}, memory::data_type::f32, {static_cast<memory::dim>(ldc), 1}}, *engine_, c);
-    entry.primitive->execute(*stream_, {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}});
-    stream_->wait();
+    // op(a) [m, k] and op(b) [k, n] over row-major storage: a transposed operand swaps strides.
+    const auto a_desc = trans_a == Trans::kNo ? onednn::plain_desc(m, k, dnnl_bf16, k, 1) : onednn::plain_desc(m, k, dnnl_bf16, 1, m);
+    const auto b_desc = trans_b == Trans::kNo ? onednn::plain_desc(k, n, dnnl_bf16, n, 1) : onednn::plain_desc(k, n, dnnl_bf16, 1, k);
+    onednn::execute(*entry.primitive, *engine_, *stream_,
+                    {{DNNL_ARG_SRC, a_desc, const_cast<std::uint16_t*>(a)},
+                     {DNNL_ARG_WEIGHTS, b_desc, const_cast<std::uint16_t*>(b)},
+                     {DNNL_ARG_DST, onednn::plain_desc(m, n, dnnl_f32, ldc, 1), c}});
+    entry.used = true;
     native_ = true;
-    description_ = "oneDNN bf16 matmul (" + entry.impl + ")";
   }
 
   std::unique_ptr<dnnl::engine> engine_;
@@ -238,7 +309,7 @@ class Bf16Gemm {
 
   bool portable_ = false;
   bool native_ = false;
-  std::string description_ = "no product run yet";
+  bool widened_ = false;
   std::vector<Entry> cache_;
   std::vector<float> wide_a_, wide_b_;
 };

@@ -98,76 +98,28 @@ class TransformerBlock {
   /// y = block(x); y must not alias x.
   void forward(const ConstMatrixRef<T>& x, const SequenceLayout& layout, MatrixRef<T> y, Workspace& ws,
                const RunMode& mode) const {
-    const Index n = x.rows();
-    require_shape(y, n, dim_, "TransformerBlock output");
-    auto q = ws.q.resize(n, dim_);
-    auto a = ws.a.resize(n, dim_);
-    auto h = ws.h.resize(n, dim_);
-    auto r = ws.r.resize(n, dim_);
-    auto f = ws.f.resize(n, dim_);
-    if constexpr (std::is_same_v<Placement, SASRecNorm>) {
-      attention_norm_.forward(x, q, ws.attention_norm);
-      attention_.forward(q, x, layout, a, ws.attention, mode);
-      h = q + a;
-      ffn_norm_.forward(h, r, ws.ffn_norm);
-      ffn_.forward(r, f, ws.ffn, mode);
-      y = r + f;
-    } else if constexpr (std::is_same_v<Placement, PreNorm>) {
-      attention_norm_.forward(x, q, ws.attention_norm);
-      attention_.forward(q, q, layout, a, ws.attention, mode);
-      h = x + a;
-      ffn_norm_.forward(h, r, ws.ffn_norm);
-      ffn_.forward(r, f, ws.ffn, mode);
-      y = h + f;
-    } else {  // PostNorm: q holds x + Attn(x), h = LN_a(q), r = h + FFN(h), y = LN_f(r)
-      attention_.forward(x, x, layout, a, ws.attention, mode);
-      q = x + a;
-      attention_norm_.forward(q, h, ws.attention_norm);
-      ffn_.forward(h, f, ws.ffn, mode);
-      r = h + f;
-      ffn_norm_.forward(r, y, ws.ffn_norm);
-    }
+    require_shape(y, x.rows(), dim_, "TransformerBlock output");
+    compose(x, y, ws, mode, [&](const ConstMatrixRef<T>& queries, MatrixRef<T> a) {
+      attention_.forward(queries, keys_from(x, queries), layout, a, ws.attention, mode);
+    });
   }
 
   /// Inference output at the newest token of every sequence only: y_last [sequences, dim] equals
   /// the last rows of forward() in inference mode. The attention still reads every token.
   void forward_last(const ConstMatrixRef<T>& x, const SequenceLayout& layout, MatrixRef<T> y_last, Workspace& ws) const {
-    const Index n = x.rows(), b = layout.num_sequences();
+    const Index b = layout.num_sequences();
     require_shape(y_last, b, dim_, "TransformerBlock last-token output");
-    const RunMode mode = RunMode::inference();
     auto x_last = ws.x_last.resize(b, dim_);
     for (Index s = 0; s < b; ++s) x_last.row(s) = x.row(layout.last(s));
-    auto a = ws.a.resize(b, dim_);
-    auto h = ws.h.resize(b, dim_);
-    auto r = ws.r.resize(b, dim_);
-    auto f = ws.f.resize(b, dim_);
-    if constexpr (std::is_same_v<Placement, SASRecNorm>) {
-      auto q = ws.q.resize(b, dim_);
-      attention_norm_.forward(x_last, q, ws.attention_norm);
-      attention_.forward_last(q, x, layout, a, ws.attention);
-      h = q + a;
-      ffn_norm_.forward(h, r, ws.ffn_norm);
-      ffn_.forward(r, f, ws.ffn, mode);
-      y_last = r + f;
-    } else if constexpr (std::is_same_v<Placement, PreNorm>) {
-      auto q = ws.q.resize(n, dim_);
-      attention_norm_.forward(x, q, ws.attention_norm);
-      auto q_last = ws.grad_q.resize(b, dim_);
-      for (Index s = 0; s < b; ++s) q_last.row(s) = q.row(layout.last(s));
-      attention_.forward_last(q_last, q, layout, a, ws.attention);
-      h = x_last + a;
-      ffn_norm_.forward(h, r, ws.ffn_norm);
-      ffn_.forward(r, f, ws.ffn, mode);
-      y_last = h + f;
-    } else {
-      auto q = ws.q.resize(b, dim_);
-      attention_.forward_last(x_last, x, layout, a, ws.attention);
-      q = x_last + a;
-      attention_norm_.forward(q, h, ws.attention_norm);
-      ffn_.forward(h, f, ws.ffn, mode);
-      r = h + f;
-      ffn_norm_.forward(r, y_last, ws.ffn_norm);
-    }
+    compose(x_last, y_last, ws, RunMode::inference(), [&](const ConstMatrixRef<T>& queries, MatrixRef<T> a) {
+      if constexpr (std::is_same_v<Placement, PreNorm>) {  // keys and values from every normalised token
+        auto keys = ws.grad_q.resize(x.rows(), dim_);
+        attention_norm_.forward(x, keys, ws.attention_norm);
+        attention_.forward_last(queries, keys, layout, a, ws.attention);
+      } else {
+        attention_.forward_last(queries, x, layout, a, ws.attention);
+      }
+    });
   }
 
   /// Width of the attention's keys and values (what forward_cached caches per token).
@@ -180,34 +132,9 @@ class TransformerBlock {
   void forward_cached(const ConstMatrixRef<T>& x, Index position, T* k_cache, T* v_cache, MatrixRef<T> y, Workspace& ws) const {
     require_shape(x, 1, dim_, "TransformerBlock cached input");
     require_shape(y, 1, dim_, "TransformerBlock cached output");
-    const RunMode mode = RunMode::inference();
-    auto q = ws.q.resize(1, dim_);
-    auto a = ws.a.resize(1, dim_);
-    auto h = ws.h.resize(1, dim_);
-    auto r = ws.r.resize(1, dim_);
-    auto f = ws.f.resize(1, dim_);
-    if constexpr (std::is_same_v<Placement, SASRecNorm>) {
-      attention_norm_.forward(x, q, ws.attention_norm);
-      attention_.forward_cached(q, x, position, k_cache, v_cache, a, ws.attention);
-      h = q + a;
-      ffn_norm_.forward(h, r, ws.ffn_norm);
-      ffn_.forward(r, f, ws.ffn, mode);
-      y = r + f;
-    } else if constexpr (std::is_same_v<Placement, PreNorm>) {
-      attention_norm_.forward(x, q, ws.attention_norm);
-      attention_.forward_cached(q, q, position, k_cache, v_cache, a, ws.attention);
-      h = x + a;
-      ffn_norm_.forward(h, r, ws.ffn_norm);
-      ffn_.forward(r, f, ws.ffn, mode);
-      y = h + f;
-    } else {
-      attention_.forward_cached(x, x, position, k_cache, v_cache, a, ws.attention);
-      q = x + a;
-      attention_norm_.forward(q, h, ws.attention_norm);
-      ffn_.forward(h, f, ws.ffn, mode);
-      r = h + f;
-      ffn_norm_.forward(r, y, ws.ffn_norm);
-    }
+    compose(x, y, ws, RunMode::inference(), [&](const ConstMatrixRef<T>& queries, MatrixRef<T> a) {
+      attention_.forward_cached(queries, keys_from(x, queries), position, k_cache, v_cache, a, ws.attention);
+    });
   }
 
   /// dx = d(block)/dx^T dy (or dx += ..., see nn/backward.hpp); adds the parameter gradients.
@@ -259,6 +186,52 @@ class TransformerBlock {
   }
 
  private:
+  // The placement, written once for forward, forward_last and forward_cached: x_rows [rows, dim]
+  // are the block inputs of the rows computed (the residual's source), and attend(queries, a)
+  // runs the attention for those rows, writing a [rows, dim]; its queries are LN_a(x_rows)
+  // (SASRecNorm, PreNorm) or x_rows (PostNorm). The activations land in ws for backward().
+  template <typename Attend>
+  void compose(const ConstMatrixRef<T>& x_rows, MatrixRef<T> y, Workspace& ws, const RunMode& mode, Attend&& attend) const {
+    const Index rows = x_rows.rows();
+    auto q = ws.q.resize(rows, dim_);
+    auto a = ws.a.resize(rows, dim_);
+    auto h = ws.h.resize(rows, dim_);
+    auto r = ws.r.resize(rows, dim_);
+    auto f = ws.f.resize(rows, dim_);
+    if constexpr (std::is_same_v<Placement, SASRecNorm>) {
+      attention_norm_.forward(x_rows, q, ws.attention_norm);
+      attend(q, a);
+      h = q + a;
+      ffn_norm_.forward(h, r, ws.ffn_norm);
+      ffn_.forward(r, f, ws.ffn, mode);
+      y = r + f;
+    } else if constexpr (std::is_same_v<Placement, PreNorm>) {
+      attention_norm_.forward(x_rows, q, ws.attention_norm);
+      attend(q, a);
+      h = x_rows + a;
+      ffn_norm_.forward(h, r, ws.ffn_norm);
+      ffn_.forward(r, f, ws.ffn, mode);
+      y = h + f;
+    } else {  // PostNorm: q holds x + Attn(x), h = LN_a(q), r = h + FFN(h), y = LN_f(r)
+      attend(x_rows, a);
+      q = x_rows + a;
+      attention_norm_.forward(q, h, ws.attention_norm);
+      ffn_.forward(h, f, ws.ffn, mode);
+      r = h + f;
+      ffn_norm_.forward(r, y, ws.ffn_norm);
+    }
+  }
+
+  // Keys and values of the attention: the raw input for SASRec's block, the queries' source
+  // (normalised input, or the input itself for PostNorm) otherwise.
+  static const ConstMatrixRef<T>& keys_from(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& queries) {
+    if constexpr (std::is_same_v<Placement, SASRecNorm>) {
+      return x;
+    } else {
+      return queries;
+    }
+  }
+
   Norm attention_norm_;
   Attention attention_;
   Norm ffn_norm_;

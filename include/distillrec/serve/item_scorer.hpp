@@ -384,7 +384,7 @@ class ItemScorer {
       }
     }
     if (packed(rows)) {
-      const Index words = policy_.precision == Precision::kBf16 ? packed_bf16_.pairs : packed_int8_.quads;
+      const Index words = policy_.precision == Precision::kBf16 ? packed_bf16_.words_per_item : packed_int8_.words_per_item;
       ws.users_packed.resize(static_cast<std::size_t>(rows * words));
       for (Index r = 0; r < rows; ++r) {
         if (policy_.precision == Precision::kBf16) {
@@ -530,28 +530,23 @@ class ItemScorer {
 
   // out [rows, count] with row stride `ld`: float scores (bf16) or int32 sums (int8).
   void run_primitive(Index rows, Index first, Index count, void* out, Index ld, Workspace& ws) const {
-    using dnnl::memory;
     if (!ws.stream || ws.stream_engine != engine_) {  // a workspace may move between scorers
       ws.stream = std::make_unique<dnnl::stream>(*engine_);
       ws.stream_engine = engine_;
     }
     if (ws.scratchpad.size() < scratchpad_bytes_) ws.scratchpad.resize(scratchpad_bytes_);
     const bool int8 = policy_.precision == Precision::kInt8;
-    const auto d = static_cast<memory::dim>(head_.dim());
-    const auto src_type = int8 ? memory::data_type::u8 : memory::data_type::bf16;
-    const auto w_type = int8 ? memory::data_type::s8 : memory::data_type::bf16;
-    const auto dst_type = int8 ? memory::data_type::s32 : memory::data_type::f32;
+    const Index d = head_.dim();
     void* src = int8 ? static_cast<void*>(ws.users_u8.data()) : static_cast<void*>(ws.users_bf16.data());
     const void* weights = int8 ? static_cast<const void*>(int8_.data() + first * d)
                                : static_cast<const void*>(bf16_.data() + first * d);
-    const auto r = static_cast<memory::dim>(rows), n = static_cast<memory::dim>(count);
-    const memory a({{r, d}, src_type, memory::format_tag::ab}, *engine_, src);
-    const memory b({{d, n}, w_type, memory::format_tag::ba}, *engine_, const_cast<void*>(weights));
-    const memory c({{r, n}, dst_type, {static_cast<memory::dim>(ld), 1}}, *engine_, out);
-    const memory pad({{static_cast<memory::dim>(scratchpad_bytes_)}, memory::data_type::u8, memory::format_tag::a}, *engine_,
-                     ws.scratchpad.data());
+    // users [rows, d]; the table's rows as the [d, count] weights (transposed); out [rows, count].
     const dnnl::matmul& primitive = count == width_ ? *full_ : *tail_;
-    primitive.execute(*ws.stream, {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c}, {DNNL_ARG_SCRATCHPAD, pad}});
+    backend::onednn::execute(primitive, *engine_, *ws.stream,
+                             {{DNNL_ARG_SRC, backend::onednn::plain_desc(rows, d, int8 ? dnnl_u8 : dnnl_bf16, d, 1), src},
+                              {DNNL_ARG_WEIGHTS, backend::onednn::plain_desc(d, count, int8 ? dnnl_s8 : dnnl_bf16, 1, d), const_cast<void*>(weights)},
+                              {DNNL_ARG_DST, backend::onednn::plain_desc(rows, count, int8 ? dnnl_s32 : dnnl_f32, ld, 1), out},
+                              {DNNL_ARG_SCRATCHPAD, backend::onednn::bytes_desc(scratchpad_bytes_), ws.scratchpad.data()}});
   }
 
   std::shared_ptr<const dnnl::engine> engine_;

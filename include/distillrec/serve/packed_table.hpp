@@ -32,6 +32,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX512F__) && (defined(__AVX512BF16__) || defined(__AVX512VNNI__))
@@ -61,78 +62,56 @@ inline constexpr bool kVnniInstruction =
 
 inline Index panels_for(Index items) { return (items + kPanel - 1) / kPanel; }
 
-/// A bfloat16 table in panels (see the top of this file).
-struct PackedBf16Table {
-  Index items = 0, dim = 0, pairs = 0, panels = 0;
-  std::vector<std::uint32_t> words;  // [panels][pairs][16]
+/// A table in panels (see the top of this file): each 32-bit word holds kPerWord consecutive
+/// dimensions of one item (element b in bits 32 / kPerWord * b and up), dimensions padded with
+/// zeros to whole words. Element is the table's (std::uint16_t bfloat16 bits, or std::int8_t).
+template <typename Element, int kPerWord>
+struct PackedTable {
+  static_assert(sizeof(Element) * kPerWord == sizeof(std::uint32_t), "a word holds kPerWord elements");
+  Index items = 0, dim = 0, words_per_item = 0, panels = 0;
+  std::vector<std::uint32_t> words;  // [panels][words_per_item][16]
 
-  /// From a row-major [items, dim] bfloat16 table.
-  void build(const std::uint16_t* rows, Index num_items, Index num_dims) {
+  /// From a row-major [items, dim] table.
+  void build(const Element* rows, Index num_items, Index num_dims) {
     items = num_items;
     dim = num_dims;
-    pairs = (dim + 1) / 2;
+    words_per_item = (dim + kPerWord - 1) / kPerWord;
     panels = panels_for(items);
-    words.assign(static_cast<std::size_t>(panels * pairs * kPanel), 0u);
+    words.assign(static_cast<std::size_t>(panels * words_per_item * kPanel), 0u);
     for (Index j = 0; j < items; ++j) {
-      const std::uint16_t* row = rows + j * dim;
-      std::uint32_t* panel = words.data() + (j / kPanel) * pairs * kPanel + j % kPanel;
-      for (Index c = 0; c < pairs; ++c) {
-        const std::uint32_t low = row[2 * c];
-        const std::uint32_t high = 2 * c + 1 < dim ? row[2 * c + 1] : 0u;
-        panel[c * kPanel] = low | (high << 16);
-      }
+      std::uint32_t* panel = words.data() + (j / kPanel) * words_per_item * kPanel + j % kPanel;
+      for (Index c = 0; c < words_per_item; ++c) panel[c * kPanel] = word(rows + j * dim, c);
     }
   }
 
   std::size_t bytes() const { return words.size() * sizeof(std::uint32_t); }
 
-  /// A user's bfloat16 values as the table's pairs (out has `pairs` words).
-  void pack_user(const std::uint16_t* user, std::uint32_t* out) const {
-    for (Index c = 0; c < pairs; ++c) {
-      const std::uint32_t high = 2 * c + 1 < dim ? user[2 * c + 1] : 0u;
-      out[c] = user[2 * c] | (high << 16);
+  /// A user's values (the same element width: bfloat16 bits, or unsigned 8-bit codes) as the
+  /// table's words (out has words_per_item of them; padding multiplies zero weights).
+  template <typename UserElement>
+  void pack_user(const UserElement* user, std::uint32_t* out) const {
+    static_assert(sizeof(UserElement) == sizeof(Element), "users are packed like the table");
+    for (Index c = 0; c < words_per_item; ++c) out[c] = word(user, c);
+  }
+
+ private:
+  template <typename E>
+  std::uint32_t word(const E* values, Index c) const {
+    constexpr int kBits = 32 / kPerWord;
+    std::uint32_t w = 0;
+    for (Index b = 0; b < kPerWord; ++b) {
+      if (kPerWord * c + b < dim) {
+        w |= static_cast<std::uint32_t>(static_cast<std::make_unsigned_t<E>>(values[kPerWord * c + b])) << (kBits * b);
+      }
     }
+    return w;
   }
 };
 
-/// An int8 table in panels (see the top of this file).
-struct PackedInt8Table {
-  Index items = 0, dim = 0, quads = 0, panels = 0;
-  std::vector<std::uint32_t> words;  // [panels][quads][16], four int8 per word
-
-  /// From a row-major [items, dim] int8 table.
-  void build(const std::int8_t* rows, Index num_items, Index num_dims) {
-    items = num_items;
-    dim = num_dims;
-    quads = (dim + 3) / 4;
-    panels = panels_for(items);
-    words.assign(static_cast<std::size_t>(panels * quads * kPanel), 0u);
-    for (Index j = 0; j < items; ++j) {
-      const std::int8_t* row = rows + j * dim;
-      std::uint32_t* panel = words.data() + (j / kPanel) * quads * kPanel + j % kPanel;
-      for (Index c = 0; c < quads; ++c) {
-        std::uint32_t word = 0;
-        for (Index b = 0; b < 4; ++b) {
-          if (4 * c + b < dim) word |= static_cast<std::uint32_t>(static_cast<std::uint8_t>(row[4 * c + b])) << (8 * b);
-        }
-        panel[c * kPanel] = word;
-      }
-    }
-  }
-
-  std::size_t bytes() const { return words.size() * sizeof(std::uint32_t); }
-
-  /// A user's unsigned 8-bit codes as the table's quadruples (padding codes multiply zeros).
-  void pack_user(const std::uint8_t* user, std::uint32_t* out) const {
-    for (Index c = 0; c < quads; ++c) {
-      std::uint32_t word = 0;
-      for (Index b = 0; b < 4; ++b) {
-        if (4 * c + b < dim) word |= static_cast<std::uint32_t>(user[4 * c + b]) << (8 * b);
-      }
-      out[c] = word;
-    }
-  }
-};
+/// bfloat16 pairs: word (panel p, c, lane i) = item 16p + i's dimensions 2c (low half), 2c + 1.
+using PackedBf16Table = PackedTable<std::uint16_t, 2>;
+/// int8 quadruples: word (p, c, i) = item 16p + i's dimensions 4c .. 4c + 3.
+using PackedInt8Table = PackedTable<std::int8_t, 4>;
 
 /// Where the kernels write: row r's score of panel-relative item j goes to out[r * ld + j], for
 /// j < count (the items first_panel * 16 .. first_panel * 16 + count - 1).
@@ -167,7 +146,7 @@ inline void store_panel(const PanelOutput& o, Index row, Index q, Store&& store)
 // R users x P consecutive panels: R * P independent accumulators hide the dot's latency.
 template <int R, int P>
 inline void bf16_native(const PackedBf16Table& t, const std::uint32_t* users, Index panel, Index q, const PanelOutput& o) {
-  const Index pairs = t.pairs;
+  const Index pairs = t.words_per_item;
   const std::uint32_t* w = t.words.data() + panel * pairs * kPanel;
   __m512 acc[R][P];
   for (int r = 0; r < R; ++r) {
@@ -196,7 +175,7 @@ inline void bf16_portable(const PackedBf16Table& t, const std::uint32_t* users, 
   constexpr int W = static_cast<int>(F::size);
   constexpr int S = static_cast<int>(kPanel) / W;
   static_assert(S * W == kPanel, "a panel is a whole number of SIMD vectors");
-  const Index pairs = t.pairs;
+  const Index pairs = t.words_per_item;
   const std::uint32_t* w = t.words.data() + panel * pairs * kPanel;
   F acc[R][P][S];
   for (int r = 0; r < R; ++r) {
@@ -250,7 +229,7 @@ struct Int8Rescale {
 template <int R, int P>
 inline void int8_native(const PackedInt8Table& t, const std::uint32_t* users, Index panel, Index q, const PanelOutput& o,
                         const Int8Rescale& rs) {
-  const Index quads = t.quads;
+  const Index quads = t.words_per_item;
   const std::uint32_t* w = t.words.data() + panel * quads * kPanel;
   __m512i acc[R][P];
   for (int r = 0; r < R; ++r) {
@@ -286,7 +265,7 @@ inline void int8_portable(const PackedInt8Table& t, const std::uint32_t* users, 
   constexpr int W = static_cast<int>(I::size);
   constexpr int S = static_cast<int>(kPanel) / W;
   static_assert(S * W == kPanel && F::size == I::size, "a panel is a whole number of SIMD vectors");
-  const Index quads = t.quads;
+  const Index quads = t.words_per_item;
   const std::uint32_t* w = t.words.data() + panel * quads * kPanel;
   I acc[R][P][S];
   for (int r = 0; r < R; ++r) {
@@ -334,72 +313,73 @@ inline void over_panels(Index first_panel, Index count, Kernel&& kernel) {
 
 }  // namespace kernels
 
-/// scores[r * ld + j] (r < rows, j < count) = bf16 scores of items first_panel * 16 + j for the
-/// users' packed pairs (users[r * t.pairs ...]). `native` false runs the xsimd path.
-inline void score_bf16_panels(const PackedBf16Table& t, const std::uint32_t* users, Index rows, Index first_panel, Index count,
-                              float* scores, Index ld, bool native) {
+namespace kernels {
+
+// run(r0, integral_constant<int, R>) for the users r0 .. r0 + R - 1, R <= 4, over all rows.
+template <typename Run>
+inline void for_row_groups(Index rows, Run&& run) {
   for (Index r0 = 0; r0 < rows; r0 += 4) {
-    const Index rn = std::min<Index>(4, rows - r0);
-    const std::uint32_t* u = users + r0 * t.pairs;
-    const PanelOutput o{scores + r0 * ld, ld, count};
-    auto run = [&](auto rows_c) {
-      constexpr int R = decltype(rows_c)::value;
-#if defined(__AVX512F__) && defined(__AVX512BF16__)
-      // Enough independent accumulators for the dot's latency (R * P >= 4 .. 8).
-      constexpr int P = R == 1 ? 8 : (R == 2 ? 4 : 2);
-      if (native) {
-        kernels::over_panels<R, P>(first_panel, count, [&](auto p_c, Index panel, Index q) {
-          kernels::bf16_native<R, decltype(p_c)::value>(t, u, panel, q, o);
-        });
-        return;
-      }
-#endif
-      constexpr int PP = R == 1 ? 4 : (R == 2 ? 2 : 1);  // fewer registers without AVX-512
-      kernels::over_panels<R, PP>(first_panel, count, [&](auto p_c, Index panel, Index q) {
-        kernels::bf16_portable<R, decltype(p_c)::value>(t, u, panel, q, o);
-      });
-    };
-    switch (rn) {
-      case 1: run(std::integral_constant<int, 1>{}); break;
-      case 2: run(std::integral_constant<int, 2>{}); break;
-      case 3: run(std::integral_constant<int, 3>{}); break;
-      default: run(std::integral_constant<int, 4>{}); break;
+    switch (std::min<Index>(4, rows - r0)) {
+      case 1: run(r0, std::integral_constant<int, 1>{}); break;
+      case 2: run(r0, std::integral_constant<int, 2>{}); break;
+      case 3: run(r0, std::integral_constant<int, 3>{}); break;
+      default: run(r0, std::integral_constant<int, 4>{}); break;
     }
   }
+}
+
+// Panels per step for R users: enough independent accumulators for the dot's latency (R * P
+// >= 4 .. 8) on AVX-512, fewer registers without it.
+template <int R>
+inline constexpr int kNativePanels = R == 1 ? 8 : (R == 2 ? 4 : 2);
+template <int R>
+inline constexpr int kPortablePanels = R == 1 ? 4 : (R == 2 ? 2 : 1);
+
+}  // namespace kernels
+
+/// scores[r * ld + j] (r < rows, j < count) = bf16 scores of items first_panel * 16 + j for the
+/// users' packed pairs (users[r * t.words_per_item ...]). `native` false runs the xsimd path.
+inline void score_bf16_panels(const PackedBf16Table& t, const std::uint32_t* users, Index rows, Index first_panel, Index count,
+                              float* scores, Index ld, bool native) {
+  kernels::for_row_groups(rows, [&](Index r0, auto rows_c) {
+    constexpr int R = decltype(rows_c)::value;
+    const std::uint32_t* u = users + r0 * t.words_per_item;
+    const PanelOutput o{scores + r0 * ld, ld, count};
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+    if (native) {
+      kernels::over_panels<R, kernels::kNativePanels<R>>(first_panel, count, [&](auto p_c, Index panel, Index q) {
+        kernels::bf16_native<R, decltype(p_c)::value>(t, u, panel, q, o);
+      });
+      return;
+    }
+#endif
+    kernels::over_panels<R, kernels::kPortablePanels<R>>(first_panel, count, [&](auto p_c, Index panel, Index q) {
+      kernels::bf16_portable<R, decltype(p_c)::value>(t, u, panel, q, o);
+    });
+  });
   (void)native;
 }
 
 /// The same for an int8 table: scores = user_scale[r] * (scale[j] * sum - offset[j]).
 inline void score_int8_panels(const PackedInt8Table& t, const std::uint32_t* users, const float* user_scale, const float* scale,
                               const float* offset, Index rows, Index first_panel, Index count, float* scores, Index ld, bool native) {
-  for (Index r0 = 0; r0 < rows; r0 += 4) {
-    const Index rn = std::min<Index>(4, rows - r0);
-    const std::uint32_t* u = users + r0 * t.quads;
+  kernels::for_row_groups(rows, [&](Index r0, auto rows_c) {
+    constexpr int R = decltype(rows_c)::value;
+    const std::uint32_t* u = users + r0 * t.words_per_item;
     const PanelOutput o{scores + r0 * ld, ld, count};
     const kernels::Int8Rescale rs{scale, offset, user_scale + r0};
-    auto run = [&](auto rows_c) {
-      constexpr int R = decltype(rows_c)::value;
 #if defined(__AVX512F__) && defined(__AVX512VNNI__)
-      constexpr int P = R == 1 ? 8 : (R == 2 ? 4 : 2);
-      if (native) {
-        kernels::over_panels<R, P>(first_panel, count, [&](auto p_c, Index panel, Index q) {
-          kernels::int8_native<R, decltype(p_c)::value>(t, u, panel, q, o, rs);
-        });
-        return;
-      }
-#endif
-      constexpr int PP = R == 1 ? 4 : (R == 2 ? 2 : 1);
-      kernels::over_panels<R, PP>(first_panel, count, [&](auto p_c, Index panel, Index q) {
-        kernels::int8_portable<R, decltype(p_c)::value>(t, u, panel, q, o, rs);
+    if (native) {
+      kernels::over_panels<R, kernels::kNativePanels<R>>(first_panel, count, [&](auto p_c, Index panel, Index q) {
+        kernels::int8_native<R, decltype(p_c)::value>(t, u, panel, q, o, rs);
       });
-    };
-    switch (rn) {
-      case 1: run(std::integral_constant<int, 1>{}); break;
-      case 2: run(std::integral_constant<int, 2>{}); break;
-      case 3: run(std::integral_constant<int, 3>{}); break;
-      default: run(std::integral_constant<int, 4>{}); break;
+      return;
     }
-  }
+#endif
+    kernels::over_panels<R, kernels::kPortablePanels<R>>(first_panel, count, [&](auto p_c, Index panel, Index q) {
+      kernels::int8_portable<R, decltype(p_c)::value>(t, u, panel, q, o, rs);
+    });
+  });
   (void)native;
 }
 

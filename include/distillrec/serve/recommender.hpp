@@ -202,17 +202,24 @@ class Recommender {
     const bool slides = static_cast<Index>(session.window.size()) >= window;
     if constexpr (models::contract::has_session_append<Model>::value) {
       if (!session.slid && !slides) {
-        // Into copies, committed only when everything succeeded (the session stays unchanged
-        // on any error, out of memory included).
-        session.window.reserve(session.window.size() + 1);
+        // Into the slot's copy of the cache, committed only when everything succeeded (the
+        // session stays unchanged on any error, out of memory included; a model may advance
+        // its cache in place, e.g. GRU4Rec's states). The committed buffer is swapped with the
+        // slot's, so steady-state appends allocate nothing.
+        if (session.window.capacity() < static_cast<std::size_t>(window) + 1) session.window.reserve(static_cast<std::size_t>(window) + 1);
         const auto size = static_cast<std::size_t>(model_->session_cache_size());
-        std::vector<T> cache = session.cache.size() == size ? session.cache : std::vector<T>(size, T(0));
-        std::vector<T> user(static_cast<std::size_t>(d));
-        model_->session_append(cache.data(), static_cast<Index>(session.window.size()), item, MatrixMap<T>(user.data(), 1, d),
+        auto& cache = slot->session_cache;
+        if (session.cache.size() == size) {
+          cache.assign(session.cache.begin(), session.cache.end());
+        } else {
+          cache.assign(size, T(0));
+        }
+        slot->user_vectors.resize(1, d);
+        model_->session_append(cache.data(), static_cast<Index>(session.window.size()), item, slot->user_vectors,
                                slot->workspace);
-        session.window.push_back(item);  // capacity reserved: cannot throw
+        session.user.assign(slot->user_vectors.data(), slot->user_vectors.data() + d);  // no allocation once sized
         session.cache.swap(cache);
-        session.user.swap(user);
+        session.window.push_back(item);  // capacity reserved: cannot throw
         ++session.events;
         return;
       }
@@ -220,13 +227,13 @@ class Recommender {
     // Re-encode the window with the new item (the newest max_length items).
     auto& h = slot->histories;
     h.resize(1);
+    h[0].reserve(static_cast<std::size_t>(window) + 1);  // every window buffer, swapped below, holds a full window
     h[0].assign(session.window.begin() + (slides ? 1 : 0), session.window.end());
     h[0].push_back(item);
     slot->user_vectors.resize(1, d);
     model_->encode(h, slot->user_vectors, slot->workspace);
-    std::vector<T> user(slot->user_vectors.data(), slot->user_vectors.data() + d);
+    session.user.assign(slot->user_vectors.data(), slot->user_vectors.data() + d);  // no allocation once sized
     session.window.swap(h[0]);  // nothing below throws
-    session.user.swap(user);
     if (slides) {
       session.slid = true;
       session.cache.clear();
@@ -332,6 +339,7 @@ class Recommender {
     Matrix<T> user_vectors;
     std::vector<std::vector<ScoredItem>> top;
     std::vector<Sequence> merged;
+    std::vector<T> session_cache;  // a session's cache while an append runs
   };
 
   // Borrows a pooled slot for one call and returns it on every path, exceptions included.

@@ -54,13 +54,13 @@ inline MatmulPrecision parse_matmul_precision(const std::string& name) {
 namespace bf16 {
 
 /// float to bfloat16, rounding to nearest even (the conversion oneDNN and AVX512-BF16 use);
-/// NaN stays NaN.
+/// NaN stays NaN. Branch-free, so loops over it vectorise.
 inline std::uint16_t from_float(float value) {
   std::uint32_t bits;
   std::memcpy(&bits, &value, sizeof bits);
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((bits >> 16) | 0x40u);  // quiet NaN
-  bits += 0x7fffu + ((bits >> 16) & 1u);
-  return static_cast<std::uint16_t>(bits >> 16);
+  const std::uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+  const std::uint32_t quiet_nan = (bits >> 16) | 0x40u;
+  return static_cast<std::uint16_t>((bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
 }
 
 inline float to_float(std::uint16_t value) {
@@ -70,15 +70,9 @@ inline float to_float(std::uint16_t value) {
   return out;
 }
 
-/// dst[i] = from_float(src[i]) for i < n, written so the compiler vectorises it (no branch).
+/// dst[i] = from_float(src[i]) for i < n.
 inline void convert(const float* src, std::uint16_t* dst, Index n) {
-  for (Index i = 0; i < n; ++i) {
-    std::uint32_t bits;
-    std::memcpy(&bits, src + i, sizeof bits);
-    const std::uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
-    const std::uint32_t nan = (bits >> 16) | 0x40u;
-    dst[i] = static_cast<std::uint16_t>((bits & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
-  }
+  for (Index i = 0; i < n; ++i) dst[i] = from_float(src[i]);
 }
 
 /// The rows of a float matrix (any row stride) as contiguous bfloat16 rows; rows run in parallel
@@ -197,6 +191,8 @@ class Bf16Gemm {
         return;
       }
     }
+#else
+    (void)fixed_m;  // only oneDNN's primitives have shapes to cache
 #endif
     widen_and_multiply(trans_a, trans_b, m, n, k, a, b, c, ldc, accumulate);
   }
@@ -219,7 +215,9 @@ class Bf16Gemm {
   }
 
   /// True once a product ran on a oneDNN bf16 primitive.
-  bool native() const { return native_; }
+  bool native() const {
+    return std::any_of(cache_.begin(), cache_.end(), [](const Entry& e) { return e.used; });
+  }
 
  private:
   struct Entry {
@@ -300,7 +298,6 @@ class Bf16Gemm {
                      {DNNL_ARG_WEIGHTS, b_desc, const_cast<std::uint16_t*>(b)},
                      {DNNL_ARG_DST, onednn::plain_desc(m, n, dnnl_f32, ldc, 1), c}});
     entry.used = true;
-    native_ = true;
   }
 
   std::unique_ptr<dnnl::engine> engine_;
@@ -308,7 +305,6 @@ class Bf16Gemm {
 #endif
 
   bool portable_ = false;
-  bool native_ = false;
   bool widened_ = false;
   std::vector<Entry> cache_;
   std::vector<float> wide_a_, wide_b_;

@@ -16,8 +16,9 @@
 //   serve --data ../shared/data/amazon-games.txt --synthetic-items 1000000
 // Sessions: appending one event (the 50th: the cached path where the model has one; and past the
 // window, where every model re-encodes) and a session's top-10 (scoring only).
-// --torch: then the PyTorch reference (bench/pytorch/serve_reference.py, SASRec; eager and
-// TorchScript) on the same histories and machine, printed side by side.
+// --torch: then the PyTorch reference (bench/pytorch/serve_reference.py, SASRec or LLMRec; eager
+// and TorchScript) on the same histories and machine, printed side by side, with its top-10
+// agreement with the library's fp32 results.
 #include "distillrec/backend/parallel.hpp"
 #include "distillrec/data/interactions.hpp"
 #include "distillrec/data/split.hpp"
@@ -258,13 +259,15 @@ nlohmann::json run(std::shared_ptr<const Model> model, const data::LeaveOneOutSp
 
   if (o.torch) {
     // The PyTorch reference on the same histories, right after (bench/pytorch/serve_reference.py).
-    if (std::string(Model::kModelName) != "sasrec" || o.checkpoint.empty()) {
-      std::printf("\nPyTorch reference: implemented for SASRec checkpoints only\n");
+    const std::string kind = Model::kModelName;
+    if ((kind != "sasrec" && kind != "llm_rec") || o.checkpoint.empty()) {
+      std::printf("\nPyTorch reference: implemented for SASRec and LLMRec checkpoints only\n");
       return out;
     }
     const auto tmp = std::filesystem::temp_directory_path();
     const std::string tag = std::to_string(static_cast<long long>(::getpid()));
     const std::string hist_path = (tmp / ("distillrec_serve_histories_" + tag + ".txt")).string();
+    const std::string expect_path = (tmp / ("distillrec_serve_expect_" + tag + ".txt")).string();
     const std::string torch_json = (tmp / ("distillrec_serve_torch_" + tag + ".json")).string();
     {
       std::ofstream f(hist_path);
@@ -274,9 +277,25 @@ nlohmann::json run(std::shared_ptr<const Model> model, const data::LeaveOneOutSp
       }
       if (!f) throw Error("serve benchmark: cannot write " + hist_path);
     }
+    if constexpr (models::contract::has_max_length<Model>::value) {
+      // The library's fp32 top-10 of the first 500 histories' windows: the reference reports its
+      // agreement, so both sides are known to serve the same model.
+      serve::Recommender<Model> fp32(model);
+      std::ofstream f(expect_path);
+      const auto window = static_cast<std::ptrdiff_t>(model->max_length());
+      for (std::size_t i = 0; i < std::min<std::size_t>(500, histories.size()); ++i) {
+        const auto& h = histories[i];
+        const Sequence cut(h.end() - std::min<std::ptrdiff_t>(window, static_cast<std::ptrdiff_t>(h.size())), h.end());
+        const auto top = fp32.recommend(cut, {10});
+        for (std::size_t j = 0; j < top.size(); ++j) f << (j ? " " : "") << top[j].item;
+        f << "\n";
+      }
+      if (!f) throw Error("serve benchmark: cannot write " + expect_path);
+    }
     const std::string cmd = "/usr/bin/python3 " + o.torch_script + " --checkpoint '" + o.checkpoint + "' --histories '" + hist_path +
-                            "' --queries " + std::to_string(o.queries) + " --batch " + std::to_string(o.block) + " --threads " +
-                            std::to_string(o.threads) + " --repeats " + std::to_string(o.repeats) + " --json '" + torch_json + "'";
+                            "' --expect '" + expect_path + "' --queries " + std::to_string(o.queries) + " --batch " +
+                            std::to_string(o.block) + " --threads " + std::to_string(o.threads) + " --repeats " +
+                            std::to_string(o.repeats) + " --json '" + torch_json + "'";
     std::printf("\nPyTorch reference, the same histories on the same machine:\n$ %s\n", cmd.c_str());
     std::fflush(stdout);
     if (std::system(cmd.c_str()) != 0) throw Error("serve benchmark: the PyTorch reference failed: " + cmd);
@@ -285,6 +304,7 @@ nlohmann::json run(std::shared_ptr<const Model> model, const data::LeaveOneOutSp
       out["pytorch"] = nlohmann::json::parse(in);
     }
     std::filesystem::remove(hist_path);
+    std::filesystem::remove(expect_path);
     std::filesystem::remove(torch_json);
     std::printf("\nside by side (ms, users/s):\n%-22s", "");
     for (auto p : kPrecisions) std::printf(" %10s", serve::to_string(p).c_str());
@@ -326,7 +346,7 @@ int main(int argc, char** argv) {
   app.add_option("--precisions", precision_names, "Policies to build and measure (fp32 first for the quality comparison)")
       ->delimiter(',')
       ->check(CLI::IsMember({"fp32", "bf16", "int8"}));
-  app.add_flag("--torch", o.torch, "Then run the PyTorch reference (eager, TorchScript) on the same histories (SASRec)");
+  app.add_flag("--torch", o.torch, "Then run the PyTorch reference (eager, TorchScript) on the same histories (SASRec, LLMRec)");
   app.add_option("--torch-script", o.torch_script, "Path of bench/pytorch/serve_reference.py");
   app.add_option("--json", o.json_path, "Write every figure as JSON here");
   CLI11_PARSE(app, argc, argv);

@@ -33,6 +33,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #if defined(__AVX512F__) && (defined(__AVX512BF16__) || defined(__AVX512VNNI__))
@@ -123,6 +124,18 @@ struct PanelOutput {
 
 namespace kernels {
 
+// f(integral_constant<int, 0>) .. f(integral_constant<int, N - 1>), unrolled whatever the
+// optimisation level: the kernels' accumulators stay in registers when a host compiles at -O2
+// (a loop over them is not unrolled there, and every step then goes through the stack).
+template <typename F, int... I>
+inline void unrolled_impl(F& f, std::integer_sequence<int, I...> /*indices*/) {
+  (f(std::integral_constant<int, I>{}), ...);
+}
+template <int N, typename F>
+inline void unrolled(F&& f) {
+  unrolled_impl(f, std::make_integer_sequence<int, N>{});
+}
+
 // Writes the 16 scores of panel q (relative to the pass's first panel) of one row, or the part
 // of them inside `count`.
 template <typename Store>
@@ -149,20 +162,18 @@ inline void bf16_native(const PackedBf16Table& t, const std::uint32_t* users, In
   const Index pairs = t.words_per_item;
   const std::uint32_t* w = t.words.data() + panel * pairs * kPanel;
   __m512 acc[R][P];
-  for (int r = 0; r < R; ++r) {
-    for (int p = 0; p < P; ++p) acc[r][p] = _mm512_setzero_ps();
-  }
+  unrolled<R>([&](auto r) { unrolled<P>([&](auto p) { acc[r][p] = _mm512_setzero_ps(); }); });
   for (Index c = 0; c < pairs; ++c) {
     __m512bh v[P];
-    for (int p = 0; p < P; ++p) v[p] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(w + (p * pairs + c) * kPanel));
-    for (int r = 0; r < R; ++r) {
+    unrolled<P>([&](auto p) { v[p] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(w + (p * pairs + c) * kPanel)); });
+    unrolled<R>([&](auto r) {
       const __m512bh u = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(users[r * pairs + c])));
-      for (int p = 0; p < P; ++p) acc[r][p] = _mm512_dpbf16_ps(acc[r][p], v[p], u);
-    }
+      unrolled<P>([&](auto p) { acc[r][p] = _mm512_dpbf16_ps(acc[r][p], v[p], u); });
+    });
   }
-  for (int r = 0; r < R; ++r) {
-    for (int p = 0; p < P; ++p) store_panel(o, r, q + p, [&](float* dst) { _mm512_storeu_ps(dst, acc[r][p]); });
-  }
+  unrolled<R>([&](auto r) {
+    unrolled<P>([&](auto p) { store_panel(o, r, q + p, [&](float* dst) { _mm512_storeu_ps(dst, acc[r][p]); }); });
+  });
 }
 #endif
 
@@ -178,15 +189,11 @@ inline void bf16_portable(const PackedBf16Table& t, const std::uint32_t* users, 
   const Index pairs = t.words_per_item;
   const std::uint32_t* w = t.words.data() + panel * pairs * kPanel;
   F acc[R][P][S];
-  for (int r = 0; r < R; ++r) {
-    for (int p = 0; p < P; ++p) {
-      for (int s = 0; s < S; ++s) acc[r][p][s] = F(0.0f);
-    }
-  }
+  unrolled<R>([&](auto r) { unrolled<P>([&](auto p) { unrolled<S>([&](auto s) { acc[r][p][s] = F(0.0f); }); }); });
   const U high_mask(0xffff0000u);
   for (Index c = 0; c < pairs; ++c) {
     F high[R], low[R];
-    for (int r = 0; r < R; ++r) {
+    unrolled<R>([&](auto r) {
       const std::uint32_t u = users[r * pairs + c];
       const std::uint32_t hb = u & 0xffff0000u, lb = u << 16;
       float hf, lf;
@@ -194,26 +201,24 @@ inline void bf16_portable(const PackedBf16Table& t, const std::uint32_t* users, 
       std::memcpy(&lf, &lb, sizeof lf);
       high[r] = F(hf);
       low[r] = F(lf);
-    }
-    for (int p = 0; p < P; ++p) {
-      for (int s = 0; s < S; ++s) {
+    });
+    unrolled<P>([&](auto p) {
+      unrolled<S>([&](auto s) {
         const U v = U::load_unaligned(w + (p * pairs + c) * kPanel + s * W);
         const F vh = xsimd::bitwise_cast<F>(v & high_mask);
         const F vl = xsimd::bitwise_cast<F>(v << 16);
-        for (int r = 0; r < R; ++r) {
+        unrolled<R>([&](auto r) {
           acc[r][p][s] = xsimd::fma(vh, high[r], acc[r][p][s]);
           acc[r][p][s] = xsimd::fma(vl, low[r], acc[r][p][s]);
-        }
-      }
-    }
-  }
-  for (int r = 0; r < R; ++r) {
-    for (int p = 0; p < P; ++p) {
-      store_panel(o, r, q + p, [&](float* dst) {
-        for (int s = 0; s < S; ++s) acc[r][p][s].store_unaligned(dst + s * W);
+        });
       });
-    }
+    });
   }
+  unrolled<R>([&](auto r) {
+    unrolled<P>([&](auto p) {
+      store_panel(o, r, q + p, [&](float* dst) { unrolled<S>([&](auto s) { acc[r][p][s].store_unaligned(dst + s * W); }); });
+    });
+  });
 }
 
 // ---- int8 -------------------------------------------------------------------------------------
@@ -232,26 +237,24 @@ inline void int8_native(const PackedInt8Table& t, const std::uint32_t* users, In
   const Index quads = t.words_per_item;
   const std::uint32_t* w = t.words.data() + panel * quads * kPanel;
   __m512i acc[R][P];
-  for (int r = 0; r < R; ++r) {
-    for (int p = 0; p < P; ++p) acc[r][p] = _mm512_setzero_si512();
-  }
+  unrolled<R>([&](auto r) { unrolled<P>([&](auto p) { acc[r][p] = _mm512_setzero_si512(); }); });
   for (Index c = 0; c < quads; ++c) {
     __m512i v[P];
-    for (int p = 0; p < P; ++p) v[p] = _mm512_loadu_si512(w + (p * quads + c) * kPanel);
-    for (int r = 0; r < R; ++r) {
+    unrolled<P>([&](auto p) { v[p] = _mm512_loadu_si512(w + (p * quads + c) * kPanel); });
+    unrolled<R>([&](auto r) {
       const __m512i u = _mm512_set1_epi32(static_cast<int>(users[r * quads + c]));
-      for (int p = 0; p < P; ++p) acc[r][p] = _mm512_dpbusd_epi32(acc[r][p], u, v[p]);
-    }
+      unrolled<P>([&](auto p) { acc[r][p] = _mm512_dpbusd_epi32(acc[r][p], u, v[p]); });
+    });
   }
-  for (int p = 0; p < P; ++p) {
+  unrolled<P>([&](auto p) {
     const Index item = (panel + p) * kPanel;
     const __m512 scale = _mm512_loadu_ps(rs.scale + item), offset = _mm512_loadu_ps(rs.offset + item);
-    for (int r = 0; r < R; ++r) {
+    unrolled<R>([&](auto r) {
       const __m512 us = _mm512_set1_ps(rs.user_scale[r]);
       const __m512 s = _mm512_mul_ps(us, _mm512_sub_ps(_mm512_mul_ps(scale, _mm512_cvtepi32_ps(acc[r][p])), offset));
       store_panel(o, r, q + p, [&](float* dst) { _mm512_storeu_ps(dst, s); });
-    }
-  }
+    });
+  });
 }
 #endif
 
@@ -268,37 +271,33 @@ inline void int8_portable(const PackedInt8Table& t, const std::uint32_t* users, 
   const Index quads = t.words_per_item;
   const std::uint32_t* w = t.words.data() + panel * quads * kPanel;
   I acc[R][P][S];
-  for (int r = 0; r < R; ++r) {
-    for (int p = 0; p < P; ++p) {
-      for (int s = 0; s < S; ++s) acc[r][p][s] = I(0);
-    }
-  }
+  unrolled<R>([&](auto r) { unrolled<P>([&](auto p) { unrolled<S>([&](auto s) { acc[r][p][s] = I(0); }); }); });
   for (Index c = 0; c < quads; ++c) {
-    for (int p = 0; p < P; ++p) {
-      for (int s = 0; s < S; ++s) {
+    unrolled<P>([&](auto p) {
+      unrolled<S>([&](auto s) {
         const I v = xsimd::bitwise_cast<I>(xsimd::batch<std::uint32_t>::load_unaligned(w + (p * quads + c) * kPanel + s * W));
         const I b0 = (v << 24) >> 24, b1 = (v << 16) >> 24, b2 = (v << 8) >> 24, b3 = v >> 24;
-        for (int r = 0; r < R; ++r) {
+        unrolled<R>([&](auto r) {
           const std::uint32_t u = users[r * quads + c];
           acc[r][p][s] += b0 * I(static_cast<std::int32_t>(u & 0xffu)) + b1 * I(static_cast<std::int32_t>((u >> 8) & 0xffu)) +
                           b2 * I(static_cast<std::int32_t>((u >> 16) & 0xffu)) + b3 * I(static_cast<std::int32_t>(u >> 24));
-        }
-      }
-    }
+        });
+      });
+    });
   }
-  for (int p = 0; p < P; ++p) {
+  unrolled<P>([&](auto p) {
     const Index item = (panel + p) * kPanel;
-    for (int r = 0; r < R; ++r) {
+    unrolled<R>([&](auto r) {
       const F us(rs.user_scale[r]);
       store_panel(o, r, q + p, [&](float* dst) {
-        for (int s = 0; s < S; ++s) {
+        unrolled<S>([&](auto s) {
           const F scale = F::load_unaligned(rs.scale + item + s * W), offset = F::load_unaligned(rs.offset + item + s * W);
           const F v = us * (scale * xsimd::batch_cast<float>(acc[r][p][s]) - offset);
           v.store_unaligned(dst + s * W);
-        }
+        });
       });
-    }
-  }
+    });
+  });
 }
 
 // Panels first_panel .. first_panel + ceil(count / 16) - 1 for R users, P panels per step

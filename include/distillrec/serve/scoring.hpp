@@ -98,8 +98,10 @@ struct Better {
 template <typename T>
 T prune_candidates(std::vector<ScoredItem>& candidates, Index k) {
   if (static_cast<Index>(candidates.size()) > k) {
+    // The k-th best lands at k - 1, the better ones before it: it is the bar.
     std::nth_element(candidates.begin(), candidates.begin() + (k - 1), candidates.end(), Better{});
     candidates.resize(static_cast<std::size_t>(k));
+    return static_cast<T>(candidates.back().score);
   }
   if (static_cast<Index>(candidates.size()) < k) return -std::numeric_limits<T>::infinity();
   return static_cast<T>(std::max_element(candidates.begin(), candidates.end(), Better{})->score);
@@ -148,16 +150,16 @@ void scan_into_selection(const T* scores, const T* bias, Index count, ItemId fir
       }
     }
   };
-  // One entering item at a time, re-checked against the bar (a prune may have raised it).
-  auto enter = [&](Index j) {
-    const T s = value(j);
-    if (s > threshold) {
-      candidates.push_back(ScoredItem{static_cast<ItemId>(first_item + j), static_cast<float>(s)});
-      if (candidates.size() >= limit) threshold = prune_candidates<T>(candidates, k);
-    }
-  };
 #if defined(__AVX512F__) || defined(__AVX2__)
   if constexpr (std::is_same<T, float>::value) {
+    // One entering item at a time, re-checked against the bar (a prune may have raised it).
+    auto enter = [&](Index j) {
+      const T s = value(j);
+      if (s > threshold) {
+        candidates.push_back(ScoredItem{static_cast<ItemId>(first_item + j), static_cast<float>(s)});
+        if (candidates.size() >= limit) threshold = prune_candidates<T>(candidates, k);
+      }
+    };
     // The lanes above the bar as a bit mask: only those items are visited.
 #if defined(__AVX512F__)
     constexpr Index W = 16;

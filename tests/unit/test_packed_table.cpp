@@ -11,6 +11,8 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <limits>
+#include <string>
 #include <vector>
 
 using namespace distillrec;
@@ -34,7 +36,7 @@ TEST_CASE("Packed bf16 kernels equal the scalar bf16 dot products", "[serve][sco
       sd::PackedBf16Table packed;
       packed.build(table.data(), items, d);
       REQUIRE(packed.words_per_item == (d + 1) / 2);
-      for (Index rows = 1; rows <= 9; ++rows) {
+      for (Index rows = 1; rows <= 13; ++rows) {  // groups of 8 users, then of at most 4
         const auto users = random_bf16(rows * d, rng);
         std::vector<std::uint32_t> words(static_cast<std::size_t>(rows * packed.words_per_item));
         for (Index r = 0; r < rows; ++r) packed.pack_user(users.data() + r * d, words.data() + r * packed.words_per_item);
@@ -80,7 +82,7 @@ TEST_CASE("Packed int8 kernels give the exact integer sums on every path", "[ser
         scale[static_cast<std::size_t>(j)] = static_cast<float>(std::ldexp(1.0, -static_cast<int>(j % 5)));  // powers of two: exact
         offset[static_cast<std::size_t>(j)] = static_cast<float>(j % 7);
       }
-      for (Index rows = 1; rows <= 9; ++rows) {
+      for (Index rows = 1; rows <= 13; ++rows) {
         std::vector<std::uint8_t> users(static_cast<std::size_t>(rows * d));
         for (auto& v : users) v = static_cast<std::uint8_t>(rng.uniform_int(std::int64_t{1}, std::int64_t{127}));
         std::vector<float> user_scale(static_cast<std::size_t>(rows));
@@ -124,6 +126,7 @@ TEST_CASE("ItemScorer runs the packed kernels for small queries and oneDNN or ti
     serve::ScoringPolicy small;
     small.precision = precision;
     small.item_block = 100;  // rounded up to whole panels: 112
+    small.kernel_rows = 4;
     serve::ScoringPolicy large = small;
     large.kernel_rows = 0;
     const serve::ItemScorer<float> with_kernels(head, small), without(head, large);
@@ -146,4 +149,58 @@ TEST_CASE("ItemScorer runs the packed kernels for small queries and oneDNN or ti
       CHECK((a - b).cwiseAbs().maxCoeff() <= 1e-5 * b.cwiseAbs().maxCoeff());
     }
   }
+}
+
+TEST_CASE("The default kernel_rows runs the packed kernels for every query where oneDNN has no AMX, with the same results",
+          "[serve][scoring][packed]") {
+  Rng rng(47);
+  const Index num_items = 700, d = 24;
+  const Matrix<float> weight = test::random_matrix<float>(num_items, d, rng);
+  const nn::HeadWeights<float> head{ConstMatrixMap<float>(weight.data(), num_items, d), nullptr};
+  for (auto precision : {serve::Precision::kBf16, serve::Precision::kInt8}) {
+    serve::ScoringPolicy automatic;
+    automatic.precision = precision;
+    automatic.item_block = 256;
+    serve::ScoringPolicy none = automatic;
+    none.kernel_rows = 0;
+    const serve::ItemScorer<float> scorer(head, automatic), reference(head, none);
+    CAPTURE(scorer.description());
+    const bool instruction = precision == serve::Precision::kBf16 ? sd::kBf16DotInstruction : sd::kVnniInstruction;
+    const bool amx = reference.description().find("amx") != std::string::npos;
+    if (instruction && !amx) {
+      CHECK(scorer.kernel_rows() == std::numeric_limits<Index>::max());
+      CHECK_THAT(scorer.description(), Catch::Contains("for every query"));
+      // The row-major copy and the primitives are released: only the packed table remains.
+      CHECK(scorer.memory_bytes() < reference.memory_bytes() + (precision == serve::Precision::kBf16 ? 2 : 1) * num_items * d);
+    } else {
+      CHECK(scorer.kernel_rows() == 4);
+    }
+    CHECK(reference.kernel_rows() == 0);
+    for (Index rows : {Index{1}, Index{4}, Index{8}, Index{13}, Index{40}}) {
+      CAPTURE(rows);
+      const Matrix<float> users = test::random_matrix<float>(rows, d, rng);
+      Matrix<float> a(rows, num_items), b(rows, num_items);
+      serve::ItemScorer<float>::Workspace ws;
+      scorer.score_all(users, a, ws);
+      reference.score_all(users, b, ws);
+      CHECK((a - b).cwiseAbs().maxCoeff() <= 1e-5 * b.cwiseAbs().maxCoeff());
+      std::vector<std::vector<serve::ScoredItem>> top_a, top_b;
+      auto none_excluded = [](Index) -> const Sequence* { return nullptr; };
+      scorer.top_k(users, 10, none_excluded, top_a, ws);
+      reference.top_k(users, 10, none_excluded, top_b, ws);
+      for (Index r = 0; r < rows; ++r) {
+        const auto& x = top_a[static_cast<std::size_t>(r)];
+        const auto& y = top_b[static_cast<std::size_t>(r)];
+        REQUIRE(x.size() == y.size());
+        std::size_t shared = 0;  // fp32 summation order may trade one near-tie at the border
+        for (const auto& item : x) {
+          for (const auto& other : y) shared += item.item == other.item ? 1 : 0;
+        }
+        CHECK(shared + 1 >= x.size());
+      }
+    }
+  }
+  serve::ScoringPolicy bad;
+  bad.kernel_rows = -2;
+  CHECK_THROWS_AS(bad.validate(), ConfigError);
 }

@@ -80,9 +80,14 @@ struct ScoringPolicy {
   /// bench/serve --shortlist; the default leaves a margin.)
   Index shortlist = 0;
   /// bf16 and int8: queries of at most this many users are scored by the packed-table kernels
-  /// (serve/packed_table.hpp: one pass over the table, at memory speed for one user), larger
-  /// ones by oneDNN's matmul (or its fallback). 0 = never.
-  Index kernel_rows = 4;
+  /// (serve/packed_table.hpp: one pass over the table per 8 users, at memory speed for one),
+  /// larger ones by oneDNN's matmul (or its fallback). 0 = never. kAutoKernelRows (the
+  /// default): every query where the kernels run the CPU's dot-product instruction (AVX512-BF16,
+  /// VNNI) and oneDNN's matmul has no matrix unit (AMX) for larger ones, as on AVX-512 CPUs
+  /// without AMX, where they were measured faster at every batch size (bf16 1.3x, int8 4x at 128
+  /// users, bench/serve); else queries of up to 4 users.
+  static constexpr Index kAutoKernelRows = -1;
+  Index kernel_rows = kAutoKernelRows;
   /// ... as long as the packed copy has at most this many bytes: a table that fits the caches.
   /// Larger (memory-resident) tables are streamed faster by oneDNN's kernels at one user too
   /// (1,000,000 items x 50: bf16 7.3 ms against 10.1 ms, bench/serve), and keep one copy.
@@ -97,7 +102,9 @@ struct ScoringPolicy {
   void validate() const {
     if (item_block < 0) throw ConfigError(distillrec::detail::concat("scoring policy: item_block must be >= 0, got ", item_block));
     if (shortlist < 0) throw ConfigError(distillrec::detail::concat("scoring policy: shortlist must be >= 0, got ", shortlist));
-    if (kernel_rows < 0) throw ConfigError(distillrec::detail::concat("scoring policy: kernel_rows must be >= 0, got ", kernel_rows));
+    if (kernel_rows < kAutoKernelRows) {
+      throw ConfigError(distillrec::detail::concat("scoring policy: kernel_rows must be >= 0 (or kAutoKernelRows), got ", kernel_rows));
+    }
   }
 };
 
@@ -159,6 +166,9 @@ class ItemScorer {
   }
 
   const ScoringPolicy& policy() const { return policy_; }
+  /// Queries of at most this many users run the packed kernels (the policy's kernel_rows
+  /// resolved on this machine; 0: none do, e.g. fp32 or a table beyond kernel_max_bytes).
+  Index kernel_rows() const { return kernel_rows_; }
   Precision precision() const { return policy_.precision; }
   /// What runs, e.g. "bf16: oneDNN matmul (brg:avx512_core_bf16)" or the fallback's reason.
   const std::string& description() const { return description_; }
@@ -176,8 +186,8 @@ class ItemScorer {
     return 0;
   }
 
-  /// Bytes the scorer holds besides the model (bf16, int8: the row-major copy oneDNN reads and
-  /// the packed copy of the kernels; fp32: none).
+  /// Bytes the scorer holds besides the model (bf16, int8: the row-major copy oneDNN reads,
+  /// unless the packed kernels run every query, and the kernels' packed copy; fp32: none).
   std::size_t memory_bytes() const {
     return bf16_.size() * sizeof(std::uint16_t) + int8_.size() + (row_scale_.size() + row_offset_.size()) * sizeof(float) +
            packed_bf16_.bytes() + packed_int8_.bytes();
@@ -292,8 +302,6 @@ class ItemScorer {
       for (Index c = 0; c < d; ++c) bf16_[static_cast<std::size_t>(j * d + c)] = detail::float_to_bfloat16(static_cast<float>(head_.weight(j, c)));
     }
     packed_native_ = detail::kBf16DotInstruction && !policy_.portable;
-    use_packed_ = policy_.kernel_rows > 0 && packed_bytes(2) <= policy_.kernel_max_bytes;
-    if (use_packed_) packed_bf16_.build(bf16_.data(), n, d);
     std::string larger = policy_.portable ? "portable path: table converted to fp32 tile by tile"
                                           : "table converted to fp32 tile by tile (no oneDNN bf16 matmul on this machine)";
 #ifdef DISTILLREC_WITH_ONEDNN
@@ -301,7 +309,38 @@ class ItemScorer {
       larger = "oneDNN matmul (" + impl_ + ")";
     }
 #endif
+    resolve_kernel_rows(packed_bytes(2));
+    if (use_packed_) packed_bf16_.build(bf16_.data(), n, d);
     describe("bf16", packed_native_ ? "AVX512-BF16" : "xsimd, portable path", larger);
+    if (every_query_packed()) {  // nothing reads the row-major copy or the primitives again
+      bf16_ = {};
+      release_primitives();
+    }
+  }
+
+  bool every_query_packed() const { return use_packed_ && kernel_rows_ == std::numeric_limits<Index>::max(); }
+
+  // kernel_rows_ and use_packed_ from the policy, once the larger queries' path is known.
+  void resolve_kernel_rows(std::size_t packed_size) {
+    Index rows = policy_.kernel_rows;
+    if (rows == ScoringPolicy::kAutoKernelRows) {
+      bool matrix_unit = false;  // oneDNN runs larger queries on AMX tiles
+#ifdef DISTILLREC_WITH_ONEDNN
+      matrix_unit = native_ && impl_.find("amx") != std::string::npos;
+#endif
+      rows = packed_native_ && !matrix_unit ? std::numeric_limits<Index>::max() : 4;
+    }
+    use_packed_ = rows > 0 && packed_size <= policy_.kernel_max_bytes;
+    kernel_rows_ = use_packed_ ? rows : 0;
+  }
+
+  void release_primitives() {
+#ifdef DISTILLREC_WITH_ONEDNN
+    full_.reset();
+    tail_.reset();
+    native_ = false;
+    scratchpad_bytes_ = 0;
+#endif
   }
 
   // Bytes of a packed copy whose words hold `per_word` dimensions.
@@ -310,12 +349,16 @@ class ItemScorer {
     return static_cast<std::size_t>(detail::panels_for(head_.num_items()) * detail::kPanel * words) * sizeof(std::uint32_t);
   }
 
-  // "<precision>: packed kernel (...) for up to R users per query, <larger> for more".
+  // "<precision>: packed kernel (...) for up to R users per query, <larger> for more", or "for
+  // every query (<larger> has no AMX here)".
   void describe(const char* precision, const char* kernel, const std::string& larger) {
     if (!use_packed_) {
       description_ = std::string(precision) + ": " + larger;
+    } else if (every_query_packed()) {
+      description_ = distillrec::detail::concat(precision, ": packed kernel (", kernel, ") for every query (", larger,
+                                                " would run larger ones: no AMX)");
     } else {
-      description_ = distillrec::detail::concat(precision, ": packed kernel (", kernel, ") for up to ", policy_.kernel_rows,
+      description_ = distillrec::detail::concat(precision, ": packed kernel (", kernel, ") for up to ", kernel_rows_,
                                                 " users per query, ", larger, " for more");
     }
   }
@@ -339,13 +382,6 @@ class ItemScorer {
       row_offset_[static_cast<std::size_t>(j)] = scale * static_cast<float>(detail::kInt8ZeroPoint * sum);
     }
     packed_native_ = detail::kVnniInstruction && !policy_.portable;
-    use_packed_ = policy_.kernel_rows > 0 && packed_bytes(4) <= policy_.kernel_max_bytes;
-    if (use_packed_) {
-      packed_int8_.build(int8_.data(), n, d);
-      // The kernels read the scales of whole panels.
-      row_scale_.resize(static_cast<std::size_t>(packed_int8_.panels * detail::kPanel), 0.0f);
-      row_offset_.resize(row_scale_.size(), 0.0f);
-    }
     std::string larger = policy_.portable ? "portable path: table converted to fp32 tile by tile"
                                           : "table converted to fp32 tile by tile (no oneDNN int8 matmul)";
 #ifdef DISTILLREC_WITH_ONEDNN
@@ -353,7 +389,18 @@ class ItemScorer {
       larger = "oneDNN matmul (" + impl_ + ")";
     }
 #endif
+    resolve_kernel_rows(packed_bytes(4));
+    if (use_packed_) {
+      packed_int8_.build(int8_.data(), n, d);
+      // The kernels read the scales of whole panels.
+      row_scale_.resize(static_cast<std::size_t>(packed_int8_.panels * detail::kPanel), 0.0f);
+      row_offset_.resize(row_scale_.size(), 0.0f);
+    }
     describe("int8", packed_native_ ? "AVX512-VNNI" : "xsimd, portable path", larger);
+    if (every_query_packed()) {
+      int8_ = {};
+      release_primitives();
+    }
     description_ += distillrec::detail::concat(", then fp32 re-score of ", policy_.shortlist > 0 ? distillrec::detail::concat(policy_.shortlist) : std::string("max(40, 4 k)"),
                                    " items per query");
   }
@@ -403,7 +450,7 @@ class ItemScorer {
   }
 
   // Whether a query of `rows` users runs the packed kernels.
-  bool packed(Index rows) const { return use_packed_ && rows <= policy_.kernel_rows; }
+  bool packed(Index rows) const { return use_packed_ && rows <= kernel_rows_; }
 
   void add_bias(Index first, Index count, MatrixRef<T>& out) const {
     if (head_.bias == nullptr) return;
@@ -560,7 +607,8 @@ class ItemScorer {
   Index width_ = 1;
   bool native_ = false;         // oneDNN runs the larger queries
   bool packed_native_ = false;  // the packed kernels use AVX512-BF16 / VNNI
-  bool use_packed_ = false;     // small queries run the packed kernels
+  bool use_packed_ = false;     // small queries (or all) run the packed kernels
+  Index kernel_rows_ = 0;       // ... of at most this many users
   std::string description_;
   detail::PackedBf16Table packed_bf16_;
   detail::PackedInt8Table packed_int8_;

@@ -314,10 +314,16 @@ inline void over_panels(Index first_panel, Index count, Kernel&& kernel) {
 
 namespace kernels {
 
-// run(r0, integral_constant<int, R>) for the users r0 .. r0 + R - 1, R <= 4, over all rows.
-template <typename Run>
+// run(r0, integral_constant<int, R>) for the users r0 .. r0 + R - 1 over all rows: groups of
+// kMaxRows (8 or 4) while they last, then of at most 4.
+template <int kMaxRows, typename Run>
 inline void for_row_groups(Index rows, Run&& run) {
-  for (Index r0 = 0; r0 < rows; r0 += 4) {
+  static_assert(kMaxRows == 4 || kMaxRows == 8, "groups of 4 or 8 users");
+  Index r0 = 0;
+  if constexpr (kMaxRows == 8) {
+    for (; r0 + 8 <= rows; r0 += 8) run(r0, std::integral_constant<int, 8>{});
+  }
+  for (; r0 < rows; r0 += 4) {
     switch (std::min<Index>(4, rows - r0)) {
       case 1: run(r0, std::integral_constant<int, 1>{}); break;
       case 2: run(r0, std::integral_constant<int, 2>{}); break;
@@ -328,7 +334,9 @@ inline void for_row_groups(Index rows, Run&& run) {
 }
 
 // Panels per step for R users: enough independent accumulators for the dot's latency (R * P
-// >= 4 .. 8) on AVX-512, fewer registers without it.
+// >= 4 .. 16) within AVX-512's 32 registers: 8 users share each table load (one pass over the
+// table per 8 users of a batch), P = 2 keeps 16 accumulators, 2 loads and 8 broadcasts. The
+// portable paths group at most 4 users (AVX2 has 16 registers).
 template <int R>
 inline constexpr int kNativePanels = R == 1 ? 8 : (R == 2 ? 4 : 2);
 template <int R>
@@ -340,46 +348,57 @@ inline constexpr int kPortablePanels = R == 1 ? 4 : (R == 2 ? 2 : 1);
 /// users' packed pairs (users[r * t.words_per_item ...]). `native` false runs the xsimd path.
 inline void score_bf16_panels(const PackedBf16Table& t, const std::uint32_t* users, Index rows, Index first_panel, Index count,
                               float* scores, Index ld, bool native) {
-  kernels::for_row_groups(rows, [&](Index r0, auto rows_c) {
-    constexpr int R = decltype(rows_c)::value;
-    const std::uint32_t* u = users + r0 * t.words_per_item;
-    const PanelOutput o{scores + r0 * ld, ld, count};
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
-    if (native) {
+  if (native) {
+    kernels::for_row_groups<8>(rows, [&](Index r0, auto rows_c) {
+      constexpr int R = decltype(rows_c)::value;
+      const std::uint32_t* u = users + r0 * t.words_per_item;
+      const PanelOutput o{scores + r0 * ld, ld, count};
       kernels::over_panels<R, kernels::kNativePanels<R>>(first_panel, count, [&](auto p_c, Index panel, Index q) {
         kernels::bf16_native<R, decltype(p_c)::value>(t, u, panel, q, o);
       });
-      return;
-    }
+    });
+    return;
+  }
 #endif
+  (void)native;
+  kernels::for_row_groups<4>(rows, [&](Index r0, auto rows_c) {
+    constexpr int R = decltype(rows_c)::value;
+    const std::uint32_t* u = users + r0 * t.words_per_item;
+    const PanelOutput o{scores + r0 * ld, ld, count};
     kernels::over_panels<R, kernels::kPortablePanels<R>>(first_panel, count, [&](auto p_c, Index panel, Index q) {
       kernels::bf16_portable<R, decltype(p_c)::value>(t, u, panel, q, o);
     });
   });
-  (void)native;
 }
 
 /// The same for an int8 table: scores = user_scale[r] * (scale[j] * sum - offset[j]).
 inline void score_int8_panels(const PackedInt8Table& t, const std::uint32_t* users, const float* user_scale, const float* scale,
                               const float* offset, Index rows, Index first_panel, Index count, float* scores, Index ld, bool native) {
-  kernels::for_row_groups(rows, [&](Index r0, auto rows_c) {
+#if defined(__AVX512F__) && defined(__AVX512VNNI__)
+  if (native) {
+    kernels::for_row_groups<8>(rows, [&](Index r0, auto rows_c) {
+      constexpr int R = decltype(rows_c)::value;
+      const std::uint32_t* u = users + r0 * t.words_per_item;
+      const PanelOutput o{scores + r0 * ld, ld, count};
+      const kernels::Int8Rescale rs{scale, offset, user_scale + r0};
+      kernels::over_panels<R, kernels::kNativePanels<R>>(first_panel, count, [&](auto p_c, Index panel, Index q) {
+        kernels::int8_native<R, decltype(p_c)::value>(t, u, panel, q, o, rs);
+      });
+    });
+    return;
+  }
+#endif
+  (void)native;
+  kernels::for_row_groups<4>(rows, [&](Index r0, auto rows_c) {
     constexpr int R = decltype(rows_c)::value;
     const std::uint32_t* u = users + r0 * t.words_per_item;
     const PanelOutput o{scores + r0 * ld, ld, count};
     const kernels::Int8Rescale rs{scale, offset, user_scale + r0};
-#if defined(__AVX512F__) && defined(__AVX512VNNI__)
-    if (native) {
-      kernels::over_panels<R, kernels::kNativePanels<R>>(first_panel, count, [&](auto p_c, Index panel, Index q) {
-        kernels::int8_native<R, decltype(p_c)::value>(t, u, panel, q, o, rs);
-      });
-      return;
-    }
-#endif
     kernels::over_panels<R, kernels::kPortablePanels<R>>(first_panel, count, [&](auto p_c, Index panel, Index q) {
       kernels::int8_portable<R, decltype(p_c)::value>(t, u, panel, q, o, rs);
     });
   });
-  (void)native;
 }
 
 }  // namespace distillrec::serve::detail

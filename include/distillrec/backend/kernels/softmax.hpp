@@ -80,9 +80,15 @@ T softmax(T* x, Index n, T scale = T(1)) {
       vsum += e;
     }
     sum = xsimd::hadd(vsum);
-    for (Index i = vec_end; i < n; ++i) {
-      x[i] = std::exp(x[i] * scale - max_value);
-      sum += x[i];
+    if (vec_end < n) {  // the tail in one padded vector: short rows (attention's) are mostly tail
+      alignas(64) T tail[W];
+      const Index m = n - vec_end;
+      for (Index l = 0; l < W; ++l) tail[l] = l < m ? x[vec_end + l] : T(0);
+      xsimd::exp(xsimd::fms(B::load_aligned(tail), vscale, vmax)).store_aligned(tail);
+      for (Index l = 0; l < m; ++l) {
+        x[vec_end + l] = tail[l];
+        sum += tail[l];
+      }
     }
   }
   const T inv = T(1) / sum;

@@ -15,6 +15,11 @@
 //         the best `shortlist` items of that approximate scoring are then re-scored exactly in
 //         fp32 and the top k taken from them. Scores returned are the fp32 ones.
 //
+// bf16 and int8 tables that fit `kernel_max_bytes` are also kept packed for the kernels of
+// serve/packed_table.hpp, which run queries of up to `kernel_rows` users: by default every query
+// where they use the CPU's dot-product instruction and oneDNN's matmul has no AMX tiles (on such
+// CPUs they are faster at every batch size), else queries of up to 4 users.
+//
 // The catalogue is scored in blocks of `item_block` items with a running selection of the best k per user, so the
 // scratch of a query is [users, item_block] whatever the catalogue size. Primitives are created
 // once, when the scorer is built, and shared by every thread (their scratchpad is user-managed:

@@ -11,6 +11,8 @@
 
 #include "distillrec/backend/kernels/common.hpp"
 
+#include <type_traits>
+
 namespace distillrec::backend::kernels {
 
 /// Scalar references: the definitions the SIMD kernels are tested against.
@@ -39,7 +41,22 @@ void rope_rotate(T* x, const T* cos, const T* sin, Index half, T sign = T(1)) {
     xsimd::fms(x1, c, x2 * s).store_unaligned(x + j);
     xsimd::fma(x1, s, x2 * c).store_unaligned(x + j + half);
   }
-  for (Index j = vec_end; j < half; ++j) {
+  Index j = vec_end;
+#if XSIMD_WITH_AVX2
+  // Heads narrower than the vector (16 floats on AVX-512: head size 16 has half = 8) in 8-lane
+  // vectors rather than one scalar at a time.
+  if constexpr (std::is_same<T, float>::value && W > 8) {
+    using H = xsimd::batch<float, xsimd::avx2>;
+    const H hs(sign);
+    for (; j + 8 <= half; j += 8) {
+      const H x1 = H::load_unaligned(x + j), x2 = H::load_unaligned(x + j + half);
+      const H c = H::load_unaligned(cos + j), s = H::load_unaligned(sin + j) * hs;
+      xsimd::fms(x1, c, x2 * s).store_unaligned(x + j);
+      xsimd::fma(x1, s, x2 * c).store_unaligned(x + j + half);
+    }
+  }
+#endif
+  for (; j < half; ++j) {
     const T x1 = x[j], x2 = x[j + half], s = sign * sin[j];
     x[j] = x1 * cos[j] - x2 * s;
     x[j + half] = x2 * cos[j] + x1 * s;

@@ -89,8 +89,8 @@ struct ScoringPolicy {
   /// larger ones by oneDNN's matmul (or its fallback). 0 = never. kAutoKernelRows (the
   /// default): every query where the kernels run the CPU's dot-product instruction (AVX512-BF16,
   /// VNNI) and oneDNN's matmul has no matrix unit (AMX) for larger ones, as on AVX-512 CPUs
-  /// without AMX, where they were measured faster at every batch size (bf16 1.3x, int8 4x at 128
-  /// users, bench/serve); else queries of up to 4 users.
+  /// without AMX, where they were measured at least as fast at 4 and at 128 users (5-10%);
+  /// else queries of up to 4 users.
   static constexpr Index kAutoKernelRows = -1;
   Index kernel_rows = kAutoKernelRows;
   /// ... as long as the packed copy has at most this many bytes: a table that fits the caches.

@@ -28,3 +28,11 @@ if(DISTILLREC_HAS_ONEDNN)
 else()
   set(DISTILLREC_LIB distillrec::distillrec)
 endif()
+
+# This project's programs that can run under mpirun (the training and distillation examples,
+# the MPI tests) link this in addition: the library's MPI target where MPI was found.
+if(DISTILLREC_HAS_MPI)
+  set(DISTILLREC_MPI_LIB distillrec::mpi)
+else()
+  set(DISTILLREC_MPI_LIB "")
+endif()

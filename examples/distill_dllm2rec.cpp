@@ -61,6 +61,7 @@ std::vector<std::string> split_list(const std::string& text) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  examples::Processes processes(argc, argv);  // one, or data-parallel under mpirun
   CLI::App app{"DLLM2Rec ranking distillation: SASRec and GRU4Rec students learn a teacher's top-K rankings (Cui et al., RecSys 2024)."};
   std::string data_path, format = "auto", protocol = "leave-one-out", json_path, signals_path, save_signals_path, teacher_checkpoint;
   std::string students = "sasrec,gru4rec", variants = "plain,ranking,embedding,both", checkpoint_dir, embeddings_path;
@@ -134,6 +135,7 @@ int main(int argc, char** argv) {
 
   try {
     parallel::set_num_threads(threads);
+    training.collective = processes.collective();  // every model's training (data-parallel under mpirun)
     rd.validate();
     const auto student_list = split_list(students);
     const auto variant_list = split_list(variants);
@@ -170,7 +172,7 @@ int main(int argc, char** argv) {
       runs.push_back(examples::test_run(model, name, seed, summary, split, latency_histories, threads));
     };
     auto save = [&](const auto& model, const std::string& name, std::uint64_t seed) {
-      if (checkpoint_dir.empty()) return;
+      if (checkpoint_dir.empty() || !processes.is_root()) return;
       std::filesystem::create_directories(checkpoint_dir);
       std::string file = name;
       std::replace(file.begin(), file.end(), ' ', '_');
@@ -229,7 +231,7 @@ int main(int argc, char** argv) {
                     static_cast<long>(signals->num_examples()),
                     std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
         if (!save_signals_path.empty()) {
-          distill::save_ranking_signals(save_signals_path, signals.get(), teacher_embeddings.get(), items, {{"teacher", "sasrec"}, {"split", protocol}});
+          if (processes.is_root()) distill::save_ranking_signals(save_signals_path, signals.get(), teacher_embeddings.get(), items, {{"teacher", "sasrec"}, {"split", protocol}});
           std::printf("wrote %s\n", save_signals_path.c_str());
         }
       }
@@ -391,12 +393,11 @@ int main(int argc, char** argv) {
       nlohmann::json out{{"configuration", config}, {"summary", summary}, {"popularity", pop.to_json()},
                          {"distillation_effects", effects}, {"peak_memory_mib", examples::peak_memory_mib()}};
       for (const auto& r : runs) out["runs"].push_back(r.to_json());
-      io::write_file_atomic(json_path, [&](std::ostream& os) { os << out.dump(2) << "\n"; });
+      if (processes.is_root()) io::write_file_atomic(json_path, [&](std::ostream& os) { os << out.dump(2) << "\n"; });
       std::printf("wrote %s\n", json_path.c_str());
     }
     return 0;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
+    return processes.fail(e);
   }
 }

@@ -112,6 +112,7 @@ std::pair<double, double> measure_latency(const Model& model, const std::vector<
 }  // namespace
 
 int main(int argc, char** argv) {
+  examples::Processes processes(argc, argv);  // one, or data-parallel under mpirun
   CLI::App app{"SLMRec distillation: a shallow LLaMA-style student learns from a deep teacher (Xu et al., ICLR 2025)."};
   std::string data_path, format = "auto", json_path, item_table = "teacher", init = "scratch", positions = "last";
   std::string signals_path, save_signals_path, checkpoint_dir, teacher_checkpoint;
@@ -184,6 +185,7 @@ int main(int argc, char** argv) {
 
   try {
     parallel::set_num_threads(threads);
+    training.collective = processes.collective();  // every model's training (data-parallel under mpirun)
     slm.positions = distill::parse_align_positions(positions);
     training.objective.catalogue_precision = backend::parse_matmul_precision(matmul_precision);
     if (training.objective.catalogue_precision == backend::MatmulPrecision::kBf16) {
@@ -254,7 +256,7 @@ int main(int argc, char** argv) {
           std::filesystem::create_directories(checkpoint_dir);
           std::string file = name.substr(std::min(name.find_first_not_of(' '), name.size()));  // ablation names are indented
           std::replace(file.begin(), file.end(), ' ', '_');
-          io::save_checkpoint(model, (std::filesystem::path(checkpoint_dir) / (file + "_seed" + std::to_string(seed) + ".safetensors")).string());
+          if (processes.is_root()) io::save_checkpoint(model, (std::filesystem::path(checkpoint_dir) / (file + "_seed" + std::to_string(seed) + ".safetensors")).string());
         }
         std::fflush(stdout);
         runs.push_back(run);
@@ -334,7 +336,7 @@ int main(int argc, char** argv) {
                     static_cast<double>(computed->bytes()) / (1024.0 * 1024.0),
                     std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
         if (!save_signals_path.empty() && si == 0) {
-          distill::save_teacher_signals(*computed, save_signals_path);
+          if (processes.is_root()) distill::save_teacher_signals(*computed, save_signals_path);
           std::printf("wrote %s\n", save_signals_path.c_str());
         }
         signals = computed;
@@ -456,12 +458,11 @@ int main(int argc, char** argv) {
                          {"distillation_effect_ndcg10", {{"mean", d.mean}, {"std", d.std}, {"seeds", diffs.size()}}},
                          {"peak_memory_mib", examples::peak_memory_mib()}};
       for (const auto& r : runs) out["runs"].push_back(r.to_json());
-      io::write_file_atomic(json_path, [&](std::ostream& os) { os << out.dump(2) << "\n"; });
+      if (processes.is_root()) io::write_file_atomic(json_path, [&](std::ostream& os) { os << out.dump(2) << "\n"; });
       std::printf("wrote %s\n", json_path.c_str());
     }
     return 0;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
+    return processes.fail(e);
   }
 }

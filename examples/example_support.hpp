@@ -12,6 +12,10 @@
 #include "distillrec/serve/recommender.hpp"
 #include "distillrec/train/trainer.hpp"
 
+#ifdef DISTILLREC_WITH_MPI
+#include "distillrec/mpi/mpi.hpp"
+#endif
+
 #include <nlohmann/json.hpp>
 
 #include <sys/resource.h>
@@ -23,10 +27,68 @@
 #include <cstdio>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 namespace examples {
+
+/// How a training program runs: as one process, or, when it was built with distillrec::mpi and
+/// started by an MPI launcher (mpirun, srun), as one of the processes of data-parallel training.
+/// Then rank 0 alone prints (the others' standard output goes to /dev/null; errors still reach
+/// standard error) and writes files, and a failure ends every process of the job.
+class Processes {
+ public:
+  Processes(int& argc, char**& argv) {
+#ifdef DISTILLREC_WITH_MPI
+    if (distillrec::mpi::launched_by_mpi()) {
+      env_.emplace(argc, argv);
+      world_ = std::make_shared<distillrec::mpi::Communicator>();
+      if (world_->rank() != 0 && std::freopen("/dev/null", "w", stdout) == nullptr) std::cerr << "rank " << world_->rank() << ": cannot silence stdout\n";
+    }
+#else
+    (void)argc;
+    (void)argv;
+#endif
+  }
+
+  /// The trainer's collective (TrainerConfig::collective): nullptr for one process.
+  std::shared_ptr<distillrec::Collective> collective() const {
+#ifdef DISTILLREC_WITH_MPI
+    return world_;
+#else
+    return nullptr;
+#endif
+  }
+  int rank() const { return collective() ? collective()->rank() : 0; }
+  int size() const { return collective() ? collective()->size() : 1; }
+  /// Whether this process prints and writes files.
+  bool is_root() const { return rank() == 0; }
+  /// Waits for every process (e.g. until rank 0 has written a file the others read).
+  void barrier() const {
+#ifdef DISTILLREC_WITH_MPI
+    if (world_) world_->barrier();
+#endif
+  }
+
+  /// Reports a failure; in a job of several processes ends all of them (none waits forever).
+  int fail(const std::exception& e) const {
+    if (size() > 1) {
+      std::cerr << "error (rank " << rank() << " of " << size() << "): " << e.what() << std::endl;
+#ifdef DISTILLREC_WITH_MPI
+      world_->abort_all(1);
+#endif
+    }
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  }
+
+ private:
+#ifdef DISTILLREC_WITH_MPI
+  std::optional<distillrec::mpi::Environment> env_;
+  std::shared_ptr<distillrec::mpi::Communicator> world_;
+#endif
+};
 
 /// A real log when a path is given (SASRec text or CSV by extension), else the synthetic data.
 inline distillrec::data::InteractionLog load_data(const std::string& path, const std::string& format,

@@ -91,6 +91,7 @@ std::string display_name(const std::string& model) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  examples::Processes processes(argc, argv);  // one, or data-parallel under mpirun
   CLI::App app{"Train a sequential recommender (SASRec, GRU4Rec or LLMRec) on an interaction log and evaluate it."};
   std::string model_name = "sasrec", data_path, format = "auto", checkpoint, json_path, candidates_dir, write_data;
   std::string examples_kind = "loo", objective = "bce", matmul_precision = "fp32";
@@ -146,6 +147,11 @@ int main(int argc, char** argv) {
   app.add_option("--candidates-dir", candidates_dir, "Save the sampled candidates (valid.npy, test.npy) here, to judge another implementation on the same ones");
   app.add_option("--threads", threads, "Threads");
   app.add_option("--seed", trainer_config.seed, "Seed of batches, negatives and dropout");
+  std::string random_streams = "auto";
+  app.add_option("--random-streams", random_streams,
+                 "Dropout and per-example draws: sequential, per-example (independent of the batch's other examples and of the "
+                 "number of processes) or auto (per-example under mpirun)")
+      ->check(CLI::IsMember({"auto", "sequential", "per-example"}));
   app.add_option("--init-seed", init_seed, "Seed of the weight initialisation");
   app.add_option("--checkpoint", checkpoint, "Where to save the trained model (safetensors; default MODEL.safetensors; \"\": do not save)");
   app.add_option("--json", json_path, "Write configuration, per-epoch history and metrics as JSON here");
@@ -155,10 +161,13 @@ int main(int argc, char** argv) {
 
   try {
     parallel::set_num_threads(threads);
+    trainer_config.random_streams = train::parse_random_streams(random_streams);
+    trainer_config.collective = processes.collective();
     const auto start = std::chrono::steady_clock::now();
     auto log = examples::load_data(data_path, format, synthetic);
     if (!write_data.empty()) {
-      data::write_sasrec_text(log, write_data);
+      if (processes.is_root()) data::write_sasrec_text(log, write_data);
+      processes.barrier();
       log = data::read_sasrec_text(write_data);
       std::cout << "wrote the data to " << write_data << "\n";
     }
@@ -200,13 +209,14 @@ int main(int argc, char** argv) {
 
       eval::FullRankingOptions full;
       full.mask_history = !keep_history;
+      full.collective = processes.collective().get();  // under mpirun each process ranks a share
       std::vector<std::pair<std::string, eval::EvaluationResult>> rows;
       rows.emplace_back(name, eval::evaluate_full_ranking(model, split, eval::EvalSplit::kValid, full));
       rows.emplace_back(name, eval::evaluate_full_ranking(model, split, eval::EvalSplit::kTest, full));
       if (loo && !skip_sampled) {
         const auto valid_candidates = eval::SampledCandidates::generate(*loo_split, eval::EvalSplit::kValid, sampled_candidates);
         const auto test_candidates = eval::SampledCandidates::generate(*loo_split, eval::EvalSplit::kTest, sampled_candidates);
-        if (!candidates_dir.empty()) {
+        if (!candidates_dir.empty() && processes.is_root()) {
           std::filesystem::create_directories(candidates_dir);
           valid_candidates.save((std::filesystem::path(candidates_dir) / "valid.npy").string());
           test_candidates.save((std::filesystem::path(candidates_dir) / "test.npy").string());
@@ -233,7 +243,7 @@ int main(int argc, char** argv) {
         trainer.save_checkpoint(checkpoint, {{"data", log.source}, {"best_epoch", std::to_string(summary.best_epoch)}});
         std::cout << "saved " << checkpoint << "\n";
       }
-      if (!json_path.empty()) {
+      if (!json_path.empty() && processes.is_root()) {
         nlohmann::json out;
         out["implementation"] = "distillrec";
         out["data"] = {{"source", log.source},
@@ -249,7 +259,8 @@ int main(int argc, char** argv) {
                           {"objective", train::to_string(trainer_config.objective.objective)},
                           {"negatives", trainer_config.num_negatives}, {"lr", lr}, {"beta2", beta2},
                           {"matmul_precision", matmul_precision}, {"catalogue_gemm", trainer.objective().catalogue_description()},
-                          {"seed", trainer_config.seed},       {"init_seed", init_seed}, {"threads", threads}};
+                          {"seed", trainer_config.seed},       {"init_seed", init_seed}, {"threads", threads},
+                          {"processes", processes.size()},     {"per_example_random_streams", trainer_config.per_example_streams()}};
         out["training"] = summary.to_json();
         nlohmann::json results = nlohmann::json::array();
         for (const auto& [row_name, result] : rows) {
@@ -266,7 +277,6 @@ int main(int argc, char** argv) {
       return 0;
     });
   } catch (const std::exception& e) {
-    std::cerr << "error: " << e.what() << "\n";
-    return 1;
+    return processes.fail(e);
   }
 }

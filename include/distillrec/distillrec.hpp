@@ -1,7 +1,8 @@
 // distillrec/distillrec.hpp
 //
 // Umbrella header: includes every public header of the library. Convenient for small programs;
-// larger ones include only what they use (each header is self-contained).
+// larger ones include only what they use (each header is self-contained). Not included: the
+// MPI layer (distillrec/mpi/mpi.hpp), which needs the CMake target distillrec::mpi.
 #pragma once
 
 #include "distillrec/backend/bf16_gemm.hpp"
@@ -16,6 +17,7 @@
 #include "distillrec/backend/kernels/rope.hpp"
 #include "distillrec/backend/kernels/softmax.hpp"
 #include "distillrec/backend/parallel.hpp"
+#include "distillrec/core/collective.hpp"
 #include "distillrec/core/error.hpp"
 #include "distillrec/core/params.hpp"
 #include "distillrec/core/rng.hpp"

@@ -21,6 +21,13 @@
 // Determinism: the epoch's example order comes from (seed, epoch) and an example's negatives
 // from (seed, epoch, example stream), so they do not depend on batch size, batch order or
 // threads. Batches keep their memory: after the first full batch, filling one allocates nothing.
+//
+// Shards (data-parallel training): with shard_count > 1 the batcher still walks the global
+// batches of batch_size examples, in the same order, but fills only its shard's rows: the
+// contiguous slice [rows * shard_index / shard_count, rows * (shard_index + 1) / shard_count)
+// of each global batch. The batch's totals describe the whole global batch (rows, tokens,
+// positions with a target), which is what losses divide by so that the shards' gradients sum to
+// the global batch's. A shard may be empty (a last batch with fewer rows than shards).
 #pragma once
 
 #include <algorithm>
@@ -46,12 +53,28 @@ struct BatcherConfig {
   Index num_negatives = 1;  // K: negatives per target
   bool shuffle = true;      // shuffle the examples every epoch (else in set order)
   std::uint64_t seed = 42;
+  Index shard_index = 0;    // this process's shard of every global batch (see the header comment)
+  Index shard_count = 1;
+};
+
+/// Counts over the global batch a TrainingBatch belongs to (itself unless it is a shard).
+struct BatchTotals {
+  Index rows = 0;         // training examples
+  Index tokens = 0;       // non-padding positions
+  Index predictions = 0;  // positions with a target
 };
 
 /// One batch of training rows (see the header comment). The matrices are views of vectors that
 /// only grow, so refilling a batch does not allocate.
 struct TrainingBatch {
   std::vector<Index> examples;  // per row: index of the example in the training set
+  BatchTotals totals;           // of the global batch (the batcher fills them)
+  // Per-example random streams, set by the trainer for each step (TrainerConfig::
+  // random_streams): dropout masks (nn/run_mode.hpp) and any draw a loss term makes for an
+  // example are keyed by (step_seed, example, ...) instead of drawn in sequence, so they do
+  // not depend on which other examples share the batch (data-parallel shards).
+  bool per_example_streams = false;
+  std::uint64_t step_seed = 0;
 
   Index size() const { return static_cast<Index>(examples.size()); }
   Index length() const { return length_; }
@@ -94,6 +117,10 @@ class ExampleBatcher {
     check_positive(config.batch_size, "batch_size");
     check_positive(config.max_length, "max_length");
     check_positive(config.num_negatives, "num_negatives");
+    check_positive(config.shard_count, "shard_count");
+    if (config.shard_index < 0 || config.shard_index >= config.shard_count) {
+      throw ConfigError(detail::concat("BatcherConfig.shard_index must be in 0..", config.shard_count - 1, ", got ", config.shard_index));
+    }
     split_.validate();
     for (const Example& e : split_.train) {
       if (e.end + 1 >= static_cast<Index>(split_.num_items)) {
@@ -130,13 +157,22 @@ class ExampleBatcher {
     const Index length = config_.max_length;
     const Index negatives = config_.num_negatives;
     const bool every = split_.supervision == Supervision::kEveryPosition;
-    const auto rows = static_cast<Index>(std::min(order_.size() - cursor_, static_cast<std::size_t>(config_.batch_size)));
+    const auto global_rows = static_cast<Index>(std::min(order_.size() - cursor_, static_cast<std::size_t>(config_.batch_size)));
+    const Index first_row = global_rows * config_.shard_index / config_.shard_count;
+    const Index rows = global_rows * (config_.shard_index + 1) / config_.shard_count - first_row;
     batch.reset(rows, length, negatives);
+    batch.totals = BatchTotals{global_rows, 0, 0};
+    for (Index row = 0; row < global_rows; ++row) {
+      const Example& e = split_.train[order_[cursor_ + static_cast<std::size_t>(row)]];
+      const Index count = std::min(e.end, length);
+      batch.totals.tokens += count;
+      batch.totals.predictions += every ? count : 1;
+    }
     auto inputs = batch.inputs();
     auto targets = batch.targets();
     auto negative_out = batch.negatives();
     for (Index row = 0; row < rows; ++row) {
-      const std::size_t index = order_[cursor_ + static_cast<std::size_t>(row)];
+      const std::size_t index = order_[cursor_ + static_cast<std::size_t>(first_row + row)];
       const Example& e = split_.train[index];
       batch.examples[static_cast<std::size_t>(row)] = static_cast<Index>(index);
       const ItemId* history = split_.history_begin(e);
@@ -157,7 +193,7 @@ class ExampleBatcher {
       sampler_.sample(excluded_.data(), excluded_.data() + excluded_.size(), (length - first) * negatives,
                       negative_out.data() + row * length * negatives + first * negatives, rng);
     }
-    cursor_ += static_cast<std::size_t>(rows);
+    cursor_ += static_cast<std::size_t>(global_rows);
     return true;
   }
 

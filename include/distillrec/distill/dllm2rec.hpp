@@ -174,8 +174,9 @@ class DROSTerm : public train::LossTerm<Model> {
     });
     double total = 0.0;
     for (double l : losses_) total += l;
-    const double mean = total / static_cast<double>(b_count);
-    g *= static_cast<T>(config_.alpha / static_cast<double>(b_count));
+    const auto global = static_cast<double>(ctx.global_sequences());  // a data-parallel shard's global batch
+    const double mean = total / global;
+    g *= static_cast<T>(config_.alpha / global);
     dllm2rec_detail::add_full_logit_gradients<T>(ctx.newest_outputs, head, g, ctx.grad_newest_outputs, ctx.model.output_gradients());
     report_ += mean;
     ++steps_;
@@ -270,6 +271,7 @@ class RankingDistillation : public train::LossTerm<Model> {
     }
     for (unsigned char f : in_topk_) agree += f;
     loss_.weight = static_cast<T>(config_.weight);
+    loss_.denominator = ctx.batch.totals.rows;  // the global batch (0 outside a trainer: the rows given)
     T rd = loss_(ctx.newest_outputs, head, k, candidates_, weights_, negatives_, ctx.grad_newest_outputs, ctx.model.output_gradients());
     if (config_.dros_alpha > 0 && b_count > 0) {
       // The reference's DRO part (methods.md §2.6): α Σ_k mean_b(w_bk) · mean_b(ℓ(z_b, c_bk)); the
@@ -279,7 +281,9 @@ class RankingDistillation : public train::LossTerm<Model> {
       for (Index s = 0; s < b_count; ++s) {
         for (Index j = 0; j < k; ++j) coef_[static_cast<std::size_t>(j)] += weights_[static_cast<std::size_t>(s * k + j)];
       }
-      for (auto& c : coef_) c = static_cast<T>(config_.dros_alpha * static_cast<double>(c) / static_cast<double>(b_count * b_count));
+      ctx.sum_across_shards(coef_.data(), coef_.size());  // mean_b over the global batch
+      const auto global = static_cast<double>(ctx.global_sequences());
+      for (auto& c : coef_) c = static_cast<T>(config_.dros_alpha * static_cast<double>(c) / (global * global));
       auto g = grads_.zeros(b_count, n);
       const auto logits = logits_.map();
       row_dro_.assign(static_cast<std::size_t>(b_count), 0.0);
@@ -344,8 +348,11 @@ class RankingDistillation : public train::LossTerm<Model> {
     const ItemId target = ctx.split.target(example), n = ctx.model.num_items();
     const ItemId* begin = ctx.split.history_begin(example);
     const ItemId* end = ctx.split.history_end(example);
+    Rng keyed;
+    if (ctx.per_example_streams()) keyed = ctx.sequence_rng(s, /*purpose=*/1);
+    Rng& rng = ctx.per_example_streams() ? keyed : ctx.rng;
     for (int attempt = 0; attempt < 100; ++attempt) {
-      const auto item = static_cast<ItemId>(ctx.rng.uniform_int(std::int64_t{1}, static_cast<std::int64_t>(n)));
+      const auto item = static_cast<ItemId>(rng.uniform_int(std::int64_t{1}, static_cast<std::int64_t>(n)));
       if (item != target && std::find(begin, end, item) == end) return item;
     }
     return kPaddingId;  // the example has (almost) every item in its history: no negative part

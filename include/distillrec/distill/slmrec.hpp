@@ -213,6 +213,10 @@ class SLMRecDistillation : public train::LossTerm<models::LLMRec<T>> {
     auto& ws = ctx.workspace;
     gather_rows(ctx);
     const Index rows = static_cast<Index>(token_rows_.size());
+    // Means over the global batch (its counts are 0, meaning the rows given, outside a trainer).
+    const bool last = config_.positions == AlignPositions::kLast;
+    cosine_.denominator = distance_.denominator = last ? ctx.batch.totals.rows : ctx.batch.totals.tokens;
+    ce_.denominator = last ? ctx.batch.totals.rows : ctx.batch.totals.predictions;
     const Index h = student.hidden_size();
     double cos_total = 0.0, norm_total = 0.0, ms_total = 0.0;
     for (std::size_t i = 0; i < map_.pairs.size(); ++i) {

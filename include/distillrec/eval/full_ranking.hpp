@@ -15,6 +15,7 @@
 #pragma once
 
 #include "distillrec/backend/parallel.hpp"
+#include "distillrec/core/collective.hpp"
 #include "distillrec/data/examples.hpp"
 #include "distillrec/data/split.hpp"
 #include "distillrec/eval/metrics.hpp"
@@ -55,6 +56,10 @@ struct FullRankingOptions {
   /// the served one: the shortlist (for k = the largest cutoff) re-scored in fp32 first, then
   /// the other items in their approximate order.
   serve::ScoringPolicy scoring = whole_catalogue_fp32();
+  /// Data-parallel (core/collective.hpp): each process ranks every size()-th block of
+  /// block_users examples, and the ranks are summed across the processes, so every process gets
+  /// the metrics of all examples, equal to one process's (the same blocks are encoded alike).
+  Collective* collective = nullptr;
 
   static serve::ScoringPolicy whole_catalogue_fp32() {
     serve::ScoringPolicy policy;
@@ -85,7 +90,7 @@ Index rank_of_target(const T* scores, Index num_items, ItemId target) {
 /// and use. Exceptions thrown inside are re-thrown after the parallel region.
 template <typename Model, typename Body>
 void for_each_encoded_block(const Model& model, const data::ExampleSplit& split, const std::vector<data::Example>& examples,
-                            Index block_examples, Body&& body) {
+                            Index block_examples, Body&& body, int shard = 0, int shards = 1) {
   static_assert(models::check_scoring_model<Model>());
   using T = typename Model::Scalar;
   const Index num_examples = static_cast<Index>(examples.size());
@@ -100,6 +105,7 @@ void for_each_encoded_block(const Model& model, const data::ExampleSplit& split,
     std::vector<Sequence> histories;
 #pragma omp for schedule(dynamic, 1)
     for (Index bi = 0; bi < num_blocks; ++bi) errors.run([&] {
+      if (bi % shards != shard) return;
       const Index begin = bi * block, end = std::min(num_examples, begin + block);
       histories.clear();
       for (Index i = begin; i < end; ++i) histories.push_back(split.history(examples[static_cast<std::size_t>(i)]));
@@ -139,6 +145,9 @@ EvaluationResult evaluate_full_ranking(const Model& model, const data::ExampleSp
     std::vector<serve::ScoredItem> candidates;
   };
   std::vector<PerThread> per_thread(static_cast<std::size_t>(std::max(1, parallel::max_threads())));
+  const int shards = options.collective != nullptr ? options.collective->size() : 1;
+  const int shard = options.collective != nullptr ? options.collective->rank() : 0;
+  const Index block = std::max<Index>(1, options.block_users);
   for_each_encoded_block(model, split, examples, options.block_users,
                          [&](Index begin, Index end, const std::vector<Sequence>& histories,
                              const Matrix<T>& user_vectors, Matrix<T>& scores) {
@@ -164,7 +173,18 @@ EvaluationResult evaluate_full_ranking(const Model& model, const data::ExampleSp
                              }
                              ranks[static_cast<std::size_t>(i)] = rank;
                            }
-                         });
+                         }, shard, shards);
+  if (shards > 1) {
+    // Every example was ranked by one process: sum (rank + 2; 0 elsewhere) across them.
+    std::vector<double> encoded(ranks.size(), 0.0);
+    for (Index bi = shard; bi * block < num_examples; bi += shards) {
+      for (Index i = bi * block; i < std::min(num_examples, (bi + 1) * block); ++i) {
+        encoded[static_cast<std::size_t>(i)] = static_cast<double>(ranks[static_cast<std::size_t>(i)] + 2);
+      }
+    }
+    options.collective->sum(encoded.data(), encoded.size());
+    for (std::size_t i = 0; i < ranks.size(); ++i) ranks[i] = static_cast<Index>(encoded[i]) - 2;
+  }
 
   RankingMetrics metrics(options.cutoffs);
   for (Index r : ranks) metrics.add(r);

@@ -29,12 +29,16 @@ template <typename T>
 struct CosineAlignment {
   Reduction reduction = Reduction::kMean;
   T eps = T(1e-8);
+  /// > 0: the mean divides by this instead of the rows given (a data-parallel shard divides by
+  /// its global batch's count, so the shards' losses and gradients sum to the global batch's).
+  Index denominator = 0;
 
   T operator()(const ConstMatrixRef<T>& student, const ConstMatrixRef<T>& teacher, MatrixRef<T> grad) const {
     check(student, teacher, grad);
     const Index n = student.rows();
     if (n == 0) return T(0);
-    const T w = reduction == Reduction::kMean ? T(1) / static_cast<T>(n) : T(1);
+    const Index mean_over = denominator > 0 ? denominator : n;
+    const T w = reduction == Reduction::kMean ? T(1) / static_cast<T>(mean_over) : T(1);
     double total = 0.0;
     for (Index b = 0; b < n; ++b) {
       const auto s = student.row(b);
@@ -49,8 +53,12 @@ struct CosineAlignment {
         grad.row(b) = -w * t / (s_den * t_den);
       }
     }
-    const double mean_or_sum = reduction == Reduction::kMean ? total / static_cast<double>(n) : total;
-    return static_cast<T>((reduction == Reduction::kMean ? 1.0 : static_cast<double>(n)) - mean_or_sum);
+    // Mean: 1 - mean cos, i.e. sum(1 - cos) / mean_over (so shards sum to the global mean).
+    if (reduction == Reduction::kMean) {
+      if (denominator <= 0) return static_cast<T>(1.0 - total / static_cast<double>(n));
+      return static_cast<T>((static_cast<double>(n) - total) / static_cast<double>(mean_over));
+    }
+    return static_cast<T>(static_cast<double>(n) - total);
   }
 
   static void check(const ConstMatrixRef<T>& student, const ConstMatrixRef<T>& teacher, MatrixRef<T> grad) {
@@ -67,12 +75,16 @@ template <typename T>
 struct FeatureDistance {
   Reduction reduction = Reduction::kMean;
   bool squared = false;
+  /// > 0: the mean divides by this instead of the rows given (a data-parallel shard divides by
+  /// its global batch's count, so the shards' losses and gradients sum to the global batch's).
+  Index denominator = 0;
 
   T operator()(const ConstMatrixRef<T>& student, const ConstMatrixRef<T>& teacher, MatrixRef<T> grad) const {
     CosineAlignment<T>::check(student, teacher, grad);
     const Index n = student.rows();
     if (n == 0) return T(0);
-    const T w = reduction == Reduction::kMean ? T(1) / static_cast<T>(n) : T(1);
+    const Index mean_over = denominator > 0 ? denominator : n;
+    const T w = reduction == Reduction::kMean ? T(1) / static_cast<T>(mean_over) : T(1);
     double total = 0.0;
     for (Index b = 0; b < n; ++b) {
       grad.row(b) = student.row(b) - teacher.row(b);
@@ -90,7 +102,7 @@ struct FeatureDistance {
         }
       }
     }
-    return static_cast<T>(reduction == Reduction::kMean ? total / static_cast<double>(n) : total);
+    return static_cast<T>(reduction == Reduction::kMean ? total / static_cast<double>(mean_over) : total);
   }
 };
 

@@ -42,6 +42,9 @@ struct SampledBinaryCrossEntropy {
   };
 
   Reduction reduction = Reduction::kMean;
+  /// > 0: the mean divides by this instead of the rows given (a data-parallel shard divides by
+  /// its global batch's count, so the shards' losses and gradients sum to the global batch's).
+  Index denominator = 0;
 
   /// Returns the loss; overwrites grad_h [n, d] and adds the head's gradients into grad_head
   /// (nn/output_head.hpp: a frozen weight or a missing bias is skipped).
@@ -68,7 +71,7 @@ struct SampledBinaryCrossEntropy {
     for (ItemId id : positives) check_id(id, "positive");
     for (ItemId id : negatives) check_id(id, "negative");
 
-    const T scale = reduction == Reduction::kMean ? T(1) / static_cast<T>(std::max<Index>(n, 1)) : T(1);
+    const T scale = reduction == Reduction::kMean ? T(1) / static_cast<T>(denominator > 0 ? denominator : std::max<Index>(n, 1)) : T(1);
     const Index k = num_negatives;
     // Per-score gradients, [n, 1 + k]: column 0 the positive, then the negatives.
     ws.score_grads.resize(static_cast<std::size_t>(n * (1 + k)));

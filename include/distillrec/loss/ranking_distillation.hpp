@@ -27,6 +27,9 @@ template <typename T>
 struct RankingDistillationLoss {
   bool reference_negative = false;  // neg(z) = softplus(z - 1), as the reference's log σ(1 - z_neg)
   T weight = T(1);                  // scales the gradients; the value returned is unweighted
+  /// > 0: the mean divides by this instead of the rows given (a data-parallel shard divides by
+  /// its global batch's count, so the shards' losses and gradients sum to the global batch's).
+  Index denominator = 0;
 
   /// h [B, d]; candidates and weights [B * K] row-major; negatives [B] (0: none). Returns L_rd.
   T operator()(const ConstMatrixRef<T>& h, const nn::HeadWeights<T>& head, Index k, const std::vector<ItemId>& candidates,
@@ -50,7 +53,8 @@ struct RankingDistillationLoss {
       }
     };
     if (b_count == 0) return T(0);
-    const T scale = weight / static_cast<T>(b_count);
+    const Index mean_over = denominator > 0 ? denominator : b_count;
+    const T scale = weight / static_cast<T>(mean_over);
     double total = 0.0;
     for (Index b = 0; b < b_count; ++b) {
       const auto hb = h.row(b);
@@ -75,7 +79,7 @@ struct RankingDistillationLoss {
       grad_h.row(b) += g * head.weight.row(neg - 1);
       grad_head.add(neg, g, hb);
     }
-    return static_cast<T>(total / static_cast<double>(b_count));
+    return static_cast<T>(total / static_cast<double>(mean_over));
   }
 };
 

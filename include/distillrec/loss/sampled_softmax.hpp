@@ -98,6 +98,9 @@ class SampledSoftmaxCrossEntropy {
   };
 
   Reduction reduction = Reduction::kMean;
+  /// > 0: the mean divides by this instead of the rows given (a data-parallel shard divides by
+  /// its global batch's count, so the shards' losses and gradients sum to the global batch's).
+  Index denominator = 0;
   T temperature = T(1);
   bool remove_accidental_hits = true;
 
@@ -147,7 +150,8 @@ class SampledSoftmaxCrossEntropy {
     ws.targets.assign(static_cast<std::size_t>(n), 0);
     SoftmaxCrossEntropyWithLogits<T> ce;
     ce.reduction = reduction;
-    const T value = ce(logits, ws.targets, logits, ws.row_loss);  // logits now hold dL/dz
+    const T value = ce(logits, ws.targets, logits, ws.row_loss,
+                       reduction == Reduction::kMean && denominator > 0 ? denominator : -1);  // logits now hold dL/dz
     // Through z = s / tau - log Q: dL/ds = dL/dz / tau.
     logits *= inv_tau;
     backend::gemm(backend::Trans::kNo, backend::Trans::kNo, T(1), logits.rightCols(m), neg_table, T(0), grad_h);

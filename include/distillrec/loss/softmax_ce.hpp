@@ -124,6 +124,9 @@ class CatalogueSoftmaxCrossEntropy {
   };
 
   Reduction reduction = Reduction::kMean;
+  /// > 0: the mean divides by this instead of the rows given (a data-parallel shard divides by
+  /// its global batch's count, so the shards' losses and gradients sum to the global batch's).
+  Index denominator = 0;
   Index block_rows = 256;
   T weight = T(1);  // scales both gradients (a weighted term of a larger loss); the value returned is unweighted
   /// Precision of the three catalogue GEMMs (bf16: float only).
@@ -151,7 +154,7 @@ class CatalogueSoftmaxCrossEntropy {
       }
       count += t != kPaddingId;
     }
-    const Index divisor = reduction == Reduction::kMean ? std::max<Index>(count, 1) : 1;
+    const Index divisor = reduction == Reduction::kMean ? (denominator > 0 ? denominator : std::max<Index>(count, 1)) : 1;
     const auto& items = head.weight;
 
     if (precision == backend::MatmulPrecision::kBf16) {

@@ -205,7 +205,7 @@ class GRU4Rec {
   /// every packed token [tokens, H].
   ConstMatrixMap<T> forward_train(const data::TrainingBatch& batch, Rng& rng, Workspace& ws) const {
     pack_batch(batch, packing_rules(), ws);
-    embed(ws, nn::RunMode::train(rng));
+    embed(ws, training_mode(batch, ws, rng));
     prepare(ws);
     const Index n = ws.layout.num_tokens();
     for (Index l = 0; l < config_.num_layers; ++l) {

@@ -317,7 +317,7 @@ class LLMRec {
   /// row of every packed sequence.
   ConstMatrixMap<T> forward_train(const data::TrainingBatch& batch, Rng& rng, Workspace& ws) const {
     pack_batch(batch, packing_rules(), ws);
-    return forward_packed(ws, nn::RunMode::train(rng));
+    return forward_packed(ws, training_mode(batch, ws, rng));
   }
 
   /// A zeroed [tokens, hidden] matrix whose contents backward() adds to the gradient w.r.t.

@@ -19,9 +19,11 @@
 #include "distillrec/core/error.hpp"
 #include "distillrec/core/types.hpp"
 #include "distillrec/data/batcher.hpp"
+#include "distillrec/nn/run_mode.hpp"
 #include "distillrec/nn/sequence_layout.hpp"
 
 #include <algorithm>
+#include <cstdint>
 #include <vector>
 
 namespace distillrec::models {
@@ -36,6 +38,9 @@ struct PackedTokens {
   std::vector<ItemId> targets;     // the next item each token predicts, 0 where it predicts none
   std::vector<ItemId> negatives;  // [tokens, num_negatives]
   Index num_negatives = 0;
+  // Training with per-example dropout masks only (nn/run_mode.hpp): the key of every token
+  // (its training example and window position) and of every sequence (its example).
+  std::vector<std::uint64_t> row_keys, sequence_keys;
 };
 
 /// What a model accepts.
@@ -123,6 +128,26 @@ inline void pack_batch(const data::TrainingBatch& batch, const PackingRules& rul
     packed.layout.add(width - first);
     packed.sequence_rows.push_back(r);
   }
+}
+
+/// The run mode of a training forward pass over a packed batch: masks drawn in sequence from
+/// `rng`, or, when the batch asks for per-example masks, keyed by each token's training example
+/// and window position (the keys are kept in `packed`, which must outlive the forward pass).
+inline nn::RunMode training_mode(const data::TrainingBatch& batch, PackedTokens& packed, Rng& rng) {
+  if (!batch.per_example_streams) return nn::RunMode::train(rng);
+  const Index num_seq = packed.layout.num_sequences();
+  const auto width = static_cast<std::uint64_t>(std::max<Index>(batch.length(), 1));
+  packed.sequence_keys.resize(static_cast<std::size_t>(num_seq));
+  packed.row_keys.resize(static_cast<std::size_t>(packed.layout.num_tokens()));
+  for (Index s = 0; s < num_seq; ++s) {
+    const auto example = static_cast<std::uint64_t>(batch.examples[static_cast<std::size_t>(packed.sequence_rows[static_cast<std::size_t>(s)])]);
+    packed.sequence_keys[static_cast<std::size_t>(s)] = example;
+    for (Index t = packed.layout.begin(s); t < packed.layout.end(s); ++t) {
+      packed.row_keys[static_cast<std::size_t>(t)] = example * width + static_cast<std::uint64_t>(packed.positions[static_cast<std::size_t>(t)]);
+    }
+  }
+  return nn::RunMode::train_keyed(rng, packed.row_keys.data(), packed.layout.num_tokens(), packed.sequence_keys.data(), num_seq,
+                                  batch.step_seed);
 }
 
 }  // namespace distillrec::models

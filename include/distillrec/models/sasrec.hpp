@@ -272,7 +272,7 @@ class SASRec {
   /// and negative items.
   ConstMatrixMap<T> forward_train(const data::TrainingBatch& batch, Rng& rng, Workspace& ws) const {
     pack_batch(batch, packing_rules(), ws);
-    const nn::RunMode mode = nn::RunMode::train(rng);
+    const nn::RunMode mode = training_mode(batch, ws, rng);
     const Index n = ws.layout.num_tokens(), d = hidden_size();
     auto out = ws.output.resize(n, d);
     std::visit(

@@ -119,7 +119,14 @@ class MultiHeadAttention {
     if (ws.probs.size() < total) ws.probs.resize(total);
     ws.dropout_active = mode.training && dropout_ > 0.0;
     if (ws.dropout_active && ws.mask.size() < total) ws.mask.resize(total);
-    const std::uint64_t call_seed = ws.dropout_active ? mode.generator().next() : 0;
+    // Sequential masks: one seed per call from the generator, one stream per packed sequence.
+    // Per-example masks: the site's seed, one stream per sequence key (its training example).
+    const bool keyed = ws.dropout_active && mode.keyed();
+    if (keyed && mode.num_sequences != num_seq) {
+      throw ShapeError(detail::concat("attention: per-example masks need one key per sequence: ", num_seq, " sequences, ",
+                                      mode.num_sequences, " keys"));
+    }
+    const std::uint64_t call_seed = !ws.dropout_active ? 0 : keyed ? mode.next_site_seed() : mode.generator().next();
 
     auto ctx = ws.context.resize(n, dim_);
     const T scale = T(1) / std::sqrt(static_cast<T>(head_dim()));
@@ -130,7 +137,7 @@ class MultiHeadAttention {
 
     parallel::for_each(num_seq, parallel_loop, [&](Index s, int thread) {
       const Index b = layout.begin(s), len = layout.length(s);
-      Rng rng = Rng(call_seed).derive(static_cast<std::uint64_t>(s));
+      Rng rng = keyed ? RunMode::keyed_stream(call_seed, mode.sequence_keys[s]) : Rng(call_seed).derive(static_cast<std::uint64_t>(s));
       for (Index h = 0; h < heads_; ++h) {
         T* p_data = ws.probs.data() + ws.prob_offsets[static_cast<std::size_t>(s)] + h * len * len;
         MatrixMap<T> p(p_data, len, len);

@@ -2,7 +2,8 @@
 //
 // Inverted dropout (Srivastava et al., 2014): during training each element is zeroed with
 // probability p and the rest scaled by 1 / (1 - p); at inference it is the identity. The mask
-// is drawn from the run's generator and kept in the workspace for backward.
+// is drawn from the run's generator (or, with per-example masks, row by row from each row's key:
+// nn/run_mode.hpp) and kept in the workspace for backward.
 #pragma once
 
 #include "distillrec/backend/kernels.hpp"
@@ -39,7 +40,18 @@ class Dropout {
       return;
     }
     auto mask = ws.mask.resize(x.rows(), x.cols());
-    backend::kernels::dropout_mask(mask.data(), mask.size(), p_, mode.generator());
+    if (mode.keyed()) {
+      if (mode.num_rows != x.rows()) {
+        throw ShapeError(detail::concat("Dropout: per-example masks need one key per row: ", x.rows(), " rows, ", mode.num_rows, " keys"));
+      }
+      const std::uint64_t site = mode.next_site_seed();
+      for (Index i = 0; i < x.rows(); ++i) {
+        Rng rng = RunMode::keyed_stream(site, mode.row_keys[i]);
+        backend::kernels::dropout_mask(mask.row(i).data(), x.cols(), p_, rng);
+      }
+    } else {
+      backend::kernels::dropout_mask(mask.data(), mask.size(), p_, mode.generator());
+    }
     for (Index i = 0; i < x.rows(); ++i) {
       backend::kernels::multiply<T>(x.row(i).data(), mask.row(i).data(), y.row(i).data(), x.cols());
     }

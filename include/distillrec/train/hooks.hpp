@@ -8,9 +8,9 @@
 //   TrainingHooks   callbacks, run in the order they were added:
 //     on_epoch_begin(epoch)                   before the epoch's first batch
 //     after_backward(step, parameter_groups)  the gradients of the model and of every loss term
-//                                             with parameters are complete, before clipping and
-//                                             the optimiser step: the place for a gradient
-//                                             allreduce across processes
+//                                             with parameters are complete (in data-parallel
+//                                             training already summed across the processes by
+//                                             the trainer), before clipping and the optimiser step
 //     after_step(step)                        after the optimiser step
 //     on_epoch_end(record)                    after the epoch (and its validation, if any);
 //                                             returning false stops training

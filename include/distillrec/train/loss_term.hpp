@@ -8,7 +8,9 @@
 //   sequence's newest token, and matrices to ADD their gradients to at those places (the trainer
 //   zeroes them, scatters the newest-token gradients into the all-token ones and runs the model's
 //   backward once); the prediction rows with their targets and the negatives the base objective
-//   drew; the trainer's generator (any draw a term makes comes from it, so a seed fixes the run).
+//   drew; the trainer's generator (any draw a term makes comes from it, so a seed fixes the run;
+//   a draw per example comes from sequence_rng() when the batch has per-example streams); the
+//   global batch's counts and, in data-parallel training, sums across the processes.
 //
 // A term may own trainable parameters (parameters()): the trainer's optimiser, gradient
 // clipping, best-epoch snapshot and checkpoints handle them like the model's. A term adds its
@@ -27,6 +29,7 @@
 #include "distillrec/data/batcher.hpp"
 #include "distillrec/data/examples.hpp"
 #include "distillrec/nn/sequence_layout.hpp"
+#include "distillrec/core/collective.hpp"
 
 #include <map>
 #include <string>
@@ -54,6 +57,28 @@ struct StepContext {
   Rng& rng;
   Index epoch = 0;  // 1-based
   Index step = 0;   // 1-based within the epoch
+  Collective* collective = nullptr;  // data-parallel training: the processes sharing the global batch
+
+  /// Counts of the global batch (batch.totals; a data-parallel shard's own counts are smaller).
+  /// Terms divide by these, so that the shards' losses and gradients sum to the global batch's.
+  Index global_sequences() const { return batch.totals.rows > 0 ? batch.totals.rows : num_sequences(); }
+  Index global_tokens() const { return batch.totals.rows > 0 ? batch.totals.tokens : layout().num_tokens(); }
+  Index global_predictions() const {
+    return batch.totals.rows > 0 ? batch.totals.predictions : static_cast<Index>(prediction_rows.size());
+  }
+  /// Sums values across the processes of a data-parallel run (in place; nothing in one process):
+  /// for a term whose loss needs a statistic of the whole global batch.
+  template <typename U>
+  void sum_across_shards(U* data, std::size_t count) const {
+    if (collective != nullptr && collective->size() > 1) collective->sum(data, count);
+  }
+  /// The generator for a random draw that belongs to sequence s: ctx.rng in sequence, or, with
+  /// per-example streams (batch.per_example_streams), a stream keyed by the step and the
+  /// sequence's training example (then the same on any number of processes).
+  Rng sequence_rng(Index s, std::uint64_t purpose) const {
+    return Rng(batch.step_seed ^ (purpose * 0x9e3779b97f4a7c15ULL)).derive(static_cast<std::uint64_t>(example_index(s)));
+  }
+  bool per_example_streams() const { return batch.per_example_streams; }
 
   const nn::SequenceLayout& layout() const { return workspace.layout; }
   Index num_sequences() const { return workspace.layout.num_sequences(); }

@@ -7,7 +7,8 @@
 //   softmax          full-softmax cross-entropy over all N items (loss/softmax_ce.hpp)
 //   sampled-softmax  softmax over the positive and m negatives shared by the batch, drawn from
 //                    popularity^alpha, with logQ correction (loss/sampled_softmax.hpp)
-// compute() returns the loss (the mean over the rows given), writes dL/dH and adds the head's
+// compute() returns the loss (the mean over the rows given, or over a data-parallel global
+// batch's count of them), writes dL/dH and adds the head's
 // gradients. The trainer runs it before any loss term (train/loss_term.hpp).
 #pragma once
 
@@ -74,10 +75,12 @@ class NextItemObjective {
   const ObjectiveConfig& config() const { return config_; }
 
   /// h [n, d]: output vectors; positives [n]; negatives [n * num_negatives] (bce only).
+  /// denominator > 0: divide by it instead of n (a data-parallel shard: its global batch's count).
   T compute(const ConstMatrixRef<T>& h, const nn::HeadWeights<T>& head, const std::vector<ItemId>& positives,
             const std::vector<ItemId>& negatives, Index num_negatives, MatrixRef<T> grad_h, nn::HeadGradients<T> grad_head,
-            Rng& rng) {
+            Rng& rng, Index denominator = 0) {
     shared_negatives_.clear();
+    bce_.denominator = softmax_.denominator = sampled_.denominator = denominator;
     switch (config_.objective) {
       case Objective::kBce: {
         if (num_negatives <= 0) throw ConfigError("bce objective: the batch carries no negatives");

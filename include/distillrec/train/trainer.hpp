@@ -21,6 +21,20 @@
 // metrics, ETA; with log_every_steps > 0 also within an epoch). A non-finite loss stops
 // training with an Error naming the epoch and step. After its first steps a training step
 // allocates no memory.
+//
+// Data-parallel training (TrainerConfig::collective, e.g. mpi::Communicator over MPI): every
+// process runs this same trainer on the same data and seed. Each global batch of batch_size
+// examples is cut into one contiguous shard per process (data/batcher.hpp); the losses divide
+// by the global batch's counts, and after the backward pass one sum across the processes (the
+// first thing after the loss terms' after_backward, before the after_backward hooks) turns
+// every process's gradients into the global batch's, with the step's loss and a failure flag in
+// the same call. Random draws are keyed per example (random_streams), so the masks, and so
+// the model after k steps, do not depend on the number of processes. Every process then takes
+// the same optimiser step, validates the same model (each process ranks a share of the
+// validation examples, and the ranks are summed: identical metrics everywhere, so best-epoch and
+// early-stopping decisions agree without a message), and only rank 0 writes checkpoints. A
+// process that fails inside a step (bad input on its shard, a non-finite loss) makes every
+// process throw at that step instead of leaving the others waiting.
 #pragma once
 
 #include "distillrec/backend/parallel.hpp"
@@ -35,6 +49,7 @@
 #include "distillrec/optim/adam.hpp"
 #include "distillrec/optim/clip.hpp"
 #include "distillrec/optim/schedule.hpp"
+#include "distillrec/core/collective.hpp"
 #include "distillrec/train/hooks.hpp"
 #include "distillrec/train/loss_term.hpp"
 #include "distillrec/train/objective.hpp"
@@ -45,6 +60,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <exception>
 #include <functional>
 #include <iostream>
 #include <map>
@@ -54,6 +70,19 @@
 #include <vector>
 
 namespace distillrec::train {
+
+/// Where the random draws inside a step come from (dropout masks, a loss term's draws per
+/// example): one generator in sequence (the masks depend on how the batch was packed), or
+/// streams keyed by (seed, step, example), which do not depend on which examples share a batch
+/// or a process. Auto: sequential in one process, per example with a collective.
+enum class RandomStreams { kAuto, kSequential, kPerExample };
+
+inline RandomStreams parse_random_streams(const std::string& name) {
+  if (name == "auto") return RandomStreams::kAuto;
+  if (name == "sequential") return RandomStreams::kSequential;
+  if (name == "per-example") return RandomStreams::kPerExample;
+  throw ConfigError("unknown random streams \"" + name + "\" (expected auto, sequential or per-example)");
+}
 
 struct TrainerConfig {
   Index epochs = 200;
@@ -71,6 +100,15 @@ struct TrainerConfig {
   std::uint64_t seed = 42;
   std::ostream* log = &std::cout;  // nullptr: silent
   Index log_every_steps = 0;
+  RandomStreams random_streams = RandomStreams::kAuto;
+  /// Data-parallel training across processes (see the header comment); nullptr: one process.
+  std::shared_ptr<Collective> collective;
+
+  /// Whether steps draw from per-example streams.
+  bool per_example_streams() const {
+    return random_streams == RandomStreams::kPerExample || (random_streams == RandomStreams::kAuto && collective != nullptr);
+  }
+  bool data_parallel() const { return collective != nullptr && collective->size() > 1; }
 
   void validate() const {
     if (epochs <= 0) throw ConfigError(detail::concat("trainer: epochs must be positive, got ", epochs));
@@ -80,6 +118,13 @@ struct TrainerConfig {
       throw ConfigError("trainer: eval_every, patience and warmup_steps must be >= 0");
     }
     if (!(clip_norm >= 0.0)) throw ConfigError("trainer: clip_norm must be >= 0");
+    if (collective != nullptr && collective->size() > 1 && random_streams == RandomStreams::kSequential) {
+      throw ConfigError("trainer: data-parallel training needs per-example random streams (sequential masks depend on the shard)");
+    }
+    if (collective != nullptr && collective->size() > batch_size) {
+      throw ConfigError(detail::concat("trainer: ", collective->size(), " processes share batches of ", batch_size,
+                                       " examples; use a batch size of at least the number of processes"));
+    }
     adam.validate();
   }
 };
@@ -154,7 +199,12 @@ class Trainer {
     batcher.max_length = model.max_length();
     batcher.num_negatives = config_.objective.objective == Objective::kBce ? config_.num_negatives : 1;
     batcher.seed = config_.seed;
+    if (config_.collective) {
+      batcher.shard_index = config_.collective->rank();
+      batcher.shard_count = config_.collective->size();
+    }
     batcher_.emplace(split_, batcher);
+    if (config_.data_parallel()) config_.validation.collective = config_.collective.get();  // each process ranks a share
     total_steps_ = config_.epochs * batcher_->batches_per_epoch();
     rebuild_groups();
   }
@@ -185,8 +235,10 @@ class Trainer {
   const std::vector<Parameters<T>*>& parameter_groups() const { return groups_; }
 
   /// Writes the model's checkpoint (io/checkpoint.hpp) with every loss term's parameters added
-  /// as "terms.<name>.<parameter>" tensors (a model loads from it and ignores them).
+  /// as "terms.<name>.<parameter>" tensors (a model loads from it and ignores them). In
+  /// data-parallel training only rank 0 writes (the others return at once).
   void save_checkpoint(const std::string& path, const std::map<std::string, std::string>& metadata = {}) const {
+    if (config_.collective && config_.collective->rank() != 0) return;
     std::vector<std::pair<std::string, const Parameters<T>*>> extra;
     for (const auto& term : terms_) {
       if (const auto* p = term->parameters()) extra.emplace_back("terms." + term->name() + ".", p);
@@ -203,10 +255,21 @@ class Trainer {
     ProgressPrinter progress(config_.log);
     std::string term_names;
     for (const auto& term : terms_) term_names += (term_names.empty() ? ", loss terms: " : " + ") + term->name();
+    const std::string processes = config_.collective ? ", " + config_.collective->description() + ", per process" : "";
     progress.line(detail::concat("training: ", batcher_->num_training_examples(), " ", split_.protocol, " examples (",
                                  data::to_string(split_.supervision), " targets), ", steps_per_epoch(),
-                                 " steps per epoch, objective ", to_string(config_.objective.objective), term_names, ", ",
-                                 parallel::max_threads(), " threads"));
+                                 " steps per epoch, objective ", to_string(config_.objective.objective), term_names, processes, ", ",
+                                 parallel::max_threads(), " threads", config_.per_example_streams() ? ", per-example random streams" : ""));
+    if (config_.data_parallel()) {
+      std::size_t values = 2;
+      for (const auto* group : groups_) values += static_cast<std::size_t>(group->buffer_size());
+      progress.line(detail::concat("data-parallel: global batches of ", config_.batch_size, " examples over ", config_.collective->size(),
+                                   " processes; one sum of ", values, " values (", static_cast<double>(values * sizeof(T)) / 1e6,
+                                   " MB) per step"));
+      // Every process starts from rank 0's parameters (they agree already when built from the
+      // same seed; this makes it so whatever the caller did).
+      for (auto* group : groups_) config_.collective->broadcast(group->values(), static_cast<std::size_t>(group->buffer_size()) * sizeof(T));
+    }
     for (Index epoch = 1; epoch <= config_.epochs; ++epoch) {
       for (auto& hook : hooks_.on_epoch_begin) hook(epoch);
       EpochRecord record = train_epoch(epoch, progress);
@@ -295,34 +358,44 @@ class Trainer {
   /// the batch in batch_.
   StepInfo train_step(Index epoch, Index step, double lr) {
     for (auto* group : groups_) group->zero_grad();
-    auto& ws = workspace_;
-    for (const auto& term : terms_) term->before_forward(model_, batch_, split_);
-    const auto outputs = model_.forward_train(batch_, rng_, ws);
-    buffers_.begin(outputs, ws, /*with_newest=*/!terms_.empty());
-    const Index k = ws.num_negatives;
-    const auto head = model_.output_weights();
-    T loss;
-    if (buffers_.every_position_predicts()) {  // every-position supervision: score the outputs in place
-      loss = objective_.compute(outputs, head, ws.targets, ws.negatives, k, buffers_.grad_outputs(), model_.output_gradients(), rng_);
-    } else {  // score the positions that predict and scatter their gradients back
-      buffers_.gather_predictions(outputs, ws, k);
-      loss = objective_.compute(buffers_.prediction_outputs(), head, buffers_.targets(), buffers_.negatives(), k,
-                                buffers_.prediction_grads(), model_.output_gradients(), rng_);
-      buffers_.scatter_prediction_grads();
+    batch_.per_example_streams = config_.per_example_streams();
+    batch_.step_seed = Rng(config_.seed ^ 0xd1b54a32d192ed03ULL).derive(static_cast<std::uint64_t>(global_step_)).next();
+    T loss = T(0);
+    if (!config_.data_parallel()) {
+      loss = local_step(epoch, step);
+      if (!std::isfinite(static_cast<double>(loss))) throw diverged(loss, epoch, step);
+    } else {
+      // One sum across the processes: every group's gradients, the loss, a failure flag.
+      std::exception_ptr failure;
+      try {
+        loss = local_step(epoch, step);
+      } catch (...) {
+        failure = std::current_exception();
+      }
+      std::size_t total = 2;
+      for (const auto* group : groups_) total += static_cast<std::size_t>(group->buffer_size());
+      staging_.resize(total);
+      std::size_t at = 0;
+      for (const auto* group : groups_) {
+        std::copy(group->grads(), group->grads() + group->buffer_size(), staging_.begin() + static_cast<std::ptrdiff_t>(at));
+        at += static_cast<std::size_t>(group->buffer_size());
+      }
+      staging_[at] = failure ? T(0) : loss;
+      staging_[at + 1] = failure ? T(1) : T(0);
+      config_.collective->sum(staging_.data(), staging_.size());
+      if (failure) std::rethrow_exception(failure);
+      if (staging_[at + 1] != T(0)) {
+        throw Error(detail::concat("training stopped at epoch ", epoch, ", step ", step, ": another process failed (its error is in its output)"));
+      }
+      loss = staging_[at];
+      if (!std::isfinite(static_cast<double>(loss))) throw diverged(loss, epoch, step);
+      at = 0;
+      for (auto* group : groups_) {
+        std::copy(staging_.begin() + static_cast<std::ptrdiff_t>(at), staging_.begin() + static_cast<std::ptrdiff_t>(at + static_cast<std::size_t>(group->buffer_size())),
+                  group->grads());
+        at += static_cast<std::size_t>(group->buffer_size());
+      }
     }
-    const Index m = static_cast<Index>(buffers_.prediction_rows().size());
-    if (!terms_.empty()) {
-      auto ctx = buffers_.context(model_, ws, batch_, split_, outputs, rng_, config_.objective.objective == Objective::kBce ? k : 0,
-                                  &objective_.shared_negatives(), epoch, step);
-      for (const auto& term : terms_) loss += term->compute(ctx);
-      buffers_.finish(ws);
-    }
-    if (!std::isfinite(static_cast<double>(loss))) {
-      throw Error(detail::concat("training diverged: loss is ", loss, " at epoch ", epoch, ", step ", step,
-                                 " (lower the learning rate, or enable gradient clipping)"));
-    }
-    model_.backward(buffers_.grad_outputs(), ws);
-    for (const auto& term : terms_) term->after_backward(model_);
     StepInfo info;
     info.epoch = epoch;
     info.step = step;
@@ -330,13 +403,53 @@ class Trainer {
     info.global_step = global_step_;
     info.loss = static_cast<double>(loss);
     info.learning_rate = lr;
-    info.predictions = m;
+    info.predictions = batch_.totals.predictions;
     for (auto& hook : hooks_.after_backward) hook(info, groups_);
     if (config_.clip_norm > 0.0) optim::clip_gradient_norm(groups_, config_.clip_norm);
     for (std::size_t i = 0; i < groups_.size(); ++i) adam_.step(*groups_[i], adam_states_[i], lr);
     ++global_step_;
     for (auto& hook : hooks_.after_step) hook(info);
     return info;
+  }
+
+  static Error diverged(T loss, Index epoch, Index step) {
+    return Error(detail::concat("training diverged: loss is ", loss, " at epoch ", epoch, ", step ", step,
+                                " (lower the learning rate, or enable gradient clipping)"));
+  }
+
+  /// This process's part of a step: forward, base objective, loss terms, backward; returns the
+  /// loss (in data-parallel training, this shard's part of the global batch's loss).
+  T local_step(Index epoch, Index step) {
+    auto& ws = workspace_;
+    for (const auto& term : terms_) term->before_forward(model_, batch_, split_);
+    const auto outputs = model_.forward_train(batch_, rng_, ws);
+    buffers_.begin(outputs, ws, /*with_newest=*/!terms_.empty());
+    const Index k = ws.num_negatives;
+    const auto head = model_.output_weights();
+    T loss;
+    // The mean divides by the global batch's positions with a target (this batch's own count in
+    // one process), so the shards' gradients sum to the global batch's.
+    const Index denominator = batch_.totals.predictions;
+    if (buffers_.every_position_predicts()) {  // every-position supervision: score the outputs in place
+      loss = objective_.compute(outputs, head, ws.targets, ws.negatives, k, buffers_.grad_outputs(), model_.output_gradients(), rng_,
+                                denominator);
+    } else {  // score the positions that predict and scatter their gradients back
+      buffers_.gather_predictions(outputs, ws, k);
+      loss = objective_.compute(buffers_.prediction_outputs(), head, buffers_.targets(), buffers_.negatives(), k,
+                                buffers_.prediction_grads(), model_.output_gradients(), rng_, denominator);
+      buffers_.scatter_prediction_grads();
+    }
+    if (!terms_.empty()) {
+      auto ctx = buffers_.context(model_, ws, batch_, split_, outputs, rng_, config_.objective.objective == Objective::kBce ? k : 0,
+                                  &objective_.shared_negatives(), epoch, step);
+      ctx.collective = config_.collective.get();
+      for (const auto& term : terms_) loss += term->compute(ctx);
+      buffers_.finish(ws);
+    }
+    if (!config_.data_parallel() && !std::isfinite(static_cast<double>(loss))) return loss;  // the caller stops
+    model_.backward(buffers_.grad_outputs(), ws);
+    for (const auto& term : terms_) term->after_backward(model_);
+    return loss;
   }
 
   void rebuild_groups() {
@@ -374,6 +487,7 @@ class Trainer {
   StepBuffers<Model> buffers_;
   std::vector<std::shared_ptr<Term>> terms_;
   std::vector<Parameters<T>*> groups_;
+  std::vector<T> staging_;  // data-parallel: gradients, loss and failure flag, summed in one call
   TrainingHooks<T> hooks_;
   long global_step_ = 0;
   Index total_steps_ = 0;

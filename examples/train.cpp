@@ -155,6 +155,8 @@ int main(int argc, char** argv) {
   app.add_option("--init-seed", init_seed, "Seed of the weight initialisation");
   app.add_option("--checkpoint", checkpoint, "Where to save the trained model (safetensors; default MODEL.safetensors; \"\": do not save)");
   app.add_option("--json", json_path, "Write configuration, per-epoch history and metrics as JSON here");
+  app.add_option("--state", trainer_config.state_path, "After every epoch write the training state here (to resume an interrupted run)");
+  app.add_option("--resume", trainer_config.resume_from, "Continue the run whose --state file this is (same data, seed and sizes)");
   CLI11_PARSE(app, argc, argv);
   if (app.count("--checkpoint") == 0) checkpoint = model_name + ".safetensors";
   const std::string checkpoint_name = model_name == "llmrec" ? "llm_rec" : model_name;

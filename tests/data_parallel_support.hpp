@@ -52,6 +52,9 @@ struct RunOptions {
   Index fail_at_step = 3;
   std::uint64_t seed = 21;  // of batches, negatives and dropout (the initialisation is fixed)
   double dropout = -1.0;    // >= 0: instead of the model's default
+  std::string state_path, resume_from;  // TrainerConfig's
+  Index stop_after_epoch = 0;           // > 0: interrupt the run after this epoch
+  Index eval_every = 0;
   /// Replay: after step k the parameters are set to (*replay)[k] (another run's after its step
   /// k), so every step's gradient is computed at that run's parameters and can be compared.
   const std::vector<std::vector<float>>* replay = nullptr;
@@ -63,6 +66,7 @@ struct RunResult {
   std::vector<std::vector<float>> step_grads;   // every group's gradients at every step (after the sum across processes)
   std::vector<double> step_losses;
   Index steps = 0;
+  train::TrainingSummary summary;
 };
 
 namespace run_detail {
@@ -119,8 +123,11 @@ RunResult fit(Model& model, const data::ExampleSplit& split, train::TrainerConfi
               const std::vector<std::shared_ptr<train::LossTerm<Model>>>& terms = {}) {
   config.epochs = options.epochs;
   config.batch_size = options.batch_size > 0 ? options.batch_size : batch_with_single_last(static_cast<Index>(split.train.size()));
-  config.eval_every = 0;
+  config.eval_every = options.eval_every;
+  config.patience = 0;
   config.log = nullptr;
+  config.state_path = options.state_path;
+  config.resume_from = options.resume_from;
   config.random_streams = options.streams;
   config.collective = options.collective;
   train::Trainer<Model> trainer(model, split, config);
@@ -144,7 +151,10 @@ RunResult fit(Model& model, const data::ExampleSplit& split, train::TrainerConfi
     result.step_values.push_back(run_detail::flat(groups, false));
     ++result.steps;
   });
-  trainer.fit();
+  if (options.stop_after_epoch > 0) {
+    trainer.on_epoch_end([&](const train::EpochRecord& record) { return record.epoch < options.stop_after_epoch; });
+  }
+  result.summary = trainer.fit();
   result.values = run_detail::flat(trainer.parameter_groups(), false);
   return result;
 }
@@ -226,6 +236,16 @@ inline double max_difference(const std::vector<float>& a, const std::vector<floa
   if (a.size() != b.size()) return INFINITY;
   double worst = 0.0;
   for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(static_cast<double>(a[i]) - static_cast<double>(b[i])));
+  return worst;
+}
+
+/// Largest difference between two runs' gradients over all steps, relative to the largest gradient.
+inline double relative_grad_difference(const RunResult& a, const RunResult& b) {
+  if (a.step_grads.size() != b.step_grads.size()) return INFINITY;
+  double worst = 0.0;
+  for (std::size_t k = 0; k < a.step_grads.size(); ++k) {
+    worst = std::max(worst, max_difference(a.step_grads[k], b.step_grads[k]) / std::max(max_abs(a.step_grads[k]), 1e-30));
+  }
   return worst;
 }
 

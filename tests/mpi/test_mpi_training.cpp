@@ -9,6 +9,9 @@
 //                                at least 100 steps, every process holds the same model bit for
 //                                bit, and it differs from the one-process model only by rounding
 //                                that training amplified (printed; far below another seed's)
+//   test_mpi_training resume DIR 2 processes train 2 epochs and write their state (rank 0),
+//                                2 processes resume it for 2 more: the model equals the
+//                                uninterrupted 2-process run's bit for bit
 //   test_mpi_training fail       rank 1 fails inside step 3; every process must stop at that
 //                                step with an error: rank 1 with its own, the others saying
 //                                that another process failed (a hang ends in CTest's timeout)
@@ -34,15 +37,6 @@ void check(bool ok, const std::string& what, int rank) {
   }
 }
 
-double relative_grad_difference(const dp::RunResult& a, const dp::RunResult& b) {
-  if (a.step_grads.size() != b.step_grads.size()) return INFINITY;
-  double worst = 0.0;
-  for (std::size_t k = 0; k < a.step_grads.size(); ++k) {
-    worst = std::max(worst, dp::max_difference(a.step_grads[k], b.step_grads[k]) / std::max(dp::max_abs(a.step_grads[k]), 1e-30));
-  }
-  return worst;
-}
-
 int equality(const std::shared_ptr<mpi::Communicator>& world) {
   const int rank = world->rank();
   for (dp::Kind kind : {dp::Kind::kSASRec, dp::Kind::kGRU4Rec, dp::Kind::kLLMRecStudent}) {
@@ -59,7 +53,7 @@ int equality(const std::shared_ptr<mpi::Communicator>& world) {
     replay.collective = world;
     replay.replay = &single.step_values;
     const auto stepped = dp::run(kind, replay);
-    const double grad_difference = relative_grad_difference(single, stepped);
+    const double grad_difference = dp::relative_grad_difference(single, stepped);
     check(grad_difference <= 1e-5, std::string(dp::name(kind)) + ": step-by-step gradients equal one process's", rank);
 
     dp::RunOptions free = options;
@@ -77,6 +71,35 @@ int equality(const std::shared_ptr<mpi::Communicator>& world) {
                   dp::name(kind), world->size(), grad_difference, static_cast<long>(single.steps), difference, seed_difference);
       std::fflush(stdout);
     }
+  }
+  return failures == 0 ? 0 : 1;
+}
+
+int resume(const std::shared_ptr<mpi::Communicator>& world, const std::string& dir) {
+  const int rank = world->rank();
+  for (dp::Kind kind : {dp::Kind::kSASRec, dp::Kind::kLLMRecStudent}) {
+    dp::RunOptions options;
+    options.collective = world;
+    options.epochs = 4;
+    options.eval_every = 1;
+    const auto whole = dp::run(kind, options);
+    dp::RunOptions first = options;
+    first.state_path = dir + "/mpi_state.safetensors";
+    first.stop_after_epoch = 2;
+    dp::run(kind, first);
+    world->barrier();  // rank 0 has written the state
+    dp::RunOptions second = options;
+    second.resume_from = first.state_path;
+    const auto resumed = dp::run(kind, second);
+    const double difference = dp::max_difference(whole.values, resumed.values);
+    check(difference == 0.0, std::string(dp::name(kind)) + ": resumed equals uninterrupted", rank);
+    check(resumed.summary.best_epoch == whole.summary.best_epoch, std::string(dp::name(kind)) + ": same best epoch", rank);
+    if (rank == 0) {
+      std::printf("%s on %d processes: resumed after epoch 2 of 4, largest parameter difference from the uninterrupted run %.3g\n",
+                  dp::name(kind), world->size(), difference);
+      std::fflush(stdout);
+    }
+    world->barrier();
   }
   return failures == 0 ? 0 : 1;
 }
@@ -113,7 +136,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "run me with mpirun -np 2 or more\n");
       return 1;
     }
-    int status = mode == "fail" ? fail(world) : equality(world);
+    int status = mode == "fail" ? fail(world) : mode == "resume" ? resume(world, argc > 2 ? argv[2] : ".") : equality(world);
     double worst = status;
     world->sum(&worst, 1);  // the job passes only if every process passed
     if (world->rank() == 0) std::printf("%s: %s\n", mode.c_str(), worst == 0 ? "passed on every process" : "FAILED");

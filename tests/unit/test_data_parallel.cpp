@@ -3,10 +3,13 @@
 // streams and failure agreement are checked in every build, sanitizers included. The same runs
 // on real processes under mpirun are in tests/mpi/.
 #include "data_parallel_support.hpp"
+#include "support.hpp"
 
 #include <catch2/catch.hpp>
 
 #include <exception>
+#include <fstream>
+#include <iterator>
 #include <thread>
 
 using namespace distillrec;
@@ -43,20 +46,6 @@ GroupRun run_group(dp::Kind kind, int size, dp::RunOptions options) {
 
 }  // namespace data_parallel_unit
 
-namespace data_parallel_unit {
-
-/// Largest difference between two runs' gradients over all steps, relative to the largest gradient.
-double relative_grad_difference(const dp::RunResult& a, const dp::RunResult& b) {
-  if (a.step_grads.size() != b.step_grads.size()) return INFINITY;
-  double worst = 0.0;
-  for (std::size_t k = 0; k < a.step_grads.size(); ++k) {
-    worst = std::max(worst, dp::max_difference(a.step_grads[k], b.step_grads[k]) / std::max(dp::max_abs(a.step_grads[k]), 1e-30));
-  }
-  return worst;
-}
-
-}  // namespace data_parallel_unit
-
 TEST_CASE("Data-parallel training on 2 and 3 members takes the steps one process takes, for every model kind", "[train][data-parallel]") {
   // Step by step: the members' parameters are reset after every step to the one-process run's,
   // so each step's summed gradient is computed at the same parameters as that run's, and must
@@ -80,7 +69,7 @@ TEST_CASE("Data-parallel training on 2 and 3 members takes the steps one process
       replay.replay = &single.step_values;
       const auto stepped = run_group(kind, size, replay);
       for (int r = 0; r < size; ++r) REQUIRE(stepped.errors[static_cast<std::size_t>(r)].empty());
-      CHECK(relative_grad_difference(single, stepped.results[0]) <= 1e-5);
+      CHECK(dp::relative_grad_difference(single, stepped.results[0]) <= 1e-5);
       for (std::size_t k = 0; k < single.step_losses.size(); ++k) {
         CHECK(stepped.results[0].step_losses[k] == Approx(single.step_losses[k]).epsilon(1e-5));
       }
@@ -126,7 +115,7 @@ TEST_CASE("A last batch smaller than the number of members leaves a shard empty,
     REQUIRE(group.errors[0].empty());
     REQUIRE(group.errors[1].empty());
     CHECK(dp::max_difference(group.results[0].values, group.results[1].values) == 0.0);
-    CHECK(relative_grad_difference(single, group.results[1]) <= 1e-5);  // the last step's shard 0 holds no example
+    CHECK(dp::relative_grad_difference(single, group.results[1]) <= 1e-5);  // the last step's shard 0 holds no example
     CHECK(group.results[1].steps == single.steps);
   }
   parallel::set_num_threads(2);
@@ -219,4 +208,92 @@ TEST_CASE("Sharded full-ranking evaluation gives every member the one-process me
       CHECK(result.metrics == whole.metrics);  // exactly: every example ranked once, the same way
     }
   }
+}
+
+TEST_CASE("A run resumed from its state file ends where the uninterrupted run ends", "[train][resume]") {
+  using namespace data_parallel_unit;
+  parallel::set_num_threads(1);
+  const auto dir = test::temp_dir("resume");
+  for (dp::Kind kind : {dp::Kind::kSASRec, dp::Kind::kLLMRecStudent}) {
+    INFO(dp::name(kind));
+    dp::RunOptions options;
+    options.epochs = 4;
+    options.eval_every = 1;  // the best epoch and its parameters are part of the state
+    options.streams = train::RandomStreams::kSequential;  // the generator's state is part of it too
+    const auto whole = dp::run(kind, options);
+    dp::RunOptions first = options;
+    first.state_path = (dir / "state.safetensors").string();
+    first.stop_after_epoch = 2;
+    const auto interrupted = dp::run(kind, first);
+    REQUIRE(interrupted.summary.epochs.size() == 2);
+    dp::RunOptions second = options;
+    second.resume_from = first.state_path;
+    const auto resumed = dp::run(kind, second);
+    CHECK(resumed.values == whole.values);  // bit for bit: the same steps from the same state
+    CHECK(resumed.summary.best_epoch == whole.summary.best_epoch);
+    CHECK(resumed.summary.best_score == whole.summary.best_score);
+    REQUIRE(resumed.summary.epochs.size() == 4);
+    CHECK(resumed.summary.epochs[1].loss == whole.summary.epochs[1].loss);  // the history came with the state
+    CHECK(resumed.summary.epochs[3].loss == whole.summary.epochs[3].loss);
+  }
+  parallel::set_num_threads(2);
+}
+
+TEST_CASE("A data-parallel run resumes on another number of processes", "[train][resume][data-parallel]") {
+  using namespace data_parallel_unit;
+  parallel::set_num_threads(1);
+  const auto dir = test::temp_dir("resume_processes");
+  dp::RunOptions options;
+  options.epochs = 4;
+  const auto whole = dp::run(dp::Kind::kSASRec, options);  // one process, per-example streams
+  dp::RunOptions other_seed = options;
+  other_seed.seed += 1;
+  const double seed_difference = dp::max_difference(whole.values, dp::run(dp::Kind::kSASRec, other_seed).values);
+  dp::RunOptions first = options;
+  first.state_path = (dir / "state.safetensors").string();
+  first.stop_after_epoch = 2;
+  const auto group = run_group(dp::Kind::kSASRec, 2, first);  // 2 processes, then 1
+  REQUIRE(group.errors[0].empty());
+  REQUIRE(group.errors[1].empty());
+  dp::RunOptions second = options;
+  second.resume_from = first.state_path;
+  const auto resumed = dp::run(dp::Kind::kSASRec, second);
+  CHECK(resumed.steps + group.results[0].steps == whole.steps);
+  CHECK(dp::max_difference(resumed.values, whole.values) < 0.25 * seed_difference);
+}
+
+TEST_CASE("Resuming from a state that does not fit the run is a clear error", "[train][resume]") {
+  using namespace data_parallel_unit;
+  parallel::set_num_threads(1);
+  const auto dir = test::temp_dir("resume_errors");
+  dp::RunOptions first;
+  first.epochs = 1;
+  first.state_path = (dir / "state.safetensors").string();
+  dp::run(dp::Kind::kSASRec, first);
+  dp::RunOptions other = first;
+  other.state_path.clear();
+  other.resume_from = first.state_path;
+  other.seed += 1;
+  CHECK_THROWS_WITH(dp::run(dp::Kind::kSASRec, other), Catch::Contains("state.safetensors") && Catch::Contains("differs in seed"));
+  other.seed = first.seed;
+  other.batch_size = 32;
+  CHECK_THROWS_WITH(dp::run(dp::Kind::kSASRec, other), Catch::Contains("differs in batch_size"));
+  // A truncated file and a model checkpoint are not states.
+  {
+    std::ifstream in(first.state_path, std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::ofstream out((dir / "truncated.safetensors").string(), std::ios::binary);
+    out << bytes.substr(0, bytes.size() / 2);
+  }
+  other.batch_size = first.batch_size;
+  other.resume_from = (dir / "truncated.safetensors").string();
+  CHECK_THROWS_AS(dp::run(dp::Kind::kSASRec, other), FormatError);
+  models::SASRecConfig c;
+  c.num_items = 10;
+  c.hidden_size = 8;
+  c.max_length = 5;
+  io::save_checkpoint(models::SASRec<float>(c), (dir / "model.safetensors").string());
+  other.resume_from = (dir / "model.safetensors").string();
+  CHECK_THROWS_WITH(dp::run(dp::Kind::kSASRec, other), Catch::Contains("not a distillrec training state"));
+  parallel::set_num_threads(2);
 }

@@ -80,6 +80,14 @@ class Rng {
   /// Bernoulli draw with probability p of true.
   bool bernoulli(double p) { return uniform() < p; }
 
+  /// The generator's whole state (to save a run and resume it exactly), and a generator with it.
+  std::array<std::uint64_t, 4> state() const { return state_; }
+  static Rng from_state(const std::array<std::uint64_t, 4>& state) {
+    Rng rng;
+    rng.state_ = state;
+    return rng;
+  }
+
   /// An independent generator for sub-stream `stream` of this generator's current state.
   /// Does not advance this generator.
   Rng derive(std::uint64_t stream) const {

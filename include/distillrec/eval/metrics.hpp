@@ -90,6 +90,16 @@ struct EvaluationResult {
                           {"num_users", num_users}, {"metrics", metrics}};
   }
 
+  static EvaluationResult from_json(const nlohmann::json& j) {
+    EvaluationResult r;
+    r.split = j.at("split").get<std::string>();
+    r.protocol = j.at("protocol").get<std::string>();
+    r.description = j.at("description").get<std::string>();
+    r.num_users = j.at("num_users").get<Index>();
+    r.metrics = j.at("metrics").get<std::map<std::string, double>>();
+    return r;
+  }
+
   /// "test [full: all 23715 items, history masked; 31013 users] HR@10 0.0812 NDCG@10 0.0433 MRR 0.0390"
   std::string summary(const std::vector<std::string>& names = {"HR@10", "NDCG@10", "MRR"}) const {
     std::string out = split + " [" + description + "]";

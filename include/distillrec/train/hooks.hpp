@@ -38,13 +38,28 @@ struct EpochRecord {
   double learning_rate = 0.0; // at the end of the epoch
   std::optional<eval::EvaluationResult> validation;
   std::map<std::string, double> terms;  // "<term>.<component>": mean over the epoch's steps
+  double communication_seconds = 0.0;   // data-parallel: inside the sums across processes (included in seconds)
 
   nlohmann::json to_json() const {
     nlohmann::json j{{"epoch", epoch}, {"loss", loss}, {"seconds", seconds}, {"steps_per_second", steps_per_second},
                      {"learning_rate", learning_rate}};
     if (validation) j["validation"] = validation->to_json();
     if (!terms.empty()) j["terms"] = terms;
+    if (communication_seconds > 0) j["communication_seconds"] = communication_seconds;
     return j;
+  }
+
+  static EpochRecord from_json(const nlohmann::json& j) {
+    EpochRecord r;
+    r.epoch = j.at("epoch").get<Index>();
+    r.loss = j.at("loss").get<double>();
+    r.seconds = j.at("seconds").get<double>();
+    r.steps_per_second = j.at("steps_per_second").get<double>();
+    r.learning_rate = j.at("learning_rate").get<double>();
+    if (j.contains("validation")) r.validation = eval::EvaluationResult::from_json(j.at("validation"));
+    if (j.contains("terms")) r.terms = j.at("terms").get<std::map<std::string, double>>();
+    r.communication_seconds = j.value("communication_seconds", 0.0);
+    return r;
   }
 };
 

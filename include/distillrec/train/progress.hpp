@@ -60,6 +60,10 @@ class ProgressPrinter {
       std::snprintf(buffer, sizeof(buffer), "  %s %.4f", name.c_str(), value);
       text += buffer;
     }
+    if (record.communication_seconds > 0) {
+      std::snprintf(buffer, sizeof(buffer), "  (%.2fs summing across processes)", record.communication_seconds);
+      text += buffer;
+    }
     text += "  ETA " + format_duration(eta_seconds);
     *out_ << text << std::endl;
   }

@@ -58,6 +58,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <exception>
@@ -101,6 +102,14 @@ struct TrainerConfig {
   std::ostream* log = &std::cout;  // nullptr: silent
   Index log_every_steps = 0;
   RandomStreams random_streams = RandomStreams::kAuto;
+  /// Resuming: after every epoch (and its validation) the trainer writes its whole state here,
+  /// atomically (the parameters, Adam's moments, the generator, the epoch, the best epoch's
+  /// parameters and the history; in data-parallel training rank 0 writes); "" writes none.
+  std::string state_path;
+  /// Continue the run whose state this file holds (see state_path): fit() starts after its
+  /// epoch and ends where the uninterrupted run would have. The data, seed, batch size and
+  /// parameter shapes must match (checked); the number of processes may differ.
+  std::string resume_from;
   /// Data-parallel training across processes (see the header comment); nullptr: one process.
   std::shared_ptr<Collective> collective;
 
@@ -246,13 +255,121 @@ class Trainer {
     io::save_checkpoint(model_, path, metadata, extra);
   }
 
+  /// Writes the run's state after `epoch` (see TrainerConfig::state_path); in data-parallel
+  /// training only rank 0 writes.
+  void save_state(const std::string& path, Index epoch) const {
+    if (config_.collective && config_.collective->rank() != 0) return;
+    io::SafetensorsWriter writer;
+    writer.set_metadata("format", "distillrec-training-state");
+    writer.set_metadata("version", "1");
+    writer.set_metadata("epoch", std::to_string(epoch));
+    writer.set_metadata("global_step", std::to_string(global_step_));
+    const auto rng = rng_.state();
+    writer.set_metadata("rng", nlohmann::json(std::vector<std::string>{std::to_string(rng[0]), std::to_string(rng[1]),
+                                                                        std::to_string(rng[2]), std::to_string(rng[3])}).dump());
+    writer.set_metadata("fingerprint", fingerprint().dump());
+    writer.set_metadata("best_epoch", std::to_string(summary_.best_epoch));
+    writer.set_metadata("best_score", nlohmann::json(summary_.best_score).dump());
+    writer.set_metadata("stale_validations", std::to_string(stale_validations_));
+    writer.set_metadata("summary", summary_.to_json().dump());
+    std::vector<float> buffer;
+    for (std::size_t g = 0; g < groups_.size(); ++g) {
+      const std::string prefix = "group." + std::to_string(g) + ".";
+      const auto n = static_cast<std::size_t>(groups_[g]->buffer_size());
+      auto add = [&](const std::string& name, const T* data) {
+        buffer.assign(data, data + n);
+        writer.add(prefix + name, buffer.data(), {static_cast<std::int64_t>(n)});
+      };
+      add("values", groups_[g]->values());
+      add("adam_m", adam_states_[g].first_moment.data());
+      add("adam_v", adam_states_[g].second_moment.data());
+      writer.add(prefix + "adam_step", std::vector<std::int64_t>{adam_states_[g].step});
+      if (!best_.empty()) add("best", best_[g].values());
+    }
+    writer.write(path);
+  }
+
+  /// Restores the state written by save_state(); returns its epoch.
+  Index load_state(const std::string& path) {
+    const io::SafetensorsReader reader(path);
+    const auto& meta = reader.metadata();
+    auto field = [&](const std::string& key) -> const std::string& {
+      const auto it = meta.find(key);
+      if (it == meta.end()) throw FormatError(path + ": not a distillrec training state (no \"" + key + "\" in its metadata)");
+      return it->second;
+    };
+    if (field("format") != "distillrec-training-state") throw FormatError(path + ": not a distillrec training state");
+    if (field("version") != "1") throw FormatError(path + ": training state version " + field("version") + " (this library reads 1)");
+    try {
+      const auto theirs = nlohmann::json::parse(field("fingerprint"));
+      const auto ours = fingerprint();
+      for (const auto& [key, value] : ours.items()) {
+        if (!theirs.contains(key) || theirs.at(key) != value) {
+          throw ConfigError(detail::concat(path, ": the run differs in ", key, " (state: ", theirs.contains(key) ? theirs.at(key).dump() : "none",
+                                           ", this run: ", value.dump(), ")"));
+        }
+      }
+      const Index epoch = std::stol(field("epoch"));
+      global_step_ = std::stol(field("global_step"));
+      const auto rng = nlohmann::json::parse(field("rng")).template get<std::vector<std::string>>();
+      if (rng.size() != 4) throw FormatError(path + ": the generator state needs 4 words");
+      std::array<std::uint64_t, 4> words{};
+      for (std::size_t i = 0; i < 4; ++i) words[i] = static_cast<std::uint64_t>(std::stoull(rng[i]));
+      rng_ = Rng::from_state(words);
+      summary_.best_epoch = std::stol(field("best_epoch"));
+      summary_.best_score = nlohmann::json::parse(field("best_score")).template get<double>();
+      stale_validations_ = std::stol(field("stale_validations"));
+      const auto history = nlohmann::json::parse(field("summary"));
+      summary_.epochs.clear();
+      for (const auto& e : history.at("epochs")) summary_.epochs.push_back(EpochRecord::from_json(e));
+      summary_.train_seconds = history.at("train_seconds").template get<double>();
+      summary_.validation_seconds = history.at("validation_seconds").template get<double>();
+      best_.clear();
+      for (std::size_t g = 0; g < groups_.size(); ++g) {
+        const std::string prefix = "group." + std::to_string(g) + ".";
+        const auto n = static_cast<std::size_t>(groups_[g]->buffer_size());
+        auto read = [&](const std::string& name, T* out) {
+          const auto values = reader.read_floats(prefix + name);
+          if (values.size() != n) {
+            throw ShapeError(detail::concat(path, ": tensor ", prefix, name, " holds ", values.size(), " values, this run's group ", g, " ", n));
+          }
+          std::copy(values.begin(), values.end(), out);
+        };
+        read("values", groups_[g]->values());
+        read("adam_m", adam_states_[g].first_moment.data());
+        read("adam_v", adam_states_[g].second_moment.data());
+        const auto step = reader.read_integers(prefix + "adam_step");
+        if (step.size() != 1) throw FormatError(path + ": " + prefix + "adam_step must hold one value");
+        adam_states_[g].step = static_cast<long>(step[0]);
+        if (reader.contains(prefix + "best")) {
+          best_.push_back(*groups_[g]);
+          read("best", best_.back().values());
+        }
+      }
+      if (!best_.empty() && best_.size() != groups_.size()) throw FormatError(path + ": the best epoch's parameters are incomplete");
+      return epoch;
+    } catch (const nlohmann::json::exception& e) {
+      throw FormatError(path + ": malformed training state metadata: " + e.what());
+    } catch (const std::logic_error& e) {  // std::stol and friends (the library's errors are runtime_errors)
+      throw FormatError(path + ": malformed training state metadata: " + e.what());
+    }
+  }
+
   /// Trains, validates, keeps and finally restores the best parameters.
   TrainingSummary fit() {
-    TrainingSummary summary;
+    TrainingSummary& summary = summary_;
+    summary = TrainingSummary{};
     summary.selection_metric = config_.selection_metric;
-    Index validations_without_improvement = 0;
-    std::vector<Parameters<T>> best;
+    Index& validations_without_improvement = stale_validations_;
+    validations_without_improvement = 0;
+    std::vector<Parameters<T>>& best = best_;
+    best.clear();
+    Index first_epoch = 1;
     ProgressPrinter progress(config_.log);
+    if (!config_.resume_from.empty()) {
+      first_epoch = load_state(config_.resume_from) + 1;
+      progress.line(detail::concat("resumed ", config_.resume_from, " after epoch ", first_epoch - 1, " (global step ", global_step_, ")"));
+    }
     std::string term_names;
     for (const auto& term : terms_) term_names += (term_names.empty() ? ", loss terms: " : " + ") + term->name();
     const std::string processes = config_.collective ? ", " + config_.collective->description() + ", per process" : "";
@@ -270,7 +387,7 @@ class Trainer {
       // same seed; this makes it so whatever the caller did).
       for (auto* group : groups_) config_.collective->broadcast(group->values(), static_cast<std::size_t>(group->buffer_size()) * sizeof(T));
     }
-    for (Index epoch = 1; epoch <= config_.epochs; ++epoch) {
+    for (Index epoch = first_epoch; epoch <= config_.epochs; ++epoch) {
       for (auto& hook : hooks_.on_epoch_begin) hook(epoch);
       EpochRecord record = train_epoch(epoch, progress);
       summary.train_seconds += record.seconds;
@@ -300,6 +417,7 @@ class Trainer {
       progress.epoch(record, config_.epochs, summary.best_epoch, summary.best_score, config_.selection_metric,
                      mean_epoch * static_cast<double>(config_.epochs - epoch));
       summary.epochs.push_back(record);
+      if (!config_.state_path.empty()) save_state(config_.state_path, epoch);
       for (auto& hook : hooks_.on_epoch_end) {
         if (!hook(record)) stop = true;
       }
@@ -328,6 +446,7 @@ class Trainer {
   EpochRecord train_epoch(Index epoch, ProgressPrinter& progress) {
     const auto start = std::chrono::steady_clock::now();
     batcher_->start_epoch(static_cast<std::uint64_t>(epoch - 1));
+    communication_seconds_ = 0.0;
     for (const auto& term : terms_) term->take_report();  // components from now on
     double loss_sum = 0.0;
     Index steps = 0;
@@ -347,6 +466,7 @@ class Trainer {
     record.seconds = seconds_since(start);
     record.steps_per_second = record.seconds > 0 ? static_cast<double>(steps) / record.seconds : 0.0;
     record.learning_rate = lr;
+    record.communication_seconds = communication_seconds_;
     for (const auto& term : terms_) {
       for (const auto& [component, value] : term->take_report()) record.terms[term->name() + "." + component] = value;
     }
@@ -382,7 +502,9 @@ class Trainer {
       }
       staging_[at] = failure ? T(0) : loss;
       staging_[at + 1] = failure ? T(1) : T(0);
+      const auto sum_start = std::chrono::steady_clock::now();
       config_.collective->sum(staging_.data(), staging_.size());
+      communication_seconds_ += seconds_since(sum_start);
       if (failure) std::rethrow_exception(failure);
       if (staging_[at + 1] != T(0)) {
         throw Error(detail::concat("training stopped at epoch ", epoch, ", step ", step, ": another process failed (its error is in its output)"));
@@ -460,6 +582,19 @@ class Trainer {
     while (adam_states_.size() < groups_.size()) adam_states_.push_back(adam_.make_state(*groups_[adam_states_.size()]));
   }
 
+  /// What a resumed run must share with the one that wrote the state.
+  nlohmann::json fingerprint() const {
+    nlohmann::json groups = nlohmann::json::array();
+    for (const auto* g : groups_) groups.push_back(g->buffer_size());
+    return nlohmann::json{{"seed", config_.seed},
+                          {"batch_size", config_.batch_size},
+                          {"training_examples", batcher_->num_training_examples()},
+                          {"num_items", split_.num_items},
+                          {"objective", to_string(config_.objective.objective)},
+                          {"per_example_streams", config_.per_example_streams()},
+                          {"parameter_groups", groups}};
+  }
+
   static double seconds_since(std::chrono::steady_clock::time_point start) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   }
@@ -488,6 +623,11 @@ class Trainer {
   std::vector<std::shared_ptr<Term>> terms_;
   std::vector<Parameters<T>*> groups_;
   std::vector<T> staging_;  // data-parallel: gradients, loss and failure flag, summed in one call
+  double communication_seconds_ = 0.0;  // this epoch's, inside the sums
+  // fit()'s progress (members so that a state file can hold them)
+  TrainingSummary summary_;
+  std::vector<Parameters<T>> best_;  // the best epoch's parameters, one per group
+  Index stale_validations_ = 0;
   TrainingHooks<T> hooks_;
   long global_step_ = 0;
   Index total_steps_ = 0;

@@ -28,7 +28,7 @@ void write_raw(const std::filesystem::path& path, const std::string& bytes) {
   REQUIRE(out.good());
 }
 
-std::string slurp(const std::filesystem::path& path) {
+std::string npy_slurp(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
   std::ostringstream content;
   content << in.rdbuf();
@@ -106,7 +106,7 @@ TEST_CASE("npy files as numpy writes them load", "[io][npy]") {
   // Our writer produces the same bytes as numpy.
   const auto ours = (dir / "ours.npy").string();
   io::write_npy(ours, expected);
-  CHECK(slurp(ours) == f4_file);
+  CHECK(npy_slurp(ours) == f4_file);
 
   // np.save(path, np.arange(5, dtype=np.int64) * 3 - 4)
   const std::vector<std::int64_t> ids = {-4, -1, 2, 5, 8};
@@ -220,7 +220,7 @@ TEST_CASE("npy round trips of float and int64 matrices", "[io][npy]") {
 
   // Header: version 1.0, ends with '\n', data at a multiple of 64 bytes.
   for (const auto& path : {float_path, int_path}) {
-    const std::string bytes = slurp(path);
+    const std::string bytes = npy_slurp(path);
     REQUIRE(bytes.size() > 10);
     CHECK(bytes.compare(0, 8, std::string("\x93NUMPY\x01\x00", 8)) == 0);
     const std::size_t header_length = static_cast<unsigned char>(bytes[8]) +
@@ -306,7 +306,7 @@ TEST_CASE("malformed npy files give FormatErrors naming the file", "[io][npy]") 
   // Every prefix of a valid file fails cleanly.
   Rng rng(9);
   io::write_npy(path, test::random_matrix<float>(3, 5, rng));
-  const std::string full = slurp(path);
+  const std::string full = npy_slurp(path);
   for (std::size_t length = 0; length < full.size(); ++length) {
     INFO("prefix of " << length << " bytes");
     write_raw(path, full.substr(0, length));

@@ -20,7 +20,7 @@ namespace sd = distillrec::serve::detail;
 
 namespace {
 
-std::vector<std::uint16_t> random_bf16(Index n, Rng& rng) {
+std::vector<std::uint16_t> packed_random_bf16(Index n, Rng& rng) {
   std::vector<std::uint16_t> out(static_cast<std::size_t>(n));
   for (auto& v : out) v = sd::float_to_bfloat16(static_cast<float>(rng.normal()));
   return out;
@@ -32,12 +32,12 @@ TEST_CASE("Packed bf16 kernels equal the scalar bf16 dot products", "[serve][sco
   Rng rng(41);
   for (Index d : {Index{1}, Index{7}, Index{50}, Index{64}}) {
     for (Index items : {Index{1}, Index{16}, Index{37}, Index{500}}) {
-      const auto table = random_bf16(items * d, rng);
+      const auto table = packed_random_bf16(items * d, rng);
       sd::PackedBf16Table packed;
       packed.build(table.data(), items, d);
       REQUIRE(packed.words_per_item == (d + 1) / 2);
       for (Index rows = 1; rows <= 13; ++rows) {  // groups of 8 users, then of at most 4
-        const auto users = random_bf16(rows * d, rng);
+        const auto users = packed_random_bf16(rows * d, rng);
         std::vector<std::uint32_t> words(static_cast<std::size_t>(rows * packed.words_per_item));
         for (Index r = 0; r < rows; ++r) packed.pack_user(users.data() + r * d, words.data() + r * packed.words_per_item);
         for (Index first_panel : {Index{0}, Index{1}}) {

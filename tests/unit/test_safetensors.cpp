@@ -33,17 +33,17 @@ std::string safetensors_file(std::string header, const std::string& data, bool p
 }
 
 template <typename T>
-std::string raw_bytes(const std::vector<T>& values) {
+std::string safetensors_raw_bytes(const std::vector<T>& values) {
   return std::string(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(T));
 }
 
-void write_raw(const std::filesystem::path& path, const std::string& bytes) {
+void safetensors_write_raw(const std::filesystem::path& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   REQUIRE(out.good());
 }
 
-std::string slurp(const std::filesystem::path& path) {
+std::string safetensors_slurp(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
   std::ostringstream content;
   content << in.rdbuf();
@@ -53,7 +53,7 @@ std::string slurp(const std::filesystem::path& path) {
 /// Runs `action`, which must throw `Exception`; returns what(). Other exception types propagate
 /// and fail the test with their own message.
 template <typename Exception, typename Action>
-std::string thrown_message(Action&& action) {
+std::string safetensors_thrown_message(Action&& action) {
   try {
     action();
   } catch (const Exception& e) {
@@ -64,7 +64,7 @@ std::string thrown_message(Action&& action) {
 }
 
 std::string open_error(const std::string& path) {
-  return thrown_message<FormatError>([&] { io::SafetensorsReader reader(path); });
+  return safetensors_thrown_message<FormatError>([&] { io::SafetensorsReader reader(path); });
 }
 
 std::uint32_t float_bits(float value) {
@@ -189,7 +189,7 @@ TEST_CASE("safetensors round trip of matrices, integers and metadata", "[io][saf
 
   // serialize() gives the same bytes as the file; the header is padded to 8 bytes.
   const std::string bytes = writer.serialize();
-  CHECK(bytes == slurp(path));
+  CHECK(bytes == safetensors_slurp(path));
   std::uint64_t header_size = 0;
   std::memcpy(&header_size, bytes.data(), 8);
   CHECK(header_size % 8 == 0);
@@ -230,13 +230,13 @@ TEST_CASE("a file as safetensors.torch.save_file writes it loads", "[io][safeten
       R"("ids":{"dtype":"I64","shape":[2],"data_offsets":[0,16]},)"
       R"("bias":{"dtype":"F32","shape":[3],"data_offsets":[16,28]},)"
       R"("weight":{"dtype":"F32","shape":[2,3],"data_offsets":[28,52]}})";
-  const std::string data = raw_bytes(ids) + raw_bytes(bias) + raw_bytes(weight);
+  const std::string data = safetensors_raw_bytes(ids) + safetensors_raw_bytes(bias) + safetensors_raw_bytes(weight);
   const std::string python_bytes = safetensors_file(header, data);
   REQUIRE((python_bytes.size() - data.size()) % 8 == 0);
 
   const auto dir = test::temp_dir("safetensors_python");
   const auto path = dir / "model.safetensors";
-  write_raw(path, python_bytes);
+  safetensors_write_raw(path, python_bytes);
   const io::SafetensorsReader reader(path.string());
   CHECK(reader.metadata().at("format") == "pt");
   CHECK(reader.names() == std::vector<std::string>{"bias", "ids", "weight"});
@@ -256,7 +256,7 @@ TEST_CASE("a file as safetensors.torch.save_file writes it loads", "[io][safeten
   CHECK(ours.substr(ours.size() - data.size()) == data);
 
   // Header without padding (other writers need not pad) also loads.
-  write_raw(path, safetensors_file(header, data, /*pad=*/false));
+  safetensors_write_raw(path, safetensors_file(header, data, /*pad=*/false));
   CHECK(io::SafetensorsReader(path.string()).read_integers("ids") == ids);
   std::filesystem::remove_all(dir);
 }
@@ -269,11 +269,11 @@ TEST_CASE("safetensors F16, BF16 and F64 tensors decode to float", "[io][safeten
       R"({"half":{"dtype":"F16","shape":[2,3],"data_offsets":[0,12]},)"
       R"("bf16":{"dtype":"BF16","shape":[4],"data_offsets":[12,20]},)"
       R"("f64":{"dtype":"F64","shape":[2,2],"data_offsets":[24,56]}})";
-  const std::string data = raw_bytes(half) + raw_bytes(bf16) + std::string(4, '\0') +
-                           raw_bytes(f64);  // a gap before f64 keeps it 8-byte aligned
+  const std::string data = safetensors_raw_bytes(half) + safetensors_raw_bytes(bf16) + std::string(4, '\0') +
+                           safetensors_raw_bytes(f64);  // a gap before f64 keeps it 8-byte aligned
   const auto dir = test::temp_dir("safetensors_dtypes");
   const auto path = (dir / "mixed.safetensors").string();
-  write_raw(path, safetensors_file(header, data));
+  safetensors_write_raw(path, safetensors_file(header, data));
   const io::SafetensorsReader reader(path);
 
   Matrix<float> expected_half(2, 3);
@@ -289,11 +289,11 @@ TEST_CASE("safetensors F16, BF16 and F64 tensors decode to float", "[io][safeten
 
   // F64 values beyond the float range are not silently turned into infinity.
   const std::vector<double> huge = {1.0, 1e300};
-  write_raw(path, safetensors_file(R"({"huge":{"dtype":"F64","shape":[2],"data_offsets":[0,16]}})",
-                                   raw_bytes(huge)));
+  safetensors_write_raw(path, safetensors_file(R"({"huge":{"dtype":"F64","shape":[2],"data_offsets":[0,16]}})",
+                                   safetensors_raw_bytes(huge)));
   const io::SafetensorsReader huge_reader(path);
   const auto message =
-      thrown_message<FormatError>([&] { huge_reader.read_floats("huge"); });
+      safetensors_thrown_message<FormatError>([&] { huge_reader.read_floats("huge"); });
   CHECK_THAT(message, Contains(path) && Contains("\"huge\"") && Contains("float range") &&
                           Contains("index 1"));
   std::filesystem::remove_all(dir);
@@ -312,11 +312,11 @@ TEST_CASE("safetensors integer tensors and dtype mismatches", "[io][safetensors]
       R"("i8":{"dtype":"I8","shape":[2],"data_offsets":[20,22]},)"
       R"("u8":{"dtype":"U8","shape":[2],"data_offsets":[22,24]},)"
       R"("mask":{"dtype":"BOOL","shape":[2],"data_offsets":[24,26]}})";
-  const std::string data = raw_bytes(i32) + raw_bytes(f32) + raw_bytes(i16) + raw_bytes(i8) +
-                           raw_bytes(u8) + std::string("\x01\x00", 2);
+  const std::string data = safetensors_raw_bytes(i32) + safetensors_raw_bytes(f32) + safetensors_raw_bytes(i16) + safetensors_raw_bytes(i8) +
+                           safetensors_raw_bytes(u8) + std::string("\x01\x00", 2);
   const auto dir = test::temp_dir("safetensors_ints");
   const auto path = (dir / "ints.safetensors").string();
-  write_raw(path, safetensors_file(header, data));
+  safetensors_write_raw(path, safetensors_file(header, data));
   const io::SafetensorsReader reader(path);
   CHECK(reader.read_integers("i32") == std::vector<std::int64_t>{-5, 2000000000});
   CHECK(reader.read_integers("i16") == std::vector<std::int64_t>{-32768, 7});
@@ -324,14 +324,14 @@ TEST_CASE("safetensors integer tensors and dtype mismatches", "[io][safetensors]
   CHECK(reader.read_integers("u8") == std::vector<std::int64_t>{0, 255});
   CHECK(reader.info("mask").dtype == io::DType::kBool);
 
-  CHECK_THAT(thrown_message<FormatError>([&] { reader.read_matrix("i32", 1, 2); }),
+  CHECK_THAT(safetensors_thrown_message<FormatError>([&] { reader.read_matrix("i32", 1, 2); }),
              Contains(path) && Contains("\"i32\"") &&
                  Contains("expected a floating-point tensor"));
-  CHECK_THAT(thrown_message<FormatError>([&] { reader.read_floats("u8"); }),
+  CHECK_THAT(safetensors_thrown_message<FormatError>([&] { reader.read_floats("u8"); }),
              Contains(path) && Contains("\"u8\"") && Contains("floating-point"));
-  CHECK_THAT(thrown_message<FormatError>([&] { reader.read_integers("f32"); }),
+  CHECK_THAT(safetensors_thrown_message<FormatError>([&] { reader.read_integers("f32"); }),
              Contains(path) && Contains("\"f32\"") && Contains("integer"));
-  CHECK_THAT(thrown_message<FormatError>([&] { reader.read_integers("mask"); }),
+  CHECK_THAT(safetensors_thrown_message<FormatError>([&] { reader.read_integers("mask"); }),
              Contains(path) && Contains("BOOL"));
   std::filesystem::remove_all(dir);
 }
@@ -348,17 +348,19 @@ TEST_CASE("safetensors shape mismatches are ShapeErrors naming the tensor", "[io
   writer.write(path);
   const io::SafetensorsReader reader(path);
 
-  const auto message = thrown_message<ShapeError>(
+  const auto message = safetensors_thrown_message<ShapeError>(
       [&] { reader.read_matrix("attention.query.weight", 3, 4); });
   CHECK_THAT(message, Contains(path) && Contains("attention.query.weight") &&
                           Contains("[3, 4]") && Contains("[4, 3]"));
-  CHECK_THAT(thrown_message<ShapeError>([&] { reader.read_matrix("row", 1, 4); }),
+  CHECK_THAT(safetensors_thrown_message<ShapeError>([&] { reader.read_matrix("row", 1, 4); }),
              Contains("\"row\"") && Contains("[1, 5]"));
-  CHECK_THAT(thrown_message<ShapeError>([&] { reader.read_matrix("cube", 2, 4); }),
+  CHECK_THAT(safetensors_thrown_message<ShapeError>([&] { reader.read_matrix("cube", 2, 4); }),
              Contains("\"cube\"") && Contains("[2, 2, 2]"));
   // A 1-D tensor is a single row, and only that.
-  CHECK(reader.read_matrix("flat", 1, 3) == Matrix<float>(Eigen::RowVector3f(1, 2, 3)));
-  CHECK_THAT(thrown_message<ShapeError>([&] { reader.read_matrix("flat", 3, 1); }),
+  Matrix<float> flat_row(1, 3);
+  flat_row << 1, 2, 3;
+  CHECK(reader.read_matrix("flat", 1, 3) == flat_row);
+  CHECK_THAT(safetensors_thrown_message<ShapeError>([&] { reader.read_matrix("flat", 3, 1); }),
              Contains("\"flat\"") && Contains("[3]"));
   std::filesystem::remove_all(dir);
 }
@@ -371,13 +373,13 @@ TEST_CASE("safetensors missing tensors and files are named", "[io][safetensors]"
   writer.add("beta", Matrix<float>::Ones(1, 1));
   writer.write(path);
   const io::SafetensorsReader reader(path);
-  CHECK_THAT(thrown_message<FormatError>([&] { reader.info("gamma"); }),
+  CHECK_THAT(safetensors_thrown_message<FormatError>([&] { reader.info("gamma"); }),
              Contains(path) && Contains("no tensor named \"gamma\"") &&
                  Contains("tensors: alpha, beta"));
   REQUIRE_THROWS_AS(reader.read_matrix("gamma", 1, 1), FormatError);
 
   const std::string missing = (dir / "missing.safetensors").string();
-  const auto message = thrown_message<Error>([&] { io::SafetensorsReader r(missing); });
+  const auto message = safetensors_thrown_message<Error>([&] { io::SafetensorsReader r(missing); });
   CHECK_THAT(message, Contains(missing) && Contains("No such file or directory"));
   std::filesystem::remove_all(dir);
 }
@@ -395,23 +397,23 @@ TEST_CASE("safetensors NaN and infinite values are rejected on read", "[io][safe
   writer.write(path);
   const io::SafetensorsReader reader(path);
   const auto message =
-      thrown_message<FormatError>([&] { reader.read_matrix("teacher.logits", 2, 3); });
+      safetensors_thrown_message<FormatError>([&] { reader.read_matrix("teacher.logits", 2, 3); });
   CHECK_THAT(message, Contains(path) && Contains("teacher.logits") && Contains("non-finite") &&
                           Contains("index 5") && Contains("[1, 2]"));
-  CHECK_THAT(thrown_message<FormatError>([&] { reader.read_floats("scores"); }),
+  CHECK_THAT(safetensors_thrown_message<FormatError>([&] { reader.read_floats("scores"); }),
              Contains("\"scores\"") && Contains("inf") && Contains("index 1"));
 
   // Half-precision infinities and NaNs too.
   const std::vector<std::uint16_t> half = {0x3C00, 0x7C00};
   const std::vector<std::uint16_t> bf16 = {0x7FC0, 0x3F80};
-  write_raw(path, safetensors_file(
+  safetensors_write_raw(path, safetensors_file(
                       R"({"h":{"dtype":"F16","shape":[2],"data_offsets":[0,4]},)"
                       R"("b":{"dtype":"BF16","shape":[2],"data_offsets":[4,8]}})",
-                      raw_bytes(half) + raw_bytes(bf16)));
+                      safetensors_raw_bytes(half) + safetensors_raw_bytes(bf16)));
   const io::SafetensorsReader half_reader(path);
-  CHECK_THAT(thrown_message<FormatError>([&] { half_reader.read_floats("h"); }),
+  CHECK_THAT(safetensors_thrown_message<FormatError>([&] { half_reader.read_floats("h"); }),
              Contains("\"h\"") && Contains("index 1"));
-  CHECK_THAT(thrown_message<FormatError>([&] { half_reader.read_matrix("b", 1, 2); }),
+  CHECK_THAT(safetensors_thrown_message<FormatError>([&] { half_reader.read_matrix("b", 1, 2); }),
              Contains("\"b\"") && Contains("nan") && Contains("index 0"));
   std::filesystem::remove_all(dir);
 }
@@ -427,17 +429,17 @@ TEST_CASE("safetensors truncated files are rejected at every cut", "[io][safeten
   const std::string full = writer.serialize();
 
   // Chopping the last bytes: the tensor that ends last is reported, with "truncated".
-  write_raw(path, full.substr(0, full.size() - 5));
+  safetensors_write_raw(path, full.substr(0, full.size() - 5));
   CHECK_THAT(open_error(path), Contains(path) && Contains("\"embedding\"") &&
                                    Contains("truncated"));
 
   // Every shorter prefix fails with a FormatError naming the file; none loads or crashes.
   for (std::size_t length = 0; length < full.size(); ++length) {
-    write_raw(path, full.substr(0, length));
+    safetensors_write_raw(path, full.substr(0, length));
     INFO("prefix of " << length << " bytes");
     CHECK_THAT(open_error(path), Contains(path));
   }
-  write_raw(path, full);
+  safetensors_write_raw(path, full);
   CHECK(io::SafetensorsReader(path).read_integers("ids") == std::vector<std::int64_t>{1, 2, 3});
   std::filesystem::remove_all(dir);
 }
@@ -533,18 +535,18 @@ TEST_CASE("safetensors corrupt headers give FormatErrors naming file and tensor"
   };
   for (const auto& c : cases) {
     INFO(c.description);
-    write_raw(path, c.bytes);
+    safetensors_write_raw(path, c.bytes);
     const std::string message = open_error(path);
     CHECK_THAT(message, Contains(path));
     for (const auto& part : c.expected) CHECK_THAT(message, Contains(part));
   }
 
   // Edge cases that are valid: scalars, empty tensors, null metadata, unknown entry fields.
-  write_raw(path, safetensors_file(
+  safetensors_write_raw(path, safetensors_file(
                       R"({"__metadata__":null,)"
                       R"("scalar":{"dtype":"F32","shape":[],"data_offsets":[0,4],"extra":1},)"
                       R"("none":{"dtype":"F32","shape":[0,3],"data_offsets":[4,4]}})",
-                      raw_bytes(std::vector<float>{2.5f})));
+                      safetensors_raw_bytes(std::vector<float>{2.5f})));
   const io::SafetensorsReader reader(path);
   CHECK(reader.read_floats("scalar") == std::vector<float>{2.5f});
   CHECK(reader.info("scalar").num_elements() == 1);

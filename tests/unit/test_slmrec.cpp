@@ -15,7 +15,7 @@ using namespace distillrec;
 
 namespace {
 
-data::InteractionLog small_log() {
+data::InteractionLog slmrec_small_log() {
   data::SyntheticConfig synthetic;
   synthetic.num_users = 60;
   synthetic.num_items = 30;
@@ -42,7 +42,7 @@ models::LLMRecConfig model_config(ItemId num_items, Index layers) {
 
 TEST_CASE("In-process teacher signals equal the teacher's hidden states on every training window",
           "[distill][teacher]") {
-  const auto log = small_log();
+  const auto log = slmrec_small_log();
   const auto split = data::leave_one_out(log);
   models::LLMRec<double> teacher(model_config(split.num_items, 4));
   Rng rng(1);
@@ -75,7 +75,7 @@ TEST_CASE("In-process teacher signals equal the teacher's hidden states on every
 }
 
 TEST_CASE("Teacher signals round-trip through the documented safetensors schema", "[distill][teacher][io]") {
-  const auto log = small_log();
+  const auto log = slmrec_small_log();
   const auto split = data::leave_one_out(log);
   models::LLMRec<float> teacher(model_config(split.num_items, 4));
   Rng rng(2);
@@ -135,7 +135,7 @@ TEST_CASE("Malformed teacher-signal files give clear errors", "[distill][teacher
 }
 
 TEST_CASE("SLMRec loss: the whole objective's gradients match finite differences", "[distill][slmrec][gradcheck]") {
-  const auto log = small_log();
+  const auto log = slmrec_small_log();
   const auto split = data::leave_one_out(log);
   models::LLMRec<double> teacher(model_config(split.num_items, 4));
   Rng rng(4);
@@ -215,7 +215,7 @@ TEST_CASE("SLMRec loss: the whole objective's gradients match finite differences
 }
 
 TEST_CASE("SLMRec rejects signals that do not fit the student or the data", "[distill][slmrec]") {
-  const auto log = small_log();
+  const auto log = slmrec_small_log();
   const auto split = data::leave_one_out(log);
   models::LLMRec<float> teacher(model_config(split.num_items, 4));
   Rng rng(5);
@@ -373,7 +373,7 @@ TEST_CASE("SLMRec distillation trains a student through the trainer", "[distill]
 
 TEST_CASE("Teacher signals are keyed by example id for every-prefix examples, and SLMRec trains on them",
           "[distill][teacher][examples]") {
-  const auto log = small_log();
+  const auto log = slmrec_small_log();
   const auto split = data::every_prefix(log);
   auto config = model_config(split.num_items, 4);
   models::LLMRec<float> teacher(config);

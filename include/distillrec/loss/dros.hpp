@@ -56,7 +56,7 @@ struct DROS {
     }
     for (Index k = 0; k < m; ++k) {
       const ItemId t = targets[k];
-      if (t < 1 || t > n) throw ShapeError(detail::concat("DROS: target item ", t, " is outside 1..", n));
+      if (t < 1 || t > n) throw ShapeError(distillrec::detail::concat("DROS: target item ", t, " is outside 1..", n));
       const double zt = static_cast<double>(z[t - 1]) - 1.0;
       max_a = std::max(max_a, static_cast<double>(propensity[static_cast<std::size_t>(t - 1)]) * zt * zt / beta);
     }

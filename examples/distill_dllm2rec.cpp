@@ -129,6 +129,11 @@ int main(int argc, char** argv) {
   app.add_option("--seed", first_seed, "First seed");
   app.add_option("--latency-users", latency_users, "Users timed for the inference latency");
   app.add_option("--threads", threads, "Threads");
+  Index sparse_rows = train::TrainerConfig::kDefaultSparseRows;
+  app.add_option("--sparse-rows", sparse_rows,
+                 "Under mpirun: tensors with at least this many rows (item tables) exchange only the rows a step touched (0: every "
+                 "tensor whole)")
+      ->capture_default_str();
   app.add_option("--checkpoint-dir", checkpoint_dir, "Save every trained model here");
   app.add_option("--json", json_path, "Write configuration, every run (with its validation curve) and the summary as JSON here");
   CLI11_PARSE(app, argc, argv);
@@ -136,6 +141,7 @@ int main(int argc, char** argv) {
   try {
     parallel::set_num_threads(threads);
     training.collective = processes.collective();  // every model's training (data-parallel under mpirun)
+    training.sparse_rows = sparse_rows;
     rd.validate();
     const auto student_list = split_list(students);
     const auto variant_list = split_list(variants);
@@ -169,7 +175,7 @@ int main(int argc, char** argv) {
 
     std::vector<RunResult> runs;
     auto report = [&](const auto& model, const std::string& name, std::uint64_t seed, const train::TrainingSummary* summary) {
-      runs.push_back(examples::test_run(model, name, seed, summary, split, latency_histories, threads));
+      runs.push_back(examples::test_run(model, name, seed, summary, split, latency_histories, threads, 0, training.collective.get()));
     };
     auto save = [&](const auto& model, const std::string& name, std::uint64_t seed) {
       if (checkpoint_dir.empty() || !processes.is_root()) return;
@@ -226,7 +232,8 @@ int main(int argc, char** argv) {
       if (!teacher_embeddings) teacher_embeddings = std::make_shared<const distill::TeacherItemEmbeddings>(distill::model_item_embeddings(*teacher));
       if (need_signals || !save_signals_path.empty()) {
         const auto start = std::chrono::steady_clock::now();
-        signals = std::make_shared<const distill::RankingSignals>(distill::compute_ranking_signals(*teacher, split, rd.candidates, data::Part::kTrain, mask_teacher_history));
+        signals = std::make_shared<const distill::RankingSignals>(distill::compute_ranking_signals(
+            *teacher, split, rd.candidates, data::Part::kTrain, mask_teacher_history, 256, training.collective.get()));  // sharded under mpirun
         std::printf("teacher signals: top-%ld for %ld training examples in %.1f s\n", static_cast<long>(rd.candidates),
                     static_cast<long>(signals->num_examples()),
                     std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
@@ -311,7 +318,9 @@ int main(int argc, char** argv) {
       if (std::find(names.begin(), names.end(), r.name) == names.end()) names.push_back(r.name);
     }
     const models::Popularity<float> popularity(split);
-    const auto pop = eval::evaluate_full_ranking(popularity, split, eval::EvalSplit::kTest);
+    eval::FullRankingOptions full;
+    full.collective = training.collective.get();
+    const auto pop = eval::evaluate_full_ranking(popularity, split, eval::EvalSplit::kTest, full);
     std::printf("\nresults: test split, full ranking (all %ld items, history masked, pessimistic ties), each model at its best "
                 "validation epoch; mean ± std over %ld seed(s); inference = one user's top-10 on 1 thread, median over %zu users\n",
                 static_cast<long>(split.num_items), static_cast<long>(num_seeds), latency_histories.size());

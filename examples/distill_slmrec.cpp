@@ -179,6 +179,11 @@ int main(int argc, char** argv) {
   app.add_option("--seed", first_seed, "First seed");
   app.add_option("--latency-users", latency_users, "Users timed for the inference latency");
   app.add_option("--threads", threads, "Threads");
+  Index sparse_rows = train::TrainerConfig::kDefaultSparseRows;
+  app.add_option("--sparse-rows", sparse_rows,
+                 "Under mpirun: tensors with at least this many rows (item tables) exchange only the rows a step touched (0: every "
+                 "tensor whole)")
+      ->capture_default_str();
   app.add_option("--checkpoint-dir", checkpoint_dir, "Save every trained model here");
   app.add_option("--json", json_path, "Write configuration, every run and the summary as JSON here");
   CLI11_PARSE(app, argc, argv);
@@ -186,6 +191,7 @@ int main(int argc, char** argv) {
   try {
     parallel::set_num_threads(threads);
     training.collective = processes.collective();  // every model's training (data-parallel under mpirun)
+    training.sparse_rows = sparse_rows;
     slm.positions = distill::parse_align_positions(positions);
     training.objective.catalogue_precision = backend::parse_matmul_precision(matmul_precision);
     if (training.objective.catalogue_precision == backend::MatmulPrecision::kBf16) {
@@ -247,7 +253,9 @@ int main(int argc, char** argv) {
         run.seconds_per_epoch = seconds_per_epoch;
         run.best_epoch = best_epoch;
         run.validation = validation;
-        run.test = eval::evaluate_full_ranking(model, split, eval::EvalSplit::kTest);
+        eval::FullRankingOptions full;
+        full.collective = training.collective.get();  // under mpirun each process ranks a share
+        run.test = eval::evaluate_full_ranking(model, split, eval::EvalSplit::kTest, full);
         std::tie(run.encode_ms, run.top10_ms) = measure_latency(model, latency_histories, threads);
         std::printf("%s: valid %s %.4f; test [%s] HR@10 %.4f NDCG@10 %.4f MRR %.4f; best epoch %ld; %.2f s/epoch; %.3f ms/user (vector), %.3f ms/user (top-10)\n",
                     name.c_str(), training.selection_metric.c_str(), run.validation, run.test.protocol.c_str(), run.test.value("HR@10"), run.test.value("NDCG@10"), run.test.value("MRR"),
@@ -316,7 +324,9 @@ int main(int argc, char** argv) {
         }
         std::printf("teacher: %s (not trained here)\n", teacher_checkpoint.c_str());
         RunResult run;
-        const double valid = eval::evaluate_full_ranking(*teacher, split, eval::EvalSplit::kValid).value(training.selection_metric);
+        eval::FullRankingOptions full;
+        full.collective = training.collective.get();
+        const double valid = eval::evaluate_full_ranking(*teacher, split, eval::EvalSplit::kValid, full).value(training.selection_metric);
         report(*teacher, "teacher", std::nan(""), 0, valid, run);
         if (item_table == "teacher") table = Matrix<float>(teacher->item_table());
       }
@@ -331,7 +341,8 @@ int main(int argc, char** argv) {
         }
         const auto start = std::chrono::steady_clock::now();
         auto computed = std::make_shared<const distill::TeacherSignals<float>>(
-            distill::compute_teacher_signals(*teacher, map.teacher_indices(), split, slm.positions, &log.item_raw_ids));
+            distill::compute_teacher_signals(*teacher, map.teacher_indices(), split, slm.positions, &log.item_raw_ids, 256,
+                                             training.collective.get()));  // sharded under mpirun
         std::printf("teacher signals: %ld examples, %.1f MiB, %.1f s\n", static_cast<long>(computed->num_examples()),
                     static_cast<double>(computed->bytes()) / (1024.0 * 1024.0),
                     std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
@@ -391,7 +402,9 @@ int main(int argc, char** argv) {
       if (std::find(names.begin(), names.end(), r.name) == names.end()) names.push_back(r.name);
     }
     const models::Popularity<float> popularity(split.train, split.num_items);
-    const auto pop = eval::evaluate_full_ranking(popularity, split, eval::EvalSplit::kTest);
+    eval::FullRankingOptions full;
+    full.collective = training.collective.get();
+    const auto pop = eval::evaluate_full_ranking(popularity, split, eval::EvalSplit::kTest, full);
     std::printf("\nresults: test split, full ranking (all %ld items, history masked, pessimistic ties), model of the best validation "
                 "epoch; mean ± std over %ld seed(s); inference = one user on 1 thread, median over %zu users\n",
                 static_cast<long>(split.num_items), static_cast<long>(num_seeds), latency_histories.size());

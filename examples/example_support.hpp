@@ -164,11 +164,14 @@ struct RunResult {
 
 /// Tests `model` once on the test split, times its top-10 and prints one line. `summary`: its
 /// training (nullptr: a model loaded, not trained here; its validation NDCG@10 is computed).
+/// With a collective (under mpirun) each process ranks a share of the examples.
 template <typename Model>
 RunResult test_run(const Model& model, const std::string& name, std::uint64_t seed, const distillrec::train::TrainingSummary* summary,
                    const distillrec::data::ExampleSplit& split, const std::vector<distillrec::Sequence>& latency_histories, int threads,
-                   distillrec::Index layers = 0) {
+                   distillrec::Index layers = 0, distillrec::Collective* collective = nullptr) {
   using namespace distillrec;
+  eval::FullRankingOptions full;
+  full.collective = collective;
   RunResult run;
   run.name = name;
   run.seed = seed;
@@ -180,9 +183,9 @@ RunResult test_run(const Model& model, const std::string& name, std::uint64_t se
     run.validation = summary->best_score;
     run.history = summary->to_json()["epochs"];
   } else {
-    run.validation = eval::evaluate_full_ranking(model, split, eval::EvalSplit::kValid).value("NDCG@10");
+    run.validation = eval::evaluate_full_ranking(model, split, eval::EvalSplit::kValid, full).value("NDCG@10");
   }
-  run.test = eval::evaluate_full_ranking(model, split, eval::EvalSplit::kTest);
+  run.test = eval::evaluate_full_ranking(model, split, eval::EvalSplit::kTest, full);
   run.top10_ms = top10_ms(model, latency_histories, threads);
   char training[64] = "not trained here";
   if (summary != nullptr) std::snprintf(training, sizeof(training), "best epoch %ld; %.2f s/epoch", static_cast<long>(run.best_epoch), run.seconds_per_epoch);

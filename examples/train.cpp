@@ -152,6 +152,10 @@ int main(int argc, char** argv) {
                  "Dropout and per-example draws: sequential, per-example (independent of the batch's other examples and of the "
                  "number of processes) or auto (per-example under mpirun)")
       ->check(CLI::IsMember({"auto", "sequential", "per-example"}));
+  app.add_option("--sparse-rows", trainer_config.sparse_rows,
+                 "Under mpirun: tensors with at least this many rows (item tables) exchange only the rows a step touched (0: every "
+                 "tensor whole)")
+      ->capture_default_str();
   app.add_option("--init-seed", init_seed, "Seed of the weight initialisation");
   app.add_option("--checkpoint", checkpoint, "Where to save the trained model (safetensors; default MODEL.safetensors; \"\": do not save)");
   app.add_option("--json", json_path, "Write configuration, per-epoch history and metrics as JSON here");

@@ -24,6 +24,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace distillrec::test::data_parallel {
@@ -55,6 +56,7 @@ struct RunOptions {
   std::string state_path, resume_from;  // TrainerConfig's
   Index stop_after_epoch = 0;           // > 0: interrupt the run after this epoch
   Index eval_every = 0;
+  Index sparse_rows = -1;  // >= 0: TrainerConfig::sparse_rows (tables of at least this many rows exchanged by rows)
   /// Replay: after step k the parameters are set to (*replay)[k] (another run's after its step
   /// k), so every step's gradient is computed at that run's parameters and can be compared.
   const std::vector<std::vector<float>>* replay = nullptr;
@@ -89,6 +91,19 @@ inline data::InteractionLog small_log() {
   config.max_length = 14;
   config.seed = 11;
   return data::generate_synthetic(config);
+}
+
+/// A small LLMRec for small_log(): width 16, 2 heads, windows of 14.
+inline models::LLMRecConfig small_llmrec_config(Index num_items, Index layers, double dropout) {
+  models::LLMRecConfig c;
+  c.num_items = num_items;
+  c.item_dim = 16;
+  c.hidden_size = 16;
+  c.num_heads = 2;
+  c.max_length = 14;
+  c.dropout = dropout;
+  c.num_layers = layers;
+  return c;
 }
 
 /// The smallest batch size >= 16 whose last batch holds one example.
@@ -130,6 +145,7 @@ RunResult fit(Model& model, const data::ExampleSplit& split, train::TrainerConfi
   config.resume_from = options.resume_from;
   config.random_streams = options.streams;
   config.collective = options.collective;
+  if (options.sparse_rows >= 0) config.sparse_rows = options.sparse_rows;
   train::Trainer<Model> trainer(model, split, config);
   for (const auto& term : terms) trainer.add_term(term);
   if (options.fail_on_rank >= 0) trainer.add_term(std::make_shared<FailingTerm<Model>>(options.fail_on_rank, options.fail_at_step));
@@ -197,14 +213,7 @@ inline RunResult run(Kind kind, const RunOptions& options) {
     }
     case Kind::kLLMRecStudent: {
       const data::ExampleSplit split(data::leave_one_out(log));
-      models::LLMRecConfig c;
-      c.num_items = split.num_items;
-      c.item_dim = 16;
-      c.hidden_size = 16;
-      c.num_heads = 2;
-      c.max_length = 14;
-      c.dropout = options.dropout >= 0 ? options.dropout : 0.2;
-      c.num_layers = 4;
+      models::LLMRecConfig c = small_llmrec_config(split.num_items, 4, options.dropout >= 0 ? options.dropout : 0.2);
       models::LLMRec<float> teacher(c);
       teacher.initialize(init);
       const auto map = distill::make_layer_map(4, 2, 2);
@@ -307,5 +316,25 @@ class ThreadGroup {
   int arrived_ = 0;
   long generation_ = 0;
 };
+
+/// Runs `work(member)` on `size` members of a new thread group, one thread each (member: a
+/// std::shared_ptr<ThreadGroup::Member>); returns each member's error message ("" if none).
+template <typename Work>
+std::vector<std::string> on_members(int size, Work work) {
+  auto group = std::make_shared<ThreadGroup>(size);
+  std::vector<std::string> errors(static_cast<std::size_t>(size));
+  std::vector<std::thread> threads;
+  for (int r = 0; r < size; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        work(std::make_shared<ThreadGroup::Member>(group, r));
+      } catch (const std::exception& e) {
+        errors[static_cast<std::size_t>(r)] = e.what();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  return errors;
+}
 
 }  // namespace distillrec::test::data_parallel

@@ -8,12 +8,14 @@
 //                                one-process gradient up to float rounding; (2) free-running for
 //                                at least 100 steps, every process holds the same model bit for
 //                                bit, and it differs from the one-process model only by rounding
-//                                that training amplified (printed; far below another seed's)
+//                                that training amplified (printed; far below another seed's);
+//                                (3) item tables exchanged by touched rows give the dense
+//                                exchange's model bit for bit
 //   test_mpi_training resume DIR 2 processes train 2 epochs and write their state (rank 0),
 //                                2 processes resume it for 2 more: the model equals the
 //                                uninterrupted 2-process run's bit for bit
-//   test_mpi_training fail       rank 1 fails inside step 3; every process must stop at that
-//                                step with an error: rank 1 with its own, the others saying
+//   test_mpi_training fail       rank 1 fails inside step 3 (dense and row exchange); every
+//                                process must stop at that step with an error: rank 1 with its own, the others saying
 //                                that another process failed (a hang ends in CTest's timeout)
 #include "data_parallel_support.hpp"
 
@@ -65,6 +67,12 @@ int equality(const std::shared_ptr<mpi::Communicator>& world) {
     check(sharded.steps == single.steps, std::string(dp::name(kind)) + ": same number of steps", rank);
     const double difference = dp::max_difference(single.values, sharded.values);
     check(difference < 0.25 * seed_difference, std::string(dp::name(kind)) + ": the sharded model is the one-process model", rank);
+    // Item tables exchanged by touched rows (every table of this catalogue) instead of whole.
+    dp::RunOptions by_rows = free;
+    by_rows.sparse_rows = 50;
+    const auto rows = dp::run(kind, by_rows);
+    check(dp::max_difference(rows.values, sharded.values) == 0.0,
+          std::string(dp::name(kind)) + ": item rows exchanged by touch give the dense exchange's model bit for bit", rank);
     if (rank == 0) {
       std::printf("%s on %d processes: gradients step by step within %.2g (relative) of one process; after %ld steps the largest "
                   "parameter difference is %.3g (another seed: %.3g)\n",
@@ -105,23 +113,28 @@ int resume(const std::shared_ptr<mpi::Communicator>& world, const std::string& d
 }
 
 int fail(const std::shared_ptr<mpi::Communicator>& world) {
-  dp::RunOptions options;
-  options.collective = world;
-  options.fail_on_rank = 1;
-  options.fail_at_step = 3;
-  try {
-    dp::run(dp::Kind::kSASRec, options);
-  } catch (const std::exception& e) {
-    // Every process must stop at step 3: rank 1 with its own error, the others told why.
-    const std::string message = e.what();
-    std::printf("rank %d stopped: %s\n", world->rank(), e.what());
-    std::fflush(stdout);
-    const bool expected = world->rank() == 1 ? message.find("rank 1 failed deliberately at step 3") != std::string::npos
-                                             : message.find("step 3: another process failed") != std::string::npos;
-    return expected ? 0 : 1;
+  // The failure flag travels in the gradient sum (dense) or in the OR of touched rows (sparse).
+  for (Index sparse_rows : {Index(0), Index(50)}) {
+    dp::RunOptions options;
+    options.collective = world;
+    options.fail_on_rank = 1;
+    options.fail_at_step = 3;
+    options.sparse_rows = sparse_rows;
+    try {
+      dp::run(dp::Kind::kSASRec, options);
+      std::printf("rank %d: training did not stop\n", world->rank());
+      return 1;
+    } catch (const std::exception& e) {
+      // Every process must stop at step 3: rank 1 with its own error, the others told why.
+      const std::string message = e.what();
+      std::printf("rank %d stopped (%s exchange): %s\n", world->rank(), sparse_rows > 0 ? "row" : "dense", e.what());
+      std::fflush(stdout);
+      const bool expected = world->rank() == 1 ? message.find("rank 1 failed deliberately at step 3") != std::string::npos
+                                               : message.find("step 3: another process failed") != std::string::npos;
+      if (!expected) return 1;
+    }
   }
-  std::printf("rank %d: training did not stop\n", world->rank());
-  return 1;
+  return 0;
 }
 
 }  // namespace

@@ -3,6 +3,8 @@
 // streams and failure agreement are checked in every build, sanitizers included. The same runs
 // on real processes under mpirun are in tests/mpi/.
 #include "data_parallel_support.hpp"
+#include "distillrec/distill/dllm2rec.hpp"
+#include "distillrec/train/gradient_exchange.hpp"
 #include "support.hpp"
 
 #include <catch2/catch.hpp>
@@ -24,23 +26,13 @@ struct GroupRun {
 };
 
 GroupRun run_group(dp::Kind kind, int size, dp::RunOptions options) {
-  auto group = std::make_shared<dp::ThreadGroup>(size);
   GroupRun out;
   out.results.resize(static_cast<std::size_t>(size));
-  out.errors.resize(static_cast<std::size_t>(size));
-  std::vector<std::thread> threads;
-  for (int r = 0; r < size; ++r) {
-    threads.emplace_back([&, r] {
-      dp::RunOptions mine = options;
-      mine.collective = std::make_shared<dp::ThreadGroup::Member>(group, r);
-      try {
-        out.results[static_cast<std::size_t>(r)] = dp::run(kind, mine);
-      } catch (const std::exception& e) {
-        out.errors[static_cast<std::size_t>(r)] = e.what();
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
+  out.errors = dp::on_members(size, [&](const std::shared_ptr<dp::ThreadGroup::Member>& member) {
+    dp::RunOptions mine = options;
+    mine.collective = member;
+    out.results[static_cast<std::size_t>(member->rank())] = dp::run(kind, mine);
+  });
   return out;
 }
 
@@ -124,14 +116,160 @@ TEST_CASE("A last batch smaller than the number of members leaves a shard empty,
 TEST_CASE("A member that fails inside a step stops every member with an error, never a hang", "[train][data-parallel]") {
   using namespace data_parallel_unit;
   parallel::set_num_threads(1);
-  dp::RunOptions options;
-  options.fail_on_rank = 1;
-  options.fail_at_step = 3;
-  const auto group = run_group(dp::Kind::kSASRec, 2, options);
-  CHECK_THAT(group.errors[1], Catch::Contains("rank 1 failed deliberately at step 3"));
-  CHECK_THAT(group.errors[0], Catch::Contains("another process failed"));
-  CHECK_THAT(group.errors[0], Catch::Contains("step 3"));
+  for (Index sparse_rows : {Index(0), Index(50)}) {  // the flag in the gradient sum, or in the OR of touched rows
+    INFO("sparse_rows " << sparse_rows);
+    dp::RunOptions options;
+    options.fail_on_rank = 1;
+    options.fail_at_step = 3;
+    options.sparse_rows = sparse_rows;
+    const auto group = run_group(dp::Kind::kSASRec, 2, options);
+    CHECK_THAT(group.errors[1], Catch::Contains("rank 1 failed deliberately at step 3"));
+    CHECK_THAT(group.errors[0], Catch::Contains("another process failed"));
+    CHECK_THAT(group.errors[0], Catch::Contains("step 3"));
+  }
   parallel::set_num_threads(2);
+}
+
+TEST_CASE("Item tables exchanged by touched rows train exactly as with the dense exchange, for every model kind", "[train][data-parallel]") {
+  // Every table of this 120-item catalogue goes by rows with sparse_rows 50 (SASRec's tied table
+  // under BCE, GRU4Rec's input table and untied head under sampled softmax, the LLMRec student's
+  // table under full softmax): every step's summed gradient, and so the model, bit for bit.
+  using namespace data_parallel_unit;
+  parallel::set_num_threads(1);
+  for (dp::Kind kind : {dp::Kind::kSASRec, dp::Kind::kGRU4Rec, dp::Kind::kLLMRecStudent}) {
+    INFO(dp::name(kind));
+    dp::RunOptions options;
+    options.epochs = 1;
+    options.sparse_rows = 0;
+    const auto dense = run_group(kind, 2, options);
+    options.sparse_rows = 50;
+    const auto rows = run_group(kind, 2, options);
+    for (int r = 0; r < 2; ++r) {
+      REQUIRE(dense.errors[static_cast<std::size_t>(r)].empty());
+      REQUIRE(rows.errors[static_cast<std::size_t>(r)].empty());
+    }
+    REQUIRE(rows.results[0].step_grads.size() == dense.results[0].step_grads.size());
+    for (std::size_t k = 0; k < dense.results[0].step_grads.size(); ++k) {
+      CHECK(dp::max_difference(dense.results[0].step_grads[k], rows.results[0].step_grads[k]) == 0.0);
+    }
+    CHECK(dp::max_difference(dense.results[0].values, rows.results[1].values) == 0.0);
+    const auto& dense_epoch = dense.results[0].summary.epochs.at(0);
+    const auto& rows_epoch = rows.results[0].summary.epochs.at(0);
+    CHECK(dense_epoch.exchanged_bytes_per_step > 0.0);
+    CHECK(rows_epoch.exchanged_bytes_per_step > 0.0);
+  }
+  parallel::set_num_threads(2);
+}
+
+namespace data_parallel_unit {
+
+/// Two parameter groups with tables of 200 and 300 rows between small dense tensors.
+struct ExchangeGroups {
+  Parameters<float> first, second;
+  ExchangeGroups() {
+    first.declare("dense.a", 5, 3);
+    first.declare("table", 200, 8);
+    first.declare("dense.b", 2, 2);
+    first.allocate();
+    second.declare("other_table", 300, 4);
+    second.allocate();
+  }
+  std::vector<Parameters<float>*> groups() { return {&first, &second}; }
+  std::vector<float> grads() const {
+    std::vector<float> out(first.grads(), first.grads() + first.buffer_size());
+    out.insert(out.end(), second.grads(), second.grads() + second.buffer_size());
+    return out;
+  }
+};
+
+/// Member r's gradients: every dense value, and rows r, r+3, r+6, ... of both tables up to row
+/// 60 + 10 r (so members touch different rows, some rows by several).
+void fill_member_gradients(ExchangeGroups& g, int r) {
+  Rng rng(static_cast<std::uint64_t>(100 + r));
+  for (const char* name : {"dense.a", "dense.b"}) {
+    auto m = g.first.grad(g.first.find(name));
+    for (Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<float>(rng.normal());
+  }
+  for (auto* group : g.groups()) {
+    auto table = group->grad(group->count() > 1 ? group->find("table") : group->find("other_table"));
+    for (Index row = r; row < 60 + 10 * r; row += 3) {
+      for (Index c = 0; c < table.cols(); ++c) table(row, c) = static_cast<float>(rng.normal());
+    }
+  }
+}
+
+struct ExchangeRun {
+  std::vector<std::vector<float>> grads;
+  std::vector<train::GradientExchange<float>::Outcome> outcomes;
+  std::vector<train::GradientExchange<float>::Statistics> statistics;
+  std::vector<std::string> errors;
+};
+
+ExchangeRun run_exchange(int size, Index sparse_rows, int failing = -1) {
+  ExchangeRun out;
+  out.grads.resize(static_cast<std::size_t>(size));
+  out.outcomes.resize(static_cast<std::size_t>(size));
+  out.statistics.resize(static_cast<std::size_t>(size));
+  out.errors = dp::on_members(size, [&](const std::shared_ptr<dp::ThreadGroup::Member>& member) {
+    const int r = member->rank();
+    ExchangeGroups g;
+    fill_member_gradients(g, r);
+    train::GradientExchange<float> exchange;
+    exchange.configure(g.groups(), member.get(), sparse_rows);
+    out.outcomes[static_cast<std::size_t>(r)] = exchange.exchange(static_cast<float>(r + 1), r == failing);
+    out.grads[static_cast<std::size_t>(r)] = g.grads();
+    out.statistics[static_cast<std::size_t>(r)] = exchange.statistics();
+  });
+  return out;
+}
+
+}  // namespace data_parallel_unit
+
+TEST_CASE("The gradient exchange sums dense tensors whole and large tables by the rows any member touched", "[train][data-parallel]") {
+  using namespace data_parallel_unit;
+  const int size = 3;
+  std::vector<float> expected;
+  for (int r = 0; r < size; ++r) {
+    ExchangeGroups g;
+    fill_member_gradients(g, r);
+    const auto mine = g.grads();
+    if (expected.empty()) expected.assign(mine.size(), 0.0f);
+    for (std::size_t i = 0; i < mine.size(); ++i) expected[i] += mine[i];
+  }
+  const auto dense = run_exchange(size, 0);
+  const auto rows = run_exchange(size, 100);  // both tables by rows
+  for (int r = 0; r < size; ++r) {
+    INFO("member " << r);
+    REQUIRE(dense.errors[static_cast<std::size_t>(r)].empty());
+    REQUIRE(rows.errors[static_cast<std::size_t>(r)].empty());
+    CHECK(dense.grads[static_cast<std::size_t>(r)] == expected);
+    CHECK(rows.grads[static_cast<std::size_t>(r)] == expected);
+    CHECK(dense.outcomes[static_cast<std::size_t>(r)].loss == 6.0f);
+    CHECK(rows.outcomes[static_cast<std::size_t>(r)].loss == 6.0f);
+    CHECK_FALSE(rows.outcomes[static_cast<std::size_t>(r)].failed_elsewhere);
+  }
+  // The union: rows 0..59 and 61,64,67 and 62,65,..,77 of each table (members touch 0,3,..,57;
+  // 1,4,..,67; 2,5,..,77): 69 of 200 and 69 of 300.
+  const auto& stats = rows.statistics[0];
+  CHECK(stats.item_rows == 2.0 * 69.0);
+  CHECK(stats.item_rows_total == 500.0);
+  const double dense_bytes = dense.statistics[0].bytes;
+  CHECK(dense_bytes == Approx(4.0 * (16 + 200 * 8 + 16 + 300 * 4 + 2)));  // padded to 64 bytes per tensor, + loss and flag
+  CHECK(stats.bytes < 0.5 * dense_bytes);
+  CHECK(stats.bytes == Approx(8.0 * (1 + 4 + 5) + 4.0 * (16 + 16 + 69 * 8 + 69 * 4 + 2)));
+
+  // A member that failed: no gradient changes anywhere, and the others learn it (from the OR
+  // when there is one, before any gradient moves).
+  for (Index sparse_rows : {Index(0), Index(100)}) {
+    const auto failed = run_exchange(size, sparse_rows, 1);
+    CHECK_FALSE(failed.outcomes[1].failed_elsewhere);
+    CHECK(failed.outcomes[0].failed_elsewhere);
+    CHECK(failed.outcomes[2].failed_elsewhere);
+    ExchangeGroups own;
+    fill_member_gradients(own, 0);
+    CHECK(failed.grads[0] == own.grads());
+  }
+  CHECK_THROWS_WITH(train::GradientExchange<float>().exchange(1.0f, false), Catch::Contains("before configure"));
 }
 
 TEST_CASE("Batcher shards cut every global batch into contiguous slices with the global counts", "[data][batcher][data-parallel]") {
@@ -296,4 +434,57 @@ TEST_CASE("Resuming from a state that does not fit the run is a clear error", "[
   other.resume_from = (dir / "model.safetensors").string();
   CHECK_THROWS_WITH(dp::run(dp::Kind::kSASRec, other), Catch::Contains("not a distillrec training state"));
   parallel::set_num_threads(2);
+}
+
+TEST_CASE("Teacher signals and rankings computed on several members equal one process's", "[distill][data-parallel]") {
+  using namespace data_parallel_unit;
+  const auto log = dp::small_log();
+  const data::ExampleSplit split(data::leave_one_out(log));
+  models::LLMRec<float> teacher(dp::small_llmrec_config(split.num_items, 2, 0.0));
+  Rng init(5);
+  teacher.initialize(init);
+  const std::vector<Index> layers{1, 2};
+  const Index block = 64;  // 8 blocks of the 500 examples: every member gets several
+  for (auto positions : {distill::AlignPositions::kLast, distill::AlignPositions::kAll}) {
+    const auto single = distill::compute_teacher_signals(teacher, layers, split, positions, nullptr, block);
+    for (int size : {2, 3}) {
+      INFO("members " << size << ", positions " << distill::to_string(positions));
+      std::vector<std::vector<float>> got(static_cast<std::size_t>(size));
+      const auto errors = dp::on_members(size, [&](const std::shared_ptr<dp::ThreadGroup::Member>& member) {
+        got[static_cast<std::size_t>(member->rank())] =
+            distill::compute_teacher_signals(teacher, layers, split, positions, nullptr, block, member.get()).data();
+      });
+      for (int r = 0; r < size; ++r) {
+        REQUIRE(errors[static_cast<std::size_t>(r)].empty());
+        CHECK(got[static_cast<std::size_t>(r)] == single.data());
+      }
+    }
+  }
+  const auto ranking = distill::compute_ranking_signals(teacher, split, 10, data::Part::kTrain, true, block);
+  std::vector<std::vector<ItemId>> items(3);
+  std::vector<std::vector<float>> scores(3);
+  const auto errors = dp::on_members(3, [&](const std::shared_ptr<dp::ThreadGroup::Member>& member) {
+    const auto mine = distill::compute_ranking_signals(teacher, split, 10, data::Part::kTrain, true, block, member.get());
+    const auto r = static_cast<std::size_t>(member->rank());
+    items[r].assign(mine.items(0), mine.items(0) + mine.num_examples() * 10);
+    scores[r].assign(mine.scores(0), mine.scores(0) + mine.num_examples() * 10);
+  });
+  for (std::size_t r = 0; r < 3; ++r) {
+    REQUIRE(errors[r].empty());
+    CHECK(items[r] == std::vector<ItemId>(ranking.items(0), ranking.items(0) + ranking.num_examples() * 10));
+    CHECK(scores[r] == std::vector<float>(ranking.scores(0), ranking.scores(0) + ranking.num_examples() * 10));
+  }
+}
+
+TEST_CASE("A sharded computation that fails on one member fails on every member", "[data-parallel]") {
+  using namespace data_parallel_unit;
+  const auto errors = dp::on_members(3, [](const std::shared_ptr<dp::ThreadGroup::Member>& member) {
+    run_agreeing_on_failure(member.get(), "teacher signals", [&] {
+      if (member->rank() == 1) throw ShapeError("bad window on member 1");
+    });
+    member->sum(static_cast<float*>(nullptr), 0);  // a later collective call: reached by nobody
+  });
+  CHECK_THAT(errors[1], Catch::Contains("bad window on member 1") && !Catch::Contains("another process"));
+  CHECK_THAT(errors[0], Catch::Contains("teacher signals: another process failed"));
+  CHECK_THAT(errors[2], Catch::Contains("teacher signals: another process failed"));
 }

@@ -37,6 +37,7 @@
 // gamma_consistency = 0.1 for the reference's weighting; with γ_o = 0 the term skips the scoring.
 #pragma once
 
+#include "distillrec/core/collective.hpp"
 #include "distillrec/backend/parallel.hpp"
 #include "distillrec/core/error.hpp"
 #include "distillrec/core/workspace.hpp"
@@ -348,14 +349,13 @@ class RankingDistillation : public train::LossTerm<Model> {
     const ItemId target = ctx.split.target(example), n = ctx.model.num_items();
     const ItemId* begin = ctx.split.history_begin(example);
     const ItemId* end = ctx.split.history_end(example);
-    Rng keyed;
-    if (ctx.per_example_streams()) keyed = ctx.sequence_rng(s, /*purpose=*/1);
-    Rng& rng = ctx.per_example_streams() ? keyed : ctx.rng;
-    for (int attempt = 0; attempt < 100; ++attempt) {
-      const auto item = static_cast<ItemId>(rng.uniform_int(std::int64_t{1}, static_cast<std::int64_t>(n)));
-      if (item != target && std::find(begin, end, item) == end) return item;
-    }
-    return kPaddingId;  // the example has (almost) every item in its history: no negative part
+    return ctx.draw_for_sequence(s, /*purpose=*/1, [&](Rng& rng) {
+      for (int attempt = 0; attempt < 100; ++attempt) {
+        const auto item = static_cast<ItemId>(rng.uniform_int(std::int64_t{1}, static_cast<std::int64_t>(n)));
+        if (item != target && std::find(begin, end, item) == end) return item;
+      }
+      return ItemId{kPaddingId};  // the example has (almost) every item in its history: no negative part
+    });
   }
 
   /// in_topk_[s*K + j] = whether candidate j of sequence s is among the student's K best items
@@ -402,7 +402,7 @@ class RankingDistillation : public train::LossTerm<Model> {
 template <typename Model>
 RankingSignals compute_ranking_signals(const Model& model, const data::ExampleSplit& split, Index k,
                                        data::Part part = data::Part::kTrain, bool mask_history = false,
-                                       Index block_examples = 256) {
+                                       Index block_examples = 256, Collective* collective = nullptr) {
   static_assert(models::check_scoring_model<Model>());
   using T = typename Model::Scalar;
   const Index n = model.num_items();
@@ -415,25 +415,35 @@ RankingSignals compute_ranking_signals(const Model& model, const data::ExampleSp
   std::vector<ItemId> items(static_cast<std::size_t>(count * k));
   std::vector<float> scores(items.size());
   const auto head = model.output_weights();
-  eval::for_each_encoded_block(model, split, examples, block_examples,
-                               [&](Index begin, Index end, const std::vector<Sequence>& histories, const Matrix<T>& users,
-                                   Matrix<T>& block_scores) {
-                                 block_scores.resize(end - begin, n);
-                                 serve::score_items<T>(users, head, block_scores);
-                                 std::vector<serve::ScoredItem> best;
-                                 for (Index i = begin; i < end; ++i) {
-                                   if (mask_history) serve::mask_items<T>(block_scores, i - begin, histories[static_cast<std::size_t>(i - begin)]);
-                                   serve::top_k(block_scores.row(i - begin).data(), n, k, best);
-                                   if (static_cast<Index>(best.size()) < k) {
-                                     throw ConfigError(detail::concat("ranking export: example ", examples[static_cast<std::size_t>(i)].id,
-                                                                      " has fewer than K = ", k, " unmasked items"));
+  const int shards = collective != nullptr ? collective->size() : 1;
+  const int shard = collective != nullptr ? collective->rank() : 0;
+  run_agreeing_on_failure(collective, "teacher rankings", [&] {
+    eval::for_each_encoded_block(model, split, examples, block_examples,
+                                 [&](Index begin, Index end, const std::vector<Sequence>& histories, const Matrix<T>& users,
+                                     Matrix<T>& block_scores) {
+                                   block_scores.resize(end - begin, n);
+                                   serve::score_items<T>(users, head, block_scores);
+                                   std::vector<serve::ScoredItem> best;
+                                   for (Index i = begin; i < end; ++i) {
+                                     if (mask_history) serve::mask_items<T>(block_scores, i - begin, histories[static_cast<std::size_t>(i - begin)]);
+                                     serve::top_k(block_scores.row(i - begin).data(), n, k, best);
+                                     if (static_cast<Index>(best.size()) < k) {
+                                       throw ConfigError(detail::concat("ranking export: example ", examples[static_cast<std::size_t>(i)].id,
+                                                                        " has fewer than K = ", k, " unmasked items"));
+                                     }
+                                     for (Index r = 0; r < k; ++r) {
+                                       items[static_cast<std::size_t>(i * k + r)] = best[static_cast<std::size_t>(r)].item;
+                                       scores[static_cast<std::size_t>(i * k + r)] = best[static_cast<std::size_t>(r)].score;
+                                     }
                                    }
-                                   for (Index r = 0; r < k; ++r) {
-                                     items[static_cast<std::size_t>(i * k + r)] = best[static_cast<std::size_t>(r)].item;
-                                     scores[static_cast<std::size_t>(i * k + r)] = best[static_cast<std::size_t>(r)].score;
-                                   }
-                                 }
-                               });
+                                 }, shard, shards);
+  });
+  if (shards > 1) {  // every process gets every block: one sum (each value is one process's plus zeros)
+    std::vector<double> ids(items.begin(), items.end());
+    collective->sum(ids.data(), ids.size());
+    std::transform(ids.begin(), ids.end(), items.begin(), [](double v) { return static_cast<ItemId>(v); });
+    collective->sum(scores.data(), scores.size());
+  }
   RankingSignals ranking(k, ScoreOrder::kHigherIsBetter, "exported from a model");
   for (Index i = 0; i < count; ++i) {
     ranking.add(examples[static_cast<std::size_t>(i)].id, items.data() + i * k, scores.data() + i * k);

@@ -38,6 +38,7 @@
 #pragma once
 
 #include "distillrec/backend/parallel.hpp"
+#include "distillrec/core/collective.hpp"
 #include "distillrec/core/error.hpp"
 #include "distillrec/core/types.hpp"
 #include "distillrec/data/examples.hpp"
@@ -144,11 +145,15 @@ class TeacherSignals {
 
 /// Runs a frozen teacher (inference, no gradients) over every training example's window and
 /// keeps its hidden states at `layers`, keyed by the example ids. item_raw_ids (optional, dense
-/// item -> raw id) fills last_items. Parallel over blocks of examples.
+/// item -> raw id) fills last_items. Parallel over blocks of examples; with a collective
+/// (core/collective.hpp) each process runs the teacher on every size()-th block and the states
+/// are summed across the processes, so every process ends with all of them (the one-process
+/// values exactly: each is one process's value plus zeros).
 template <typename T>
 TeacherSignals<T> compute_teacher_signals(const models::LLMRec<T>& teacher, const std::vector<Index>& layers,
                                           const data::ExampleSplit& split, AlignPositions positions,
-                                          const std::vector<std::int64_t>* item_raw_ids = nullptr, Index block_examples = 256) {
+                                          const std::vector<std::int64_t>* item_raw_ids = nullptr, Index block_examples = 256,
+                                          Collective* collective = nullptr) {
   if (split.num_items != teacher.num_items()) {
     throw ShapeError(detail::concat("teacher signals: the data has ", split.num_items, " items, the teacher ", teacher.num_items()));
   }
@@ -164,30 +169,57 @@ TeacherSignals<T> compute_teacher_signals(const models::LLMRec<T>& teacher, cons
   std::vector<Matrix<T>> results(static_cast<std::size_t>(num_examples));
   const Index block = std::max<Index>(1, block_examples);
   const Index num_blocks = (num_examples + block - 1) / block;
-  parallel::ExceptionCollector errors;
+  const int shards = collective != nullptr ? collective->size() : 1;
+  const int shard = collective != nullptr ? collective->rank() : 0;
+  run_agreeing_on_failure(collective, "teacher signals", [&] {
+    parallel::ExceptionCollector errors;
 #pragma omp parallel if (num_blocks > 1 && !parallel::in_parallel())
-  {
-    typename models::LLMRec<T>::Workspace ws;
-    std::vector<Sequence> windows;
+    {
+      typename models::LLMRec<T>::Workspace ws;
+      std::vector<Sequence> windows;
 #pragma omp for schedule(dynamic, 1)
-    for (Index bi = 0; bi < num_blocks; ++bi) errors.run([&] {
-      const Index begin = bi * block, end = std::min(num_examples, begin + block);
-      windows.clear();
-      for (Index i = begin; i < end; ++i) windows.push_back(split.window(examples[static_cast<std::size_t>(i)], max_length));
-      teacher.forward_hidden_states(windows, ws);
-      for (Index i = begin; i < end; ++i) {
-        const Index s = i - begin;
-        const Index first = positions == AlignPositions::kLast ? ws.layout.last(s) : ws.layout.begin(s);
-        const Index rows = positions == AlignPositions::kLast ? 1 : ws.layout.length(s);
-        Matrix<T>& out = results[static_cast<std::size_t>(i)];
-        out.resize(rows, width);
-        for (std::size_t b = 0; b < layers.size(); ++b) {
-          out.middleCols(static_cast<Index>(b) * h, h) = teacher.hidden_state(ws, layers[b]).middleRows(first, rows);
+      for (Index bi = 0; bi < num_blocks; ++bi) errors.run([&] {
+        const Index begin = bi * block, end = std::min(num_examples, begin + block);
+        if (bi % shards != shard) {  // another process's block: the right shape, zeros
+          for (Index i = begin; i < end; ++i) {
+            const Index rows = positions == AlignPositions::kLast ? 1 : std::min(examples[static_cast<std::size_t>(i)].end, max_length);
+            results[static_cast<std::size_t>(i)].setZero(rows, width);
+          }
+          return;
         }
-      }
-    });
+        windows.clear();
+        for (Index i = begin; i < end; ++i) windows.push_back(split.window(examples[static_cast<std::size_t>(i)], max_length));
+        teacher.forward_hidden_states(windows, ws);
+        for (Index i = begin; i < end; ++i) {
+          const Index s = i - begin;
+          const Index first = positions == AlignPositions::kLast ? ws.layout.last(s) : ws.layout.begin(s);
+          const Index rows = positions == AlignPositions::kLast ? 1 : ws.layout.length(s);
+          Matrix<T>& out = results[static_cast<std::size_t>(i)];
+          out.resize(rows, width);
+          for (std::size_t b = 0; b < layers.size(); ++b) {
+            out.middleCols(static_cast<Index>(b) * h, h) = teacher.hidden_state(ws, layers[b]).middleRows(first, rows);
+          }
+        }
+      });
+    }
+    errors.rethrow();
+  });
+  if (shards > 1) {  // every process gets every block: one sum of all states
+    std::size_t total = 0;
+    for (const auto& m : results) total += static_cast<std::size_t>(m.size());
+    std::vector<T> flat(total);
+    std::size_t at = 0;
+    for (const auto& m : results) {
+      std::copy(m.data(), m.data() + m.size(), flat.begin() + static_cast<std::ptrdiff_t>(at));
+      at += static_cast<std::size_t>(m.size());
+    }
+    collective->sum(flat.data(), flat.size());
+    at = 0;
+    for (auto& m : results) {
+      std::copy(flat.begin() + static_cast<std::ptrdiff_t>(at), flat.begin() + static_cast<std::ptrdiff_t>(at + static_cast<std::size_t>(m.size())), m.data());
+      at += static_cast<std::size_t>(m.size());
+    }
   }
-  errors.rethrow();
   TeacherSignals<T> signals(layers, h, positions, "in-process teacher");
   for (Index i = 0; i < num_examples; ++i) {
     const data::Example& e = examples[static_cast<std::size_t>(i)];

@@ -27,6 +27,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdint>
 #include <cstdlib>
 #include <iostream>
 #include <string>
@@ -107,6 +108,7 @@ class Communicator final : public Collective {
 
   void sum(float* data, std::size_t count) override { allreduce(data, count, MPI_FLOAT); }
   void sum(double* data, std::size_t count) override { allreduce(data, count, MPI_DOUBLE); }
+  void bitwise_or(std::uint64_t* data, std::size_t count) override { allreduce(data, count, MPI_UINT64_T, MPI_BOR); }
 
   void broadcast(void* data, std::size_t bytes) override {
     auto* p = static_cast<char*>(data);
@@ -131,13 +133,13 @@ class Communicator final : public Collective {
   }
 
  private:
-  void allreduce(void* data, std::size_t count, MPI_Datatype type) {
+  void allreduce(void* data, std::size_t count, MPI_Datatype type, MPI_Op op = MPI_SUM) {
     int type_size = 0;
     detail::check(MPI_Type_size(type, &type_size), "MPI_Type_size");
     auto* p = static_cast<char*>(data);
     for (std::size_t done = 0; done < count; done += detail::kChunk) {
       const std::size_t n = std::min(detail::kChunk, count - done);
-      detail::check(MPI_Allreduce(MPI_IN_PLACE, p + done * static_cast<std::size_t>(type_size), static_cast<int>(n), type, MPI_SUM, comm_),
+      detail::check(MPI_Allreduce(MPI_IN_PLACE, p + done * static_cast<std::size_t>(type_size), static_cast<int>(n), type, op, comm_),
                     "MPI_Allreduce");
     }
   }

@@ -39,6 +39,7 @@ struct EpochRecord {
   std::optional<eval::EvaluationResult> validation;
   std::map<std::string, double> terms;  // "<term>.<component>": mean over the epoch's steps
   double communication_seconds = 0.0;   // data-parallel: inside the sums across processes (included in seconds)
+  double exchanged_bytes_per_step = 0.0;  // data-parallel: passed to the collective calls per step and process
 
   nlohmann::json to_json() const {
     nlohmann::json j{{"epoch", epoch}, {"loss", loss}, {"seconds", seconds}, {"steps_per_second", steps_per_second},
@@ -46,6 +47,7 @@ struct EpochRecord {
     if (validation) j["validation"] = validation->to_json();
     if (!terms.empty()) j["terms"] = terms;
     if (communication_seconds > 0) j["communication_seconds"] = communication_seconds;
+    if (exchanged_bytes_per_step > 0) j["exchanged_bytes_per_step"] = exchanged_bytes_per_step;
     return j;
   }
 
@@ -59,6 +61,7 @@ struct EpochRecord {
     if (j.contains("validation")) r.validation = eval::EvaluationResult::from_json(j.at("validation"));
     if (j.contains("terms")) r.terms = j.at("terms").get<std::map<std::string, double>>();
     r.communication_seconds = j.value("communication_seconds", 0.0);
+    r.exchanged_bytes_per_step = j.value("exchanged_bytes_per_step", 0.0);
     return r;
   }
 };

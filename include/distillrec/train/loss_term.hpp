@@ -9,8 +9,9 @@
 //   zeroes them, scatters the newest-token gradients into the all-token ones and runs the model's
 //   backward once); the prediction rows with their targets and the negatives the base objective
 //   drew; the trainer's generator (any draw a term makes comes from it, so a seed fixes the run;
-//   a draw per example comes from sequence_rng() when the batch has per-example streams); the
-//   global batch's counts and, in data-parallel training, sums across the processes.
+//   a draw for one example goes through draw_for_sequence(), keyed per example when the batch has
+//   per-example streams); the global batch's counts and, in data-parallel training, sums across
+//   the processes.
 //
 // A term may own trainable parameters (parameters()): the trainer's optimiser, gradient
 // clipping, best-epoch snapshot and checkpoints handle them like the model's. A term adds its
@@ -72,11 +73,18 @@ struct StepContext {
   void sum_across_shards(U* data, std::size_t count) const {
     if (collective != nullptr && collective->size() > 1) collective->sum(data, count);
   }
-  /// The generator for a random draw that belongs to sequence s: ctx.rng in sequence, or, with
-  /// per-example streams (batch.per_example_streams), a stream keyed by the step and the
-  /// sequence's training example (then the same on any number of processes).
+  /// A stream keyed by the step, `purpose` and sequence s's training example: the same on any
+  /// number of processes.
   Rng sequence_rng(Index s, std::uint64_t purpose) const {
     return Rng(batch.step_seed ^ (purpose * 0x9e3779b97f4a7c15ULL)).derive(static_cast<std::uint64_t>(example_index(s)));
+  }
+  /// Returns draw(generator) for a random draw that belongs to sequence s: ctx.rng in sequence,
+  /// or, with per-example streams (batch.per_example_streams), sequence_rng(s, purpose).
+  template <typename Draw>
+  auto draw_for_sequence(Index s, std::uint64_t purpose, Draw&& draw) const {
+    if (!per_example_streams()) return draw(rng);
+    Rng keyed = sequence_rng(s, purpose);
+    return draw(keyed);
   }
   bool per_example_streams() const { return batch.per_example_streams; }
 

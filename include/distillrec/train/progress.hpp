@@ -61,7 +61,8 @@ class ProgressPrinter {
       text += buffer;
     }
     if (record.communication_seconds > 0) {
-      std::snprintf(buffer, sizeof(buffer), "  (%.2fs summing across processes)", record.communication_seconds);
+      std::snprintf(buffer, sizeof(buffer), "  (%.2fs summing across processes, %.2f MB per step)", record.communication_seconds,
+                    record.exchanged_bytes_per_step / 1e6);
       text += buffer;
     }
     text += "  ETA " + format_duration(eta_seconds);

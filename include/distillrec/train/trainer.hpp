@@ -28,7 +28,8 @@
 // by the global batch's counts, and after the backward pass one sum across the processes (the
 // first thing after the loss terms' after_backward, before the after_backward hooks) turns
 // every process's gradients into the global batch's, with the step's loss and a failure flag in
-// the same call. Random draws are keyed per example (random_streams), so the masks, and so
+// the same call (item tables of at least sparse_rows rows go by the rows some process touched,
+// after one OR of a bit per row: train/gradient_exchange.hpp). Random draws are keyed per example (random_streams), so the masks, and so
 // the model after k steps, do not depend on the number of processes. Every process then takes
 // the same optimiser step, validates the same model (each process ranks a share of the
 // validation examples, and the ranks are summed: identical metrics everywhere, so best-epoch and
@@ -50,6 +51,7 @@
 #include "distillrec/optim/clip.hpp"
 #include "distillrec/optim/schedule.hpp"
 #include "distillrec/core/collective.hpp"
+#include "distillrec/train/gradient_exchange.hpp"
 #include "distillrec/train/hooks.hpp"
 #include "distillrec/train/loss_term.hpp"
 #include "distillrec/train/objective.hpp"
@@ -112,6 +114,11 @@ struct TrainerConfig {
   std::string resume_from;
   /// Data-parallel training across processes (see the header comment); nullptr: one process.
   std::shared_ptr<Collective> collective;
+  /// Data-parallel: parameter tensors with at least this many rows (the item tables) exchange
+  /// only the rows some process's step touched (train/gradient_exchange.hpp); 0 sums every
+  /// tensor whole. The default is this machine's measured switch-over (README).
+  Index sparse_rows = kDefaultSparseRows;
+  static constexpr Index kDefaultSparseRows = 16384;
 
   /// Whether steps draw from per-example streams.
   bool per_example_streams() const {
@@ -127,6 +134,7 @@ struct TrainerConfig {
       throw ConfigError("trainer: eval_every, patience and warmup_steps must be >= 0");
     }
     if (!(clip_norm >= 0.0)) throw ConfigError("trainer: clip_norm must be >= 0");
+    if (sparse_rows < 0) throw ConfigError(detail::concat("trainer: sparse_rows must be >= 0, got ", sparse_rows));
     if (collective != nullptr && collective->size() > 1 && random_streams == RandomStreams::kSequential) {
       throw ConfigError("trainer: data-parallel training needs per-example random streams (sequential masks depend on the shard)");
     }
@@ -378,11 +386,9 @@ class Trainer {
                                  " steps per epoch, objective ", to_string(config_.objective.objective), term_names, processes, ", ",
                                  parallel::max_threads(), " threads", config_.per_example_streams() ? ", per-example random streams" : ""));
     if (config_.data_parallel()) {
-      std::size_t values = 2;
-      for (const auto* group : groups_) values += static_cast<std::size_t>(group->buffer_size());
+      exchange_.configure(groups_, config_.collective.get(), config_.sparse_rows);
       progress.line(detail::concat("data-parallel: global batches of ", config_.batch_size, " examples over ", config_.collective->size(),
-                                   " processes; one sum of ", values, " values (", static_cast<double>(values * sizeof(T)) / 1e6,
-                                   " MB) per step"));
+                                   " processes; ", exchange_.description()));
       // Every process starts from rank 0's parameters (they agree already when built from the
       // same seed; this makes it so whatever the caller did).
       for (auto* group : groups_) config_.collective->broadcast(group->values(), static_cast<std::size_t>(group->buffer_size()) * sizeof(T));
@@ -446,7 +452,7 @@ class Trainer {
   EpochRecord train_epoch(Index epoch, ProgressPrinter& progress) {
     const auto start = std::chrono::steady_clock::now();
     batcher_->start_epoch(static_cast<std::uint64_t>(epoch - 1));
-    communication_seconds_ = 0.0;
+    exchange_.reset_statistics();
     for (const auto& term : terms_) term->take_report();  // components from now on
     double loss_sum = 0.0;
     Index steps = 0;
@@ -466,7 +472,9 @@ class Trainer {
     record.seconds = seconds_since(start);
     record.steps_per_second = record.seconds > 0 ? static_cast<double>(steps) / record.seconds : 0.0;
     record.learning_rate = lr;
-    record.communication_seconds = communication_seconds_;
+    const auto& exchanged = exchange_.statistics();
+    record.communication_seconds = exchanged.seconds;
+    if (exchanged.steps > 0) record.exchanged_bytes_per_step = exchanged.bytes / static_cast<double>(exchanged.steps);
     for (const auto& term : terms_) {
       for (const auto& [component, value] : term->take_report()) record.terms[term->name() + "." + component] = value;
     }
@@ -492,31 +500,14 @@ class Trainer {
       } catch (...) {
         failure = std::current_exception();
       }
-      std::size_t total = 2;
-      for (const auto* group : groups_) total += static_cast<std::size_t>(group->buffer_size());
-      staging_.resize(total);
-      std::size_t at = 0;
-      for (const auto* group : groups_) {
-        std::copy(group->grads(), group->grads() + group->buffer_size(), staging_.begin() + static_cast<std::ptrdiff_t>(at));
-        at += static_cast<std::size_t>(group->buffer_size());
-      }
-      staging_[at] = failure ? T(0) : loss;
-      staging_[at + 1] = failure ? T(1) : T(0);
-      const auto sum_start = std::chrono::steady_clock::now();
-      config_.collective->sum(staging_.data(), staging_.size());
-      communication_seconds_ += seconds_since(sum_start);
+      if (!exchange_.configured()) exchange_.configure(groups_, config_.collective.get(), config_.sparse_rows);
+      const auto outcome = exchange_.exchange(failure ? T(0) : loss, failure != nullptr);
       if (failure) std::rethrow_exception(failure);
-      if (staging_[at + 1] != T(0)) {
+      if (outcome.failed_elsewhere) {
         throw Error(detail::concat("training stopped at epoch ", epoch, ", step ", step, ": another process failed (its error is in its output)"));
       }
-      loss = staging_[at];
+      loss = outcome.loss;
       if (!std::isfinite(static_cast<double>(loss))) throw diverged(loss, epoch, step);
-      at = 0;
-      for (auto* group : groups_) {
-        std::copy(staging_.begin() + static_cast<std::ptrdiff_t>(at), staging_.begin() + static_cast<std::ptrdiff_t>(at + static_cast<std::size_t>(group->buffer_size())),
-                  group->grads());
-        at += static_cast<std::size_t>(group->buffer_size());
-      }
     }
     StepInfo info;
     info.epoch = epoch;
@@ -575,6 +566,7 @@ class Trainer {
   }
 
   void rebuild_groups() {
+    exchange_ = GradientExchange<T>();  // planned again over the new groups at the next step
     groups_.assign(1, &model_.parameters());
     for (const auto& term : terms_) {
       if (auto* p = term->parameters()) groups_.push_back(p);
@@ -622,8 +614,7 @@ class Trainer {
   StepBuffers<Model> buffers_;
   std::vector<std::shared_ptr<Term>> terms_;
   std::vector<Parameters<T>*> groups_;
-  std::vector<T> staging_;  // data-parallel: gradients, loss and failure flag, summed in one call
-  double communication_seconds_ = 0.0;  // this epoch's, inside the sums
+  GradientExchange<T> exchange_;  // data-parallel: the gradients, loss and failure flag of every step
   // fit()'s progress (members so that a state file can hold them)
   TrainingSummary summary_;
   std::vector<Parameters<T>> best_;  // the best epoch's parameters, one per group

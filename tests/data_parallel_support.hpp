@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cmath>
 #include <condition_variable>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -240,12 +241,23 @@ inline double max_abs(const std::vector<float>& a) {
   return worst;
 }
 
-/// Largest absolute difference between two runs' values (infinity if their sizes differ).
+/// Largest absolute difference between two runs' values (infinity if their sizes differ or a
+/// value is not a number).
 inline double max_difference(const std::vector<float>& a, const std::vector<float>& b) {
   if (a.size() != b.size()) return INFINITY;
   double worst = 0.0;
-  for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(static_cast<double>(a[i]) - static_cast<double>(b[i])));
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    const double d = std::abs(static_cast<double>(a[i]) - static_cast<double>(b[i]));
+    if (std::isnan(d)) return INFINITY;
+    worst = std::max(worst, d);
+  }
   return worst;
+}
+
+/// Whether two runs' values are the same bit for bit (-0.0 and +0.0 differ; NaN equals only
+/// the same NaN).
+inline bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
 }
 
 /// Largest difference between two runs' gradients over all steps, relative to the largest gradient.
@@ -286,8 +298,8 @@ class ThreadGroup {
   template <typename U>
   static void sum_into(const std::vector<void*>& buffers, std::size_t count) {
     for (std::size_t i = 0; i < count; ++i) {
-      U total = U(0);
-      for (void* b : buffers) total += static_cast<U*>(b)[i];
+      U total = static_cast<U*>(buffers[0])[i];  // not 0 + ...: -0.0 stays -0.0, as in MPI's sum
+      for (std::size_t r = 1; r < buffers.size(); ++r) total += static_cast<U*>(buffers[r])[i];
       for (void* b : buffers) static_cast<U*>(b)[i] = total;
     }
   }
@@ -295,22 +307,30 @@ class ThreadGroup {
     for (std::size_t r = 1; r < buffers.size(); ++r) std::copy_n(static_cast<const char*>(buffers[0]), bytes, static_cast<char*>(buffers[r]));
   }
 
+  /// Every member passes its buffer and count; the last to arrive combines them. Counts that
+  /// differ (a real collective's undefined behaviour) make every member throw.
   void meet(int rank, void* data, std::size_t count, Combine combine) {
     std::unique_lock<std::mutex> lock(mutex_);
     const long generation = generation_;
     buffers_[static_cast<std::size_t>(rank)] = data;
+    counts_[static_cast<std::size_t>(rank)] = count;
     if (++arrived_ == size_) {
-      combine(buffers_, count);
+      mismatch_ = std::any_of(counts_.begin(), counts_.end(), [&](std::size_t c) { return c != count; });
+      if (!mismatch_) combine(buffers_, count);
       arrived_ = 0;
       ++generation_;
       released_.notify_all();
     } else {
       released_.wait(lock, [&] { return generation_ != generation; });
     }
+    // Read before this member can arrive again, so no later call overwrites it first.
+    if (mismatch_) throw std::logic_error("thread group: members passed different counts to one collective call");
   }
 
   int size_;
   std::vector<void*> buffers_;
+  std::vector<std::size_t> counts_ = std::vector<std::size_t>(static_cast<std::size_t>(size_), 0);
+  bool mismatch_ = false;
   std::mutex mutex_;
   std::condition_variable released_;
   int arrived_ = 0;

@@ -67,7 +67,7 @@ TEST_CASE("Data-parallel training on 2 and 3 members takes the steps one process
       }
       const auto group = run_group(kind, size, options);
       for (int r = 0; r < size; ++r) REQUIRE(group.errors[static_cast<std::size_t>(r)].empty());
-      for (int r = 1; r < size; ++r) CHECK(dp::max_difference(group.results[0].values, group.results[static_cast<std::size_t>(r)].values) == 0.0);
+      for (int r = 1; r < size; ++r) CHECK(dp::bitwise_equal(group.results[0].values, group.results[static_cast<std::size_t>(r)].values));
       CHECK(group.results[0].steps == single.steps);
       const double diff = dp::max_difference(single.values, group.results[0].values);
       INFO("largest parameter difference after " << single.steps << " steps: " << diff << " (another seed: " << seed_difference << ")");
@@ -106,7 +106,7 @@ TEST_CASE("A last batch smaller than the number of members leaves a shard empty,
     const auto group = run_group(kind, 2, replay);
     REQUIRE(group.errors[0].empty());
     REQUIRE(group.errors[1].empty());
-    CHECK(dp::max_difference(group.results[0].values, group.results[1].values) == 0.0);
+    CHECK(dp::bitwise_equal(group.results[0].values, group.results[1].values));
     CHECK(dp::relative_grad_difference(single, group.results[1]) <= 1e-5);  // the last step's shard 0 holds no example
     CHECK(group.results[1].steps == single.steps);
   }
@@ -150,9 +150,9 @@ TEST_CASE("Item tables exchanged by touched rows train exactly as with the dense
     }
     REQUIRE(rows.results[0].step_grads.size() == dense.results[0].step_grads.size());
     for (std::size_t k = 0; k < dense.results[0].step_grads.size(); ++k) {
-      CHECK(dp::max_difference(dense.results[0].step_grads[k], rows.results[0].step_grads[k]) == 0.0);
+      CHECK(dp::bitwise_equal(dense.results[0].step_grads[k], rows.results[0].step_grads[k]));
     }
-    CHECK(dp::max_difference(dense.results[0].values, rows.results[1].values) == 0.0);
+    CHECK(dp::bitwise_equal(dense.results[0].values, rows.results[1].values));
     const auto& dense_epoch = dense.results[0].summary.epochs.at(0);
     const auto& rows_epoch = rows.results[0].summary.epochs.at(0);
     CHECK(dense_epoch.exchanged_bytes_per_step > 0.0);
@@ -184,7 +184,7 @@ struct ExchangeGroups {
 
 /// Member r's gradients: every dense value, and rows r, r+3, r+6, ... of both tables up to row
 /// 60 + 10 r (so members touch different rows, some rows by several).
-void fill_member_gradients(ExchangeGroups& g, int r) {
+void fill_member_gradients(ExchangeGroups& g, int r, Index reach = 1) {
   Rng rng(static_cast<std::uint64_t>(100 + r));
   for (const char* name : {"dense.a", "dense.b"}) {
     auto m = g.first.grad(g.first.find(name));
@@ -192,7 +192,8 @@ void fill_member_gradients(ExchangeGroups& g, int r) {
   }
   for (auto* group : g.groups()) {
     auto table = group->grad(group->count() > 1 ? group->find("table") : group->find("other_table"));
-    for (Index row = r; row < 60 + 10 * r; row += 3) {
+    const Index end = std::min<Index>(table.rows(), (60 + 10 * r) * reach);
+    for (Index row = r; row < end; row += 3) {
       for (Index c = 0; c < table.cols(); ++c) table(row, c) = static_cast<float>(rng.normal());
     }
   }
@@ -205,7 +206,7 @@ struct ExchangeRun {
   std::vector<std::string> errors;
 };
 
-ExchangeRun run_exchange(int size, Index sparse_rows, int failing = -1) {
+ExchangeRun run_exchange(int size, Index sparse_rows, int failing = -1, Index reach = 1) {
   ExchangeRun out;
   out.grads.resize(static_cast<std::size_t>(size));
   out.outcomes.resize(static_cast<std::size_t>(size));
@@ -213,7 +214,7 @@ ExchangeRun run_exchange(int size, Index sparse_rows, int failing = -1) {
   out.errors = dp::on_members(size, [&](const std::shared_ptr<dp::ThreadGroup::Member>& member) {
     const int r = member->rank();
     ExchangeGroups g;
-    fill_member_gradients(g, r);
+    fill_member_gradients(g, r, reach);
     train::GradientExchange<float> exchange;
     exchange.configure(g.groups(), member.get(), sparse_rows);
     out.outcomes[static_cast<std::size_t>(r)] = exchange.exchange(static_cast<float>(r + 1), r == failing);
@@ -270,6 +271,39 @@ TEST_CASE("The gradient exchange sums dense tensors whole and large tables by th
     CHECK(failed.grads[0] == own.grads());
   }
   CHECK_THROWS_WITH(train::GradientExchange<float>().exchange(1.0f, false), Catch::Contains("before configure"));
+
+  // A union over half of a table: the table goes whole (a straight copy), still exactly.
+  std::vector<float> wide;
+  for (int r = 0; r < size; ++r) {
+    ExchangeGroups g;
+    fill_member_gradients(g, r, 3);
+    const auto mine = g.grads();
+    if (wide.empty()) wide.assign(mine.size(), 0.0f);
+    for (std::size_t i = 0; i < mine.size(); ++i) wide[i] += mine[i];
+  }
+  const auto whole = run_exchange(size, 100, -1, 3);
+  for (int r = 0; r < size; ++r) {
+    REQUIRE(whole.errors[static_cast<std::size_t>(r)].empty());
+    CHECK(whole.grads[static_cast<std::size_t>(r)] == wide);
+  }
+  CHECK(whole.statistics[0].item_rows == 500.0);
+}
+
+TEST_CASE("Processes whose parameters differ stop at the exchange's set-up with a clear error", "[train][data-parallel]") {
+  using namespace data_parallel_unit;
+  for (const bool other_rows : {false, true}) {  // another sparse_rows, or another model on one member
+    const auto errors = dp::on_members(3, [&](const std::shared_ptr<dp::ThreadGroup::Member>& member) {
+      ExchangeGroups g;
+      Parameters<float> extra;
+      extra.declare("extra", 3, 3);
+      extra.allocate();
+      std::vector<Parameters<float>*> groups = g.groups();
+      if (!other_rows && member->rank() == 2) groups.push_back(&extra);
+      train::GradientExchange<float> exchange;
+      exchange.configure(groups, member.get(), other_rows && member->rank() == 1 ? 0 : 100);
+    });
+    for (const auto& e : errors) CHECK_THAT(e, Catch::Contains("the processes' parameters differ"));
+  }
 }
 
 TEST_CASE("Batcher shards cut every global batch into contiguous slices with the global counts", "[data][batcher][data-parallel]") {
@@ -456,7 +490,7 @@ TEST_CASE("Teacher signals and rankings computed on several members equal one pr
       });
       for (int r = 0; r < size; ++r) {
         REQUIRE(errors[static_cast<std::size_t>(r)].empty());
-        CHECK(got[static_cast<std::size_t>(r)] == single.data());
+        CHECK(dp::bitwise_equal(got[static_cast<std::size_t>(r)], single.data()));
       }
     }
   }
@@ -472,7 +506,7 @@ TEST_CASE("Teacher signals and rankings computed on several members equal one pr
   for (std::size_t r = 0; r < 3; ++r) {
     REQUIRE(errors[r].empty());
     CHECK(items[r] == std::vector<ItemId>(ranking.items(0), ranking.items(0) + ranking.num_examples() * 10));
-    CHECK(scores[r] == std::vector<float>(ranking.scores(0), ranking.scores(0) + ranking.num_examples() * 10));
+    CHECK(dp::bitwise_equal(scores[r], std::vector<float>(ranking.scores(0), ranking.scores(0) + ranking.num_examples() * 10)));
   }
 }
 

@@ -37,8 +37,9 @@ class Collective {
 
   /// In-place elementwise bitwise OR across all processes: which rows of a table any process
   /// touched (the sparse item-row gradient exchange, train/gradient_exchange.hpp). This default
-  /// goes through sum() one bit at a time (64 doubles per word); implementations with a native
-  /// OR (MPI_BOR) override it.
+  /// goes through sum() one bit at a time (64 doubles per word, allocated per call: the
+  /// trainer's steady-state steps then allocate); implementations with a native OR (MPI_BOR)
+  /// override it.
   virtual void bitwise_or(std::uint64_t* data, std::size_t count) {
     std::vector<double> bits(count * 64);
     for (std::size_t w = 0; w < count; ++w)

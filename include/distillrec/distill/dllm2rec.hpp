@@ -413,7 +413,8 @@ RankingSignals compute_ranking_signals(const Model& model, const data::ExampleSp
   const auto& examples = split.examples(part);
   const auto count = static_cast<Index>(examples.size());
   std::vector<ItemId> items(static_cast<std::size_t>(count * k));
-  std::vector<float> scores(items.size());
+  // with a collective, other processes' entries stay -0.0: the sum then gives each value bit for bit
+  std::vector<float> scores(items.size(), collective != nullptr ? -0.0f : 0.0f);
   const auto head = model.output_weights();
   const int shards = collective != nullptr ? collective->size() : 1;
   const int shard = collective != nullptr ? collective->rank() : 0;
@@ -438,7 +439,7 @@ RankingSignals compute_ranking_signals(const Model& model, const data::ExampleSp
                                    }
                                  }, shard, shards);
   });
-  if (shards > 1) {  // every process gets every block: one sum (each value is one process's plus zeros)
+  if (shards > 1) {  // every process gets every block: one sum (each value is one process's plus zeros, -0.0 for scores)
     std::vector<double> ids(items.begin(), items.end());
     collective->sum(ids.data(), ids.size());
     std::transform(ids.begin(), ids.end(), items.begin(), [](double v) { return static_cast<ItemId>(v); });

@@ -148,7 +148,7 @@ class TeacherSignals {
 /// item -> raw id) fills last_items. Parallel over blocks of examples; with a collective
 /// (core/collective.hpp) each process runs the teacher on every size()-th block and the states
 /// are summed across the processes, so every process ends with all of them (the one-process
-/// values exactly: each is one process's value plus zeros).
+/// values bit for bit: each is one process's value plus -0.0 from the others).
 template <typename T>
 TeacherSignals<T> compute_teacher_signals(const models::LLMRec<T>& teacher, const std::vector<Index>& layers,
                                           const data::ExampleSplit& split, AlignPositions positions,
@@ -180,10 +180,10 @@ TeacherSignals<T> compute_teacher_signals(const models::LLMRec<T>& teacher, cons
 #pragma omp for schedule(dynamic, 1)
       for (Index bi = 0; bi < num_blocks; ++bi) errors.run([&] {
         const Index begin = bi * block, end = std::min(num_examples, begin + block);
-        if (bi % shards != shard) {  // another process's block: the right shape, zeros
+        if (bi % shards != shard) {  // another process's block: the right shape, -0.0 (x + -0.0 is x, bit for bit)
           for (Index i = begin; i < end; ++i) {
             const Index rows = positions == AlignPositions::kLast ? 1 : std::min(examples[static_cast<std::size_t>(i)].end, max_length);
-            results[static_cast<std::size_t>(i)].setZero(rows, width);
+            results[static_cast<std::size_t>(i)].setConstant(rows, width, T(-0.0));
           }
           return;
         }

@@ -13,7 +13,8 @@
 // rows are therefore exchanged in two calls: one bitwise OR of a bit per row (set where this
 // process's gradient row is non-zero), which gives every process the same union of touched
 // rows; then the one sum carries the dense gradients plus only the union's rows, compacted in
-// ascending row order, and every process writes them back. A row that no process touched is zero
+// ascending row order (or the whole table, when the union covers more than half of it), and
+// every process writes them back. A row that no process touched is zero
 // on every process, so the result is the dense sum's (bit for bit wherever the collective adds in
 // the same order for both message sizes, as on 2 processes). The OR costs rows/8 bytes (1/(32 d) of the table's fp32 gradient), the scan for
 // non-zero rows one read of the table: below the switch-over (measured in bench/
@@ -31,6 +32,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <iterator>
 #include <type_traits>
 #include <string>
 #include <vector>
@@ -94,6 +96,7 @@ class GradientExchange {
     for (const auto& s : segments_) dense_values_ += s.count;
     bits_.assign(tables_.empty() ? 0 : words, 0);
     staging_.assign(capacity, T(0));  // sized once: steady-state steps allocate nothing
+    check_same_plan_everywhere();
     configured_ = true;
   }
 
@@ -195,6 +198,24 @@ class GradientExchange {
     std::size_t group = 0, offset = 0, count = 0;
   };
 
+  /// Processes that built different models, loss terms or sparse_rows would pass buffers of
+  /// different sizes to the same collective call (a hang or garbage): every process compares
+  /// its plan with rank 0's, and all throw if any differs. A collective call itself.
+  void check_same_plan_everywhere() {
+    if (collective_->size() == 1) return;
+    const double mine[4] = {static_cast<double>(staging_.size()), static_cast<double>(bits_.size()), static_cast<double>(dense_values_),
+                            static_cast<double>(tables_.size())};
+    double root[4] = {mine[0], mine[1], mine[2], mine[3]};
+    collective_->broadcast(root, sizeof(root));
+    const bool differs = !std::equal(std::begin(mine), std::end(mine), std::begin(root));
+    if (collective_->any(differs)) {
+      throw ConfigError(detail::concat(
+          "data-parallel training: the processes' parameters differ (this process: ", mine[0] - 2, " gradient values, ", mine[3],
+          " tables by rows; rank 0: ", root[0] - 2, " and ", root[3],
+          "); every process must build the same model and loss terms, with the same sparse_rows"));
+    }
+  }
+
   template <typename Call>
   void timed(Call&& call, std::size_t bytes) {
     const auto start = std::chrono::steady_clock::now();
@@ -208,9 +229,28 @@ class GradientExchange {
 
   void mark_touched_rows(const Table& t) { touched_rows(table_grads(t), t.rows, t.cols, bits_.data() + t.first_word); }
 
-  /// Appends the union's rows of `t` to the staging buffer at `at`; returns the new end.
+  /// Rows of `t` in the union (after the OR).
+  std::size_t union_rows(const Table& t) const {
+    std::size_t n = 0;
+    for (std::size_t w = 0; w * 64 < t.rows; ++w) n += static_cast<std::size_t>(__builtin_popcountll(bits_[t.first_word + w]));
+    return n;
+  }
+
+  /// Whether `t` goes whole this step: when the union covers more than half of its rows,
+  /// compacting saves little and a straight copy is cheaper. Every process sees the same union,
+  /// so all decide alike.
+  bool whole_table(const Table& t) const { return 2 * union_rows(t) > t.rows; }
+
+  /// Appends the union's rows of `t` (or all of it, see whole_table) to the staging buffer at
+  /// `at`; returns the new end.
   std::size_t gather_rows(const Table& t, std::size_t at) {
     const T* g = table_grads(t);
+    stats_.item_rows_total += static_cast<double>(t.rows);
+    if (whole_table(t)) {
+      std::copy(g, g + t.rows * t.cols, staging_.data() + at);
+      stats_.item_rows += static_cast<double>(t.rows);
+      return at + t.rows * t.cols;
+    }
     const std::uint64_t* words = bits_.data() + t.first_word;
     std::size_t sent = 0;
     for (std::size_t w = 0; w * 64 < t.rows; ++w) {
@@ -222,12 +262,15 @@ class GradientExchange {
       }
     }
     stats_.item_rows += static_cast<double>(sent);
-    stats_.item_rows_total += static_cast<double>(t.rows);
     return at;
   }
 
   std::size_t scatter_rows(const Table& t, std::size_t at) {
     T* g = table_grads(t);
+    if (whole_table(t)) {
+      std::copy(staging_.data() + at, staging_.data() + at + t.rows * t.cols, g);
+      return at + t.rows * t.cols;
+    }
     const std::uint64_t* words = bits_.data() + t.first_word;
     for (std::size_t w = 0; w * 64 < t.rows; ++w) {
       for (std::uint64_t word = words[w]; word != 0; word &= word - 1) {

@@ -4,7 +4,8 @@ step against the time of the gradient exchange, dense and by item rows, for P pr
 network, from figures measured on this machine.
 
   python3 bench/data_parallel_cost_model.py --log ../shared/data/amazon-games.txt \
-      --bench bench/results/data_parallel_exchange.json --step-ms 9.4 --adam-ns 0.9
+      --bench bench/results/data_parallel_exchange.json --step-ms 6.2 --adam-ns 1.4 \
+      --train-dense-ms 2.55 --train-rows-ms 0.91
 
 Model (per step, every process; weak scaling: each process keeps its batch of `--batch`
 examples, the global batch is P x batch):
@@ -13,16 +14,19 @@ examples, the global batch is P x batch):
               examples including Adam over the measured model, --adam-ns its Adam cost per value
   allreduce = ring: 2 (P-1) alpha + 2 (P-1)/P x bytes / bandwidth
   dense     = allreduce(all gradients)
-  rows      = allreduce(row bits, rows/8 bytes) + allreduce(other gradients + union rows x dim)
+  rows      = allreduce(row bits, rows/8 bytes) + allreduce(other gradients + union rows x dim),
+              plus the scan of the table for touched rows (one read at the measured speed)
 The union of rows a global batch touches is counted on the real log (the model's inputs,
 positives and one uniform negative per position, SASRec's BCE) for amazon-games; for a
 10-million-item catalogue every draw is taken as a new row (uniform draws over 10M items: the
 worst case for the row exchange). The communication does not overlap the backward pass (the
 trainer sums once after it), so a step takes compute + exchange.
 
-With --bench (data_parallel_exchange's JSON from this machine) alpha and bandwidth are first
-fitted to the measured dense exchanges, and the model's prediction of the measured sparse ones
-is printed beside them: the check of the model against measurements.
+The network (bandwidth, latency) is assumed, not measured here. With --bench
+(data_parallel_exchange's JSON from this machine) the same model is first checked against this
+machine: a per-call cost and a cost per byte are fitted to its dense exchanges over shared
+memory, and the model's predictions of its row exchanges (and, with --train-*-ms, of the
+training run's sums) are printed beside the measured ones.
 """
 import argparse
 import json
@@ -81,6 +85,7 @@ def main():
     p.add_argument("--alpha-us", type=float, default=10.0, help="network latency per message (us)")
     p.add_argument("--processes", default="2,8,64,256")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--scan-gbs", type=float, help="the scan for touched rows, GB/s (default: --bench's measurement)")
     p.add_argument("--train-dense-ms", type=float, help="measured summing time per step, dense (train's JSON)")
     p.add_argument("--train-rows-ms", type=float, help="measured summing time per step, by rows")
     args = p.parse_args()
@@ -130,15 +135,25 @@ def main():
 
     alpha = args.alpha_us * 1e-6
     bandwidth = args.gbits * 1e9 / 8
+    if args.scan_gbs is None:
+        if not args.bench:
+            p.error("--scan-gbs or --bench (which holds the measured scan speed) is needed")
+        args.scan_gbs = bench["scan_gb_per_s"]
+    scan_bw = args.scan_gbs * 1e9
     games_values = args.other_values + (num_items + 1) * args.dim
-    per_example_ms = (args.step_ms - games_values * args.adam_ns * 1e-6) / args.batch
+    # the measured step (summing excluded) holds the examples, Adam over every value and the scan
+    # of the games table for touched rows
+    per_example_ms = (args.step_ms - games_values * args.adam_ns * 1e-6 - (num_items + 1) * args.dim * 4 / scan_bw * 1e3) / args.batch
     print(f"model: {args.batch} examples per process and step, {per_example_ms:.4f} ms each; Adam {args.adam_ns} ns per value "
-          f"on every process; ring allreduce at {args.gbits:g} Gbit/s, {args.alpha_us:g} us per message")
+          f"and, for rows, the scan of the table at {args.scan_gbs:g} GB/s on every process; ring allreduce at {args.gbits:g} Gbit/s, "
+          f"{args.alpha_us:g} us per message (assumed, not fitted)")
     print(f"{'catalogue':>10} {'P':>4} {'global':>7} {'steps/ep':>8} {'union rows':>10} {'dense MB':>9} {'rows MB':>8} "
-          f"{'compute ms':>10} {'dense ms':>9} {'rows ms':>8} {'eff dense':>9} {'eff rows':>8} {'ex/s rows':>10}")
+          f"{'compute ms':>10} {'scan ms':>8} {'dense ms':>9} {'rows ms':>8} {'eff dense':>9} {'eff rows':>8} {'ex/s dense':>10} "
+          f"{'ex/s rows':>10}")
     for name, items in (("games", num_items), ("10M", 10_000_000)):
         values = args.other_values + (items + 1) * args.dim
-        compute = args.batch * per_example_ms * 1e-3 + values * args.adam_ns * 1e-9
+        compute = args.batch * per_example_ms * 1e-3 + values * args.adam_ns * 1e-9  # without any exchange
+        scan = (items + 1) * args.dim * 4 / scan_bw  # the row exchange's scan for touched rows
         for processes in (int(x) for x in args.processes.split(",")):
             global_batch = processes * args.batch
             if name == "games":
@@ -152,11 +167,11 @@ def main():
             rows_s = ring_allreduce_seconds((items + 1) / 8, processes, alpha, bandwidth) + \
                 ring_allreduce_seconds(rows_bytes, processes, alpha, bandwidth)
             steps = -(-len(sequences) // global_batch) if name == "games" else 0
+            # efficiency: the step without any exchange over the step with it (and the scan)
             print(f"{name:>10} {processes:>4} {global_batch:>7} {steps if steps else '-':>8} {union:>10.0f} "
-                  f"{dense_bytes / 1e6:>9.1f} {rows_bytes / 1e6:>8.2f} {compute * 1e3:>10.2f} {dense_s * 1e3:>9.2f} "
-                  f"{rows_s * 1e3:>8.2f} {compute / (compute + dense_s):>9.2f} {compute / (compute + rows_s):>8.2f} "
-                  f"{global_batch / (compute + rows_s):>10.0f}")
-
+                  f"{dense_bytes / 1e6:>9.1f} {rows_bytes / 1e6:>8.2f} {compute * 1e3:>10.2f} {scan * 1e3:>8.2f} {dense_s * 1e3:>9.2f} "
+                  f"{rows_s * 1e3:>8.2f} {compute / (compute + dense_s):>9.2f} {compute / (compute + scan + rows_s):>8.2f} "
+                  f"{global_batch / (compute + dense_s):>10.0f} {global_batch / (compute + scan + rows_s):>10.0f}")
 
 if __name__ == "__main__":
     main()

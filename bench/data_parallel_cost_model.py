@@ -14,7 +14,8 @@ examples, the global batch is P x batch):
               examples including Adam over the measured model, --adam-ns its Adam cost per value
   allreduce = ring: 2 (P-1) alpha + 2 (P-1)/P x bytes / bandwidth
   dense     = allreduce(all gradients)
-  rows      = allreduce(row bits, rows/8 bytes) + allreduce(other gradients + union rows x dim),
+  rows      = allreduce(row bits, rows/8 bytes) + allreduce(other gradients + union rows x dim,
+              or the whole table when the union covers more than half of it),
               plus the scan of the table for touched rows (one read at the measured speed)
 The union of rows a global batch touches is counted on the real log (the model's inputs,
 positives and one uniform negative per position, SASRec's BCE) for amazon-games; for a
@@ -162,7 +163,8 @@ def main():
                 mean_positions = sum(min(len(s) - 1, args.max_length) for s in sequences) / len(sequences)
                 union = min(items, 3 * mean_positions * global_batch)  # every draw a new row
             dense_bytes = 4 * values
-            rows_bytes = 4 * (args.other_values + union * args.dim)
+            sent_rows = items + 1 if 2 * union > items + 1 else union  # over half the table: it goes whole
+            rows_bytes = 4 * (args.other_values + sent_rows * args.dim)
             dense_s = ring_allreduce_seconds(dense_bytes, processes, alpha, bandwidth)
             rows_s = ring_allreduce_seconds((items + 1) / 8, processes, alpha, bandwidth) + \
                 ring_allreduce_seconds(rows_bytes, processes, alpha, bandwidth)

@@ -210,6 +210,49 @@ TEMPLATE_TEST_CASE("softmax of a row that is all -inf gives zeros, never NaN", "
   REQUIRE(c[0] == T(0));
 }
 
+TEMPLATE_TEST_CASE("exp_shifted matches its reference, with and without a bias, and scale scales", "[backend][kernels]", float, double) {
+  using T = TestType;
+  const T inf = std::numeric_limits<T>::infinity();
+  const T tol = std::is_same<T, float>::value ? T(2e-6) : T(1e-13);
+  Rng rng(17);
+  for (Index n : {1, 3, 8, 17, 50, 131}) {
+    CAPTURE(n);
+    const Matrix<T> x = test::random_matrix<T>(1, n, rng, 4.0);
+    const Matrix<T> bias = test::random_matrix<T>(1, n, rng, 2.0);
+    for (bool with_bias : {false, true}) {
+      CAPTURE(with_bias);
+      Matrix<T> a = x, b = x;
+      const T* bp = with_bias ? bias.data() : nullptr;
+      const auto pa = backend::kernels::exp_shifted<T>(a.data(), bp, n);
+      const auto pb = backend::kernels::reference::exp_shifted<T>(b.data(), bp, n);
+      const Matrix<T> shifted = with_bias ? Matrix<T>(x + bias) : x;
+      REQUIRE(pa.max == shifted.maxCoeff());
+      REQUIRE(pb.max == pa.max);
+      REQUIRE(std::abs(pa.sum - pb.sum) <= 10 * tol * pb.sum);
+      REQUIRE((a - b).cwiseAbs().maxCoeff() < tol);
+      // sum of the stored exponentials, and softmax = x / sum
+      REQUIRE(std::abs(a.sum() - pa.sum) <= 10 * tol * pa.sum);
+      Matrix<T> soft = shifted;
+      backend::kernels::reference::softmax(soft.data(), n);
+      Matrix<T> scaled = a;
+      backend::kernels::scale<T>(scaled.data(), T(1) / pa.sum, n);
+      REQUIRE((scaled - soft).cwiseAbs().maxCoeff() < 10 * tol);
+    }
+    // all -inf: zeros and {-inf, 0}
+    std::vector<T> masked(static_cast<std::size_t>(n), -inf);
+    const auto pm = backend::kernels::exp_shifted<T>(masked.data(), nullptr, n);
+    REQUIRE(pm.max == -inf);
+    REQUIRE(pm.sum == T(0));
+    for (T v : masked) REQUIRE(v == T(0));
+    // -inf entries among finite ones get exactly zero
+    std::vector<T> some(static_cast<std::size_t>(n), T(1));
+    some[0] = -inf;
+    const auto ps = backend::kernels::exp_shifted<T>(some.data(), nullptr, n);
+    REQUIRE(some[0] == T(0));
+    REQUIRE(ps.sum == Approx(static_cast<double>(n - 1)));
+  }
+}
+
 TEST_CASE("dropout mask keeps 1-p of the entries, scaled by 1/(1-p)", "[backend][kernels]") {
   Rng rng(5);
   std::vector<float> mask(100001);

@@ -104,6 +104,64 @@ TEMPLATE_TEST_CASE("Catalogue softmax cross-entropy gradients, tied and untied h
   REQUIRE_THROWS_AS(ce(h, view<T>(weight), bad, gh, grads<T>(gw), ws), ShapeError);
 }
 
+TEST_CASE("Catalogue softmax over many blocks and bias groups matches the formula, its bias sums whatever the thread count",
+          "[loss][softmax_ce]") {
+  // 70 rows in blocks of 37: several bias-sum groups per block, a group of ignored rows (16-31)
+  // and ignored rows inside other groups; a weight below 1; against dz = (softmax - onehot) * w / count
+  // formed in double from the same logits.
+  Rng rng(21);
+  const Index n = 70, d = 5, items = 3001;  // 37 x 3001 logits: enough for the parallel path
+  const Matrix<float> weight = test::random_matrix<float>(items, d, rng, 2.0);
+  const Matrix<float> bias = test::random_matrix<float>(1, items, rng);
+  const Matrix<float> h = test::random_matrix<float>(n, d, rng, 2.0);
+  std::vector<ItemId> targets(static_cast<std::size_t>(n));
+  for (Index i = 0; i < n; ++i) targets[static_cast<std::size_t>(i)] = static_cast<ItemId>(1 + (i * 7) % items);
+  for (Index i = 16; i < 32; ++i) targets[static_cast<std::size_t>(i)] = kPaddingId;
+  targets[3] = targets[40] = targets[69] = kPaddingId;
+  loss::CatalogueSoftmaxCrossEntropy<float> ce;
+  ce.block_rows = 37;
+  ce.weight = 0.5f;
+  Matrix<double> logits = h.cast<double>() * weight.cast<double>().transpose();
+  logits.rowwise() += bias.cast<double>().row(0);
+  Matrix<double> dz = Matrix<double>::Zero(n, items);
+  double expected = 0.0;
+  Index count = 0;
+  for (Index i = 0; i < n; ++i) count += targets[static_cast<std::size_t>(i)] != kPaddingId;
+  for (Index i = 0; i < n; ++i) {
+    const ItemId t = targets[static_cast<std::size_t>(i)];
+    if (t == kPaddingId) continue;
+    const double m = logits.row(i).maxCoeff();
+    const double lse = m + std::log((logits.row(i).array() - m).exp().sum());
+    expected += lse - logits(i, t - 1);
+    dz.row(i) = (logits.row(i).array() - lse).exp().matrix() * (0.5 / static_cast<double>(count));
+    dz(i, t - 1) -= 0.5 / static_cast<double>(count);
+  }
+  expected /= static_cast<double>(count);
+  const Matrix<double> expected_gh = dz * weight.cast<double>();
+  const Matrix<double> expected_gw = dz.transpose() * h.cast<double>();
+  const Matrix<double> expected_gb = dz.colwise().sum();
+  Matrix<float> first_gb;
+  for (int threads : {1, 2}) {
+    CAPTURE(threads);
+    parallel::set_num_threads(threads);
+    typename loss::CatalogueSoftmaxCrossEntropy<float>::Workspace ws;
+    Matrix<float> gh(n, d), gw = Matrix<float>::Zero(items, d), gb = Matrix<float>::Zero(1, items);
+    const float value = ce(h, view<float>(weight, bias.data()), targets, gh, grads<float>(gw, gb.data()), ws);
+    CHECK(value == Approx(expected).epsilon(1e-5));
+    CHECK((gh.cast<double>() - expected_gh).cwiseAbs().maxCoeff() < 1e-6);
+    CHECK((gw.cast<double>() - expected_gw).cwiseAbs().maxCoeff() < 1e-6);
+    CHECK((gb.cast<double>() - expected_gb).cwiseAbs().maxCoeff() < 1e-6);
+    for (Index i : {16, 25, 31, 3, 40, 69}) CHECK(gh.row(i).isZero());
+    // The bias sums are the loss's own: the same bits on two threads (the GEMMs' are oneDNN's).
+    if (threads == 1) {
+      first_gb = gb;
+    } else {
+      CHECK(gb == first_gb);
+    }
+  }
+  parallel::set_num_threads(2);
+}
+
 TEST_CASE("Binary cross-entropy matches SASRec's formula", "[loss][bce]") {
   Matrix<double> weight(3, 2), h(1, 2);
   weight << 1, 0, 0, 1, 1, 1;

@@ -12,7 +12,10 @@ number of epochs. The machine's speed can drift on a shared host, so the C++ sid
 after the reference and its seconds per epoch are the median over both of its runs. Results are
 printed as a table (and as
 Markdown with --markdown FILE); the raw JSON of both runs is kept in --out.
-Only the Python standard library is needed here; the reference itself needs Debian's
+Both sides run with OMP_WAIT_POLICY=passive unless the caller sets it: PyTorch's OpenMP threads
+otherwise spin while OpenBLAS's own threads work (on a 2-core AVX2 EPYC this made PyTorch's
+GRU4Rec full-softmax epoch on amazon-games about 1.65x slower; set OMP_WAIT_POLICY=active to
+see it on yours); the policy used is printed with the table. Only the Python standard library is needed here; the reference itself needs Debian's
 python3-torch.
 """
 import argparse
@@ -85,6 +88,7 @@ def main():
         args.reference = os.path.join(os.path.dirname(__file__), "pytorch", f"{args.model}_reference.py")
     if args.beta2 is None and args.model == "gru4rec":
         args.beta2 = 0.999
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # PyTorch's faster setting (see above)
 
     os.makedirs(args.out, exist_ok=True)
     cpp_json = os.path.join(args.out, "distillrec.json")
@@ -158,7 +162,7 @@ def main():
     machine = cpp.get("machine", {})
     flags = " ".join(machine.get("cpu_flags", [])) or "?"
     header = (f"{'SASRec' if args.model == 'sasrec' else 'GRU4Rec'} on {os.path.basename(args.data)}, {args.epochs} epochs, "
-              f"loss {args.loss}, {variant}, {args.threads} threads, seed {args.seed}; CPU: {cpu_model()} ({flags}; "
+              f"loss {args.loss}, {variant}, {args.threads} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, seed {args.seed}; CPU: {cpu_model()} ({flags}; "
               f"kernels compiled for {machine.get('kernels_compiled_for', '?')}); torch {torch_version} (BLAS {blas})")
     width = max(len(r[0]) for r in rows)
     print("\n" + header)

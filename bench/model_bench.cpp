@@ -140,7 +140,7 @@ int run(const typename Model::Config& base_config, const Options& o) {
                        {"threads", threads},
                        {"config", {{"model", model_config.to_json()}, {"epochs", trainer_config.epochs},
                                    {"batch_size", trainer_config.batch_size}, {"objective", o.objective},
-                                   {"lr", trainer_config.adam.learning_rate}, {"beta2", trainer_config.adam.beta2},
+                                   {"lr", trainer_config.adam.learning_rate}, {"beta2", trainer_config.adam.beta2}, {"lazy_adam_rows", trainer_config.adam.lazy_rows},
                                    {"seed", trainer_config.seed}}},
                        {"epochs", epochs},
                        {"seconds_per_epoch_median", summary.median_epoch_seconds()},
@@ -181,6 +181,8 @@ int main(int argc, char** argv) {
   app.add_option("--batch-size", o.trainer.batch_size, "Batch size");
   app.add_option("--lr", o.trainer.adam.learning_rate, "Learning rate");
   app.add_option("--beta2", o.trainer.adam.beta2, "Adam beta2");
+  app.add_option("--lazy-adam-rows", o.trainer.adam.lazy_rows, "Adam updates only the touched rows of tensors this tall (0: dense)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--seed", o.trainer.seed, "Seed");
   app.add_option("--threads", o.threads, "Threads for training and batch inference");
   app.add_option("--latency-users", o.latency_users, "Single-user calls timed");

@@ -137,6 +137,9 @@ int main(int argc, char** argv) {
   app.add_option("--lr", lr, "Adam learning rate");
   app.add_option("--beta2", beta2, "Adam beta2");
   app.add_option("--weight-decay", trainer_config.adam.weight_decay, "AdamW weight decay (decoupled)");
+  app.add_option("--lazy-adam-rows", trainer_config.adam.lazy_rows,
+                 "Adam updates only the touched rows of tensors with at least this many rows (item tables; 0: dense, as PyTorch)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--clip-norm", trainer_config.clip_norm, "Gradient-norm clipping (0: off)");
   app.add_option("--eval-every", trainer_config.eval_every, "Validate every k epochs (full ranking)");
   app.add_option("--patience", trainer_config.patience, "Stop after this many validations without improvement (0: never)");
@@ -263,7 +266,7 @@ int main(int argc, char** argv) {
         out["parameters"] = model.parameters().num_scalars();
         out["trainer"] = {{"epochs", trainer_config.epochs},   {"batch_size", trainer_config.batch_size},
                           {"objective", train::to_string(trainer_config.objective.objective)},
-                          {"negatives", trainer_config.num_negatives}, {"lr", lr}, {"beta2", beta2},
+                          {"negatives", trainer_config.num_negatives}, {"lr", lr}, {"beta2", beta2}, {"lazy_adam_rows", trainer_config.adam.lazy_rows},
                           {"matmul_precision", matmul_precision}, {"catalogue_gemm", trainer.objective().catalogue_description()},
                           {"seed", trainer_config.seed},       {"init_seed", init_seed}, {"threads", threads},
                           {"processes", processes.size()},     {"per_example_random_streams", trainer_config.per_example_streams()}};

@@ -82,6 +82,25 @@ TEST_CASE("SASRec with an untied head trains, lowers the loss and beats populari
   CHECK(eval::evaluate_full_ranking(model, split, eval::EvalSplit::kTest).value("NDCG@10") > 1.5 * popularity_ndcg);
 }
 
+TEST_CASE("SASRec with lazy Adam on its item table trains, lowers the loss and beats popularity", "[train][trainer][sasrec][lazy]") {
+  const auto split = test::small_synthetic_split();
+  models::Popularity<float> popularity(split.train, split.num_items);
+  const double popularity_ndcg = eval::evaluate_full_ranking(popularity, split, eval::EvalSplit::kTest).value("NDCG@10");
+  models::SASRec<float> model(small_model(split.num_items));
+  Rng rng(1);
+  model.initialize(rng);
+  train::TrainerConfig config;
+  config.epochs = 12;
+  config.batch_size = 64;
+  config.adam.learning_rate = 3e-3;
+  config.adam.lazy_rows = split.num_items / 2;  // the item table only
+  config.eval_every = 0;
+  config.log = nullptr;
+  const auto summary = train::Trainer<models::SASRec<float>>(model, split, config).fit();
+  CHECK(summary.epochs.back().loss < 0.8 * summary.epochs.front().loss);
+  CHECK(eval::evaluate_full_ranking(model, split, eval::EvalSplit::kTest).value("NDCG@10") > 1.5 * popularity_ndcg);
+}
+
 TEST_CASE("Trainer keeps the best validation epoch, stops early and is deterministic", "[train][trainer]") {
   const auto split = test::small_synthetic_split();
   auto run = [&](Index patience) {

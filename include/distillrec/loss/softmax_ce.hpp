@@ -116,7 +116,9 @@ class CatalogueSoftmaxCrossEntropy {
  public:
   struct Workspace {
     ScratchMatrix<T> logits;               // [block_rows, N]
-    ScratchMatrix<T> items_t, grad_items_t;  // [d, N]: the head's table transposed, and its gradient
+    // [d, N]: the head's table transposed, and its gradient (two table-sized buffers: 12 MB at
+    // 23,715 x 64, 512 MB at a million items, beside the [block_rows, N] logits)
+    ScratchMatrix<T> items_t, grad_items_t;
     std::vector<double> row_loss;
     ScratchMatrix<T> bias_partials;        // [groups of a block, N]: the bias gradient's partial sums
     // bf16 precision: the table, a block of output vectors and of dz as bfloat16, the products.
@@ -170,7 +172,7 @@ class CatalogueSoftmaxCrossEntropy {
 
     // The table is used transposed, [d, N]: oneDNN's sgemm runs the logits h W^T and the
     // table's gradient (W's gradient transposed, h^T dz, summed over the blocks) about a fifth
-    // faster with the N-wide operand untransposed (bench/results/catalogue_softmax_gemm.txt).
+    // faster with the N-wide operand untransposed (bench/catalogue_softmax; bench/results/catalogue_softmax_avx2.txt).
     // Per block: the logits by one GEMM; then each row in place while it is in cache
     // (kernels::exp_shifted: the bias, the max and the exponentials in two passes; a third
     // scales it into dz) and, for the bias gradient, added into its group's partial column

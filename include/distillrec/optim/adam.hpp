@@ -8,6 +8,14 @@
 //     AdamW instead decays first: p *= 1 - lr * weight_decay.
 // The optimiser holds the hyper-parameters; the moments live in an AdamState created for one
 // Parameters buffer. Frozen slices (ParameterInfo::trainable == false) are left untouched.
+//
+// Lazy rows (AdamConfig::lazy_rows > 0, TensorFlow Addons' LazyAdam): in a tensor of at least
+// that many rows (item tables), only the rows whose gradient has any bit set this step are
+// updated, each exactly as above with the global step's bias corrections; an untouched row keeps
+// its value and both moments. That differs from dense Adam, where an untouched row's moments
+// decay and its momentum still moves it (and weight decay shrinks it) every step; in exchange a
+// step reads the table's gradient once instead of reading and writing four table-sized arrays.
+// Its speed and its effect on quality are measured in the README ("Lazy Adam for item tables").
 #pragma once
 
 #include "distillrec/backend/kernels/adam.hpp"
@@ -17,6 +25,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace distillrec::optim {
@@ -28,6 +39,9 @@ struct AdamConfig {
   double eps = 1e-8;
   double weight_decay = 0.0;
   bool decoupled_weight_decay = false;  // true: AdamW
+  /// > 0: tensors with at least this many rows update only the rows their gradient touches
+  /// (see the header comment); 0: every tensor dense, exactly as PyTorch.
+  Index lazy_rows = 0;
 
   void validate() const {
     if (!(learning_rate >= 0.0)) throw ConfigError(detail::concat("Adam: learning rate must be >= 0, got ", learning_rate));
@@ -35,6 +49,7 @@ struct AdamConfig {
     if (!(beta2 >= 0.0 && beta2 < 1.0)) throw ConfigError(detail::concat("Adam: beta2 must be in [0, 1), got ", beta2));
     if (!(eps > 0.0)) throw ConfigError(detail::concat("Adam: eps must be positive, got ", eps));
     if (!(weight_decay >= 0.0)) throw ConfigError(detail::concat("Adam: weight decay must be >= 0, got ", weight_decay));
+    if (lazy_rows < 0) throw ConfigError(detail::concat("Adam: lazy_rows must be >= 0 (0 = dense), got ", lazy_rows));
   }
 };
 
@@ -85,6 +100,19 @@ class Adam {
     for (const auto& info : params.infos()) {
       if (!info.trainable) continue;
       const Index begin = info.offset, size = info.size();
+      if (config_.lazy_rows > 0 && info.rows >= config_.lazy_rows) {
+        // Rows in chunks; each row is tested (its gradient is then in L1) and updated if touched.
+        const Index cols = info.cols, row_chunk = std::max<Index>(1, kChunk / cols);
+        const Index chunks = (info.rows + row_chunk - 1) / row_chunk;
+        parallel::for_each(chunks, chunks > 4 && !parallel::in_parallel(), [&](Index chunk, int) {
+          const Index last = std::min(info.rows, (chunk + 1) * row_chunk);
+          for (Index r = chunk * row_chunk; r < last; ++r) {
+            const Index i = begin + r * cols;
+            if (row_touched(grads + i, cols)) backend::kernels::adam_update(values + i, grads + i, m + i, v + i, cols, c);
+          }
+        });
+        continue;
+      }
       // Ranges of kChunk elements (a multiple of every SIMD width), one kernel call each.
       const Index chunks = (size + kChunk - 1) / kChunk;
       parallel::for_each(chunks, chunks > 4 && !parallel::in_parallel(), [&](Index chunk, int) {
@@ -95,6 +123,20 @@ class Adam {
   }
 
  private:
+  // Whether any value of the row has a bit set (-0.0 counts): an OR of the bit patterns, which
+  // vectorises, with no early exit.
+  template <typename T>
+  static bool row_touched(const T* row, Index cols) {
+    using Bits = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
+    Bits any = 0;
+    for (Index c = 0; c < cols; ++c) {
+      Bits bits;
+      std::memcpy(&bits, row + c, sizeof(T));
+      any |= bits;
+    }
+    return any != 0;
+  }
+
   static constexpr Index kChunk = 16384;
   AdamConfig config_;
 };

@@ -1,8 +1,9 @@
 // The full-catalogue softmax cross-entropy (loss/softmax_ce.hpp) and the GEMMs under it, timed
 // side by side in one process (rounds interleave the variants; medians reported):
 //   1. the three catalogue products of one block of rows, each in both operand layouts: with the
-//      item table W [N, d] as stored and with it transposed to [d, N] (the loss uses the faster
-//      layout of each; this table is why);
+//      item table W [N, d] as stored and with it transposed to [d, N] (the loss keeps the table
+//      transposed: faster for the logits and the table's gradient, alike for grad h). The
+//      gradient products accumulate (beta 1) here; the loss's first block overwrites (beta 0);
 //   2. the machine's fp32 FMA peak on the same threads (independent multiply-add chains in
 //      registers, the widest vectors the kernels were compiled for), to state each rate as a
 //      fraction of it;

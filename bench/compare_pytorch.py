@@ -13,9 +13,10 @@ after the reference and its seconds per epoch are the median over both of its ru
 printed as a table (and as
 Markdown with --markdown FILE); the raw JSON of both runs is kept in --out.
 Both sides run with OMP_WAIT_POLICY=passive unless the caller sets it: PyTorch's OpenMP threads
-otherwise spin while OpenBLAS's own threads work (on a 2-core AVX2 EPYC this made PyTorch's
-GRU4Rec full-softmax epoch on amazon-games about 1.65x slower; set OMP_WAIT_POLICY=active to
-see it on yours); the policy used is printed with the table. Only the Python standard library is needed here; the reference itself needs Debian's
+otherwise spin while OpenBLAS's own threads work, which slowed PyTorch's GRU4Rec full-softmax
+epoch on a 2-core AVX2 EPYC by far more than it changed this library's (set
+OMP_WAIT_POLICY=active to see it on yours). The policy is recorded in --out/environment.json
+and printed with the table ("unrecorded" for results from before it was recorded). Only the Python standard library is needed here; the reference itself needs Debian's
 python3-torch.
 """
 import argparse
@@ -101,7 +102,10 @@ def main():
         common += ["--hidden", str(args.hidden)]
     if args.beta2 is not None:
         common += ["--beta2", str(args.beta2)]
+    environment_json = os.path.join(args.out, "environment.json")
     if not args.reuse:
+        with open(environment_json, "w") as f:  # what the runs below ran under, for --reuse
+            json.dump({"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}, f)
         if not os.path.exists(args.bench_binary):
             sys.exit(f"{args.bench_binary} not found: build it with cmake --build build --target model_bench")
         objective = "softmax" if args.loss == "ce" else "bce"
@@ -161,8 +165,12 @@ def main():
     variant = f"block {args.block_style}" if args.model == "sasrec" else f"head {args.head}"
     machine = cpp.get("machine", {})
     flags = " ".join(machine.get("cpu_flags", [])) or "?"
+    wait_policy = "unrecorded"
+    if os.path.exists(environment_json):
+        with open(environment_json) as f:
+            wait_policy = json.load(f).get("OMP_WAIT_POLICY") or "unset"
     header = (f"{'SASRec' if args.model == 'sasrec' else 'GRU4Rec'} on {os.path.basename(args.data)}, {args.epochs} epochs, "
-              f"loss {args.loss}, {variant}, {args.threads} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, seed {args.seed}; CPU: {cpu_model()} ({flags}; "
+              f"loss {args.loss}, {variant}, {args.threads} threads, OMP_WAIT_POLICY={wait_policy}, seed {args.seed}; CPU: {cpu_model()} ({flags}; "
               f"kernels compiled for {machine.get('kernels_compiled_for', '?')}); torch {torch_version} (BLAS {blas})")
     width = max(len(r[0]) for r in rows)
     print("\n" + header)

@@ -234,16 +234,20 @@ TEMPLATE_TEST_CASE("exp_shifted matches its reference, with and without a bias, 
       REQUIRE(std::abs(a.sum() - pa.sum) <= 10 * tol * pa.sum);
       Matrix<T> soft = shifted;
       backend::kernels::reference::softmax(soft.data(), n);
-      Matrix<T> scaled = a;
+      Matrix<T> scaled = a, scaled_ref = a;
       backend::kernels::scale<T>(scaled.data(), T(1) / pa.sum, n);
+      backend::kernels::reference::scale<T>(scaled_ref.data(), T(1) / pa.sum, n);
+      REQUIRE(scaled == scaled_ref);
       REQUIRE((scaled - soft).cwiseAbs().maxCoeff() < 10 * tol);
     }
-    // all -inf: zeros and {-inf, 0}
-    std::vector<T> masked(static_cast<std::size_t>(n), -inf);
-    const auto pm = backend::kernels::exp_shifted<T>(masked.data(), nullptr, n);
-    REQUIRE(pm.max == -inf);
-    REQUIRE(pm.sum == T(0));
-    for (T v : masked) REQUIRE(v == T(0));
+    // all -inf (also with a finite bias): zeros and {-inf, 0}
+    for (bool with_bias : {false, true}) {
+      std::vector<T> masked(static_cast<std::size_t>(n), -inf);
+      const auto pm = backend::kernels::exp_shifted<T>(masked.data(), with_bias ? bias.data() : nullptr, n);
+      REQUIRE(pm.max == -inf);
+      REQUIRE(pm.sum == T(0));
+      for (T v : masked) REQUIRE(v == T(0));
+    }
     // -inf entries among finite ones get exactly zero
     std::vector<T> some(static_cast<std::size_t>(n), T(1));
     some[0] = -inf;

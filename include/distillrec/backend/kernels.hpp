@@ -5,7 +5,8 @@
 // targets), with a plain scalar twin in `reference::` that the tests hold it to.
 //
 //   kernels/common.hpp         batch type and lane count per instruction set; multiply
-//   kernels/softmax.hpp        softmax (max-subtracted, all -inf rows safe), softmax_backward
+//   kernels/softmax.hpp        softmax (max-subtracted, all -inf rows safe), softmax_backward,
+//                              exp_shifted (the unnormalised softmax of a row plus a bias), scale
 //   kernels/normalization.hpp  layer_norm_forward, rms_norm_forward, norm_backward (shared)
 //   kernels/activation.hpp     relu, gelu, swiglu (and their backward passes), sigmoid, tanh
 //   kernels/gru_gates.hpp      gru_gates_forward / gru_gates_backward (one GRU row, fused)

@@ -126,8 +126,9 @@ class CatalogueSoftmaxCrossEntropy {
     backend::Bf16Gemm gemm;
   };
 
-  /// Rows of a block whose bias gradients are summed together before the groups are added
-  /// (fixed, so the sums' order does not depend on the thread count).
+  /// At most this many rows of a block have their bias gradients summed together before the
+  /// groups are added (the group size depends on the block's height only, so the sums' order
+  /// does not depend on the thread count).
   static constexpr Index kBiasGroupRows = 16;
 
   Reduction reduction = Reduction::kMean;
@@ -162,6 +163,7 @@ class CatalogueSoftmaxCrossEntropy {
       count += t != kPaddingId;
     }
     const Index divisor = reduction == Reduction::kMean ? (denominator > 0 ? denominator : std::max<Index>(count, 1)) : 1;
+    if (n == 0) return T(0);
     if (precision == backend::MatmulPrecision::kBf16) {
       if constexpr (std::is_same<T, float>::value) {
         return compute_bf16(h, head, targets, grad_h, grad_head, ws, divisor);
@@ -171,14 +173,15 @@ class CatalogueSoftmaxCrossEntropy {
     }
 
     // The table is used transposed, [d, N]: oneDNN's sgemm runs the logits h W^T and the
-    // table's gradient (W's gradient transposed, h^T dz, summed over the blocks) about a fifth
-    // faster with the N-wide operand untransposed (bench/catalogue_softmax; bench/results/catalogue_softmax_avx2.txt).
+    // table's gradient (W's gradient transposed, h^T dz, summed over the blocks) 14-23% faster
+    // with the N-wide operand untransposed (grad_h = dz W takes either layout alike) (bench/catalogue_softmax; bench/results/catalogue_softmax_avx2.txt).
     // Per block: the logits by one GEMM; then each row in place while it is in cache
     // (kernels::exp_shifted: the bias, the max and the exponentials in two passes; a third
     // scales it into dz) and, for the bias gradient, added into its group's partial column
-    // sums (groups of kBiasGroupRows rows, summed row after row and then group after group:
-    // one order whatever the thread count); then the two gradient GEMMs. At the end the
-    // transposed table gradient is added into the head's.
+    // sums (groups of up to kBiasGroupRows rows, summed row after row and then group after
+    // group: one order whatever the thread count); then the two gradient GEMMs. At the end the
+    // transposed table gradient is added into the head's. grad_h must not alias h (the table's
+    // gradient reads h after grad_h's block is written).
     auto items_t = ws.items_t.resize(d, num_items);
     transpose_into(head.weight, items_t, /*add=*/false);
     auto grad_items_t = ws.grad_items_t.resize(weight_grad ? d : 0, num_items);
@@ -191,10 +194,14 @@ class CatalogueSoftmaxCrossEntropy {
       auto logits = ws.logits.resize(rows, num_items);
       backend::gemm(backend::Trans::kNo, backend::Trans::kNo, T(1), h.middleRows(start, rows), items_t, T(0), logits);
       ws.row_loss.assign(static_cast<std::size_t>(rows), 0.0);
-      const Index groups = (rows + kBiasGroupRows - 1) / kBiasGroupRows;
+      // Rows in groups: one row per group without a bias gradient; with one, the group's rows
+      // share a partial sum (at most kBiasGroupRows rows, fewer in small blocks so that they
+      // still spread over the threads; the size depends on the block only).
+      const Index group_rows = bias_grad == nullptr ? 1 : std::clamp<Index>(rows / 8, 1, kBiasGroupRows);
+      const Index groups = (rows + group_rows - 1) / group_rows;
       auto partial = ws.bias_partials.resize(bias_grad != nullptr ? groups : 0, num_items);
       parallel::for_each(groups, rows * num_items > 100000 && !parallel::in_parallel(), [&](Index group, int) {
-        const Index first = group * kBiasGroupRows, last = std::min(rows, first + kBiasGroupRows);
+        const Index first = group * group_rows, last = std::min(rows, first + group_rows);
         bool summed = false;
         for (Index i = first; i < last; ++i) {
           T* z = logits.row(i).data();

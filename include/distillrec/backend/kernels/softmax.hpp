@@ -11,6 +11,7 @@
 //                        two passes over the row (the catalogue cross-entropy's fused step:
 //                        the bias add, the max and the exponentials without a pass of their
 //                        own). A row that is all -inf becomes zeros and returns {-inf, 0}.
+//   scale                x <- factor * x
 //
 // xsimd kernels templated on the scalar and on the instruction set (default: the best one the
 // compiler targets), each with a plain scalar twin in `reference::` that the tests hold it to.
@@ -58,6 +59,11 @@ void softmax_backward(const T* y, const T* dy, T* dx, Index n, T scale = T(1)) {
   T dot = 0;
   for (Index i = 0; i < n; ++i) dot += y[i] * dy[i];
   for (Index i = 0; i < n; ++i) dx[i] = scale * y[i] * (dy[i] - dot);
+}
+
+template <typename T>
+void scale(T* x, T factor, Index n) {
+  for (Index i = 0; i < n; ++i) x[i] *= factor;
 }
 
 template <typename T>

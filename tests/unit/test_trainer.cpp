@@ -28,25 +28,37 @@ models::SASRecConfig small_model(ItemId num_items) {
   return config;
 }
 
+// The training settings of the "trains, lowers the loss and beats popularity" tests.
+train::TrainerConfig small_training() {
+  train::TrainerConfig config;
+  config.epochs = 12;
+  config.batch_size = 64;
+  config.adam.learning_rate = 3e-3;
+  config.eval_every = 0;
+  config.log = nullptr;
+  return config;
+}
+
+template <typename Split>
+double popularity_test_ndcg(const Split& split) {
+  models::Popularity<float> popularity(split.train, split.num_items);
+  return eval::evaluate_full_ranking(popularity, split, eval::EvalSplit::kTest).value("NDCG@10");
+}
+
 }  // namespace
 
 TEST_CASE("SASRec training lowers the loss and beats popularity on held-out data, for every objective",
           "[train][trainer][sasrec]") {
   const auto split = test::small_synthetic_split();
-  models::Popularity<float> popularity(split.train, split.num_items);
-  const double popularity_ndcg =
-      eval::evaluate_full_ranking(popularity, split, eval::EvalSplit::kTest).value("NDCG@10");
+  const double popularity_ndcg = popularity_test_ndcg(split);
   for (auto objective : {train::Objective::kBce, train::Objective::kSoftmax, train::Objective::kSampledSoftmax}) {
     CAPTURE(train::to_string(objective));
     models::SASRec<float> model(small_model(split.num_items));
     Rng rng(1);
     model.initialize(rng);
-    train::TrainerConfig config;
-    config.epochs = 12;
-    config.batch_size = 64;
+    train::TrainerConfig config = small_training();
     config.objective.objective = objective;
     config.objective.sampled_negatives = 64;
-    config.adam.learning_rate = 3e-3;
     config.eval_every = 3;
     config.patience = 0;
     std::ostringstream log;
@@ -64,41 +76,28 @@ TEST_CASE("SASRec training lowers the loss and beats popularity on held-out data
 
 TEST_CASE("SASRec with an untied head trains, lowers the loss and beats popularity", "[train][trainer][sasrec]") {
   const auto split = test::small_synthetic_split();
-  models::Popularity<float> popularity(split.train, split.num_items);
-  const double popularity_ndcg = eval::evaluate_full_ranking(popularity, split, eval::EvalSplit::kTest).value("NDCG@10");
+  const double popularity_ndcg = popularity_test_ndcg(split);
   auto model_config = small_model(split.num_items);
   model_config.head = nn::HeadKind::kUntied;
   models::SASRec<float> model(model_config);
   Rng rng(1);
   model.initialize(rng);
-  train::TrainerConfig config;
-  config.epochs = 12;
-  config.batch_size = 64;
-  config.adam.learning_rate = 3e-3;
-  config.eval_every = 0;
-  config.log = nullptr;
-  const auto summary = train::Trainer<models::SASRec<float>>(model, split, config).fit();
+  const auto summary = train::Trainer<models::SASRec<float>>(model, split, small_training()).fit();
   CHECK(summary.epochs.back().loss < 0.8 * summary.epochs.front().loss);
   CHECK(eval::evaluate_full_ranking(model, split, eval::EvalSplit::kTest).value("NDCG@10") > 1.5 * popularity_ndcg);
 }
 
 TEST_CASE("SASRec with lazy Adam on its item table trains, lowers the loss and beats popularity", "[train][trainer][sasrec][lazy]") {
   const auto split = test::small_synthetic_split();
-  models::Popularity<float> popularity(split.train, split.num_items);
-  const double popularity_ndcg = eval::evaluate_full_ranking(popularity, split, eval::EvalSplit::kTest).value("NDCG@10");
+  const double popularity_ndcg = popularity_test_ndcg(split);
   std::vector<Matrix<float>> tables;
   for (Index lazy_rows : {Index{0}, static_cast<Index>(split.num_items / 2)}) {  // dense, then lazy on the item table only
     CAPTURE(lazy_rows);
     models::SASRec<float> model(small_model(split.num_items));
     Rng rng(1);
     model.initialize(rng);
-    train::TrainerConfig config;
-    config.epochs = 12;
-    config.batch_size = 64;
-    config.adam.learning_rate = 3e-3;
+    train::TrainerConfig config = small_training();
     config.adam.lazy_rows = lazy_rows;
-    config.eval_every = 0;
-    config.log = nullptr;
     const auto summary = train::Trainer<models::SASRec<float>>(model, split, config).fit();
     CHECK(summary.epochs.back().loss < 0.8 * summary.epochs.front().loss);
     CHECK(eval::evaluate_full_ranking(model, split, eval::EvalSplit::kTest).value("NDCG@10") > 1.5 * popularity_ndcg);

@@ -22,6 +22,7 @@
 #include "distillrec/io/checkpoint.hpp"
 #include "distillrec/models/popularity.hpp"
 #include "distillrec/models/registry.hpp"
+#include "distillrec/train/info_nce_term.hpp"
 #include "distillrec/train/trainer.hpp"
 
 #include "example_support.hpp"
@@ -102,6 +103,8 @@ int main(int argc, char** argv) {
   int threads = 2;
   bool keep_history = false, skip_sampled = false;
   double lr = trainer_config.adam.learning_rate, beta2 = trainer_config.adam.beta2;
+  train::InfoNceTermConfig info_nce;
+  info_nce.weight = 0.0;
   Index sampled_candidates = 100;
   std::uint64_t init_seed = 1;
 
@@ -132,6 +135,10 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"fp32", "bf16"}));
   app.add_option("--negatives", trainer_config.num_negatives, "bce: negatives per position");
   app.add_option("--sampled-negatives", trainer_config.objective.sampled_negatives, "sampled-softmax: shared negatives per batch");
+  app.add_option("--info-nce", info_nce.weight,
+                 "Weight of an InfoNCE term beside the objective (HLLM's loss: cosine scores, learnt temperature, a shared pool of "
+                 "uniform negatives; 0: off)");
+  app.add_option("--info-nce-negatives", info_nce.negatives, "InfoNCE: negatives shared by a step's positions");
   app.add_option("--epochs", trainer_config.epochs, "Maximum number of epochs");
   app.add_option("--batch-size", trainer_config.batch_size, "Training examples per batch");
   app.add_option("--lr", lr, "Adam learning rate");
@@ -214,7 +221,13 @@ int main(int argc, char** argv) {
                 << " parameters\n";
 
       train::Trainer<Model> trainer(model, split, trainer_config);
+      std::shared_ptr<train::InfoNceTerm<Model>> info_nce_term;
+      if (info_nce.weight != 0.0) {  // a negative weight is refused by the term
+        info_nce_term = std::make_shared<train::InfoNceTerm<Model>>(info_nce);
+        trainer.add_term(info_nce_term);
+      }
       const auto summary = trainer.fit();
+      if (info_nce_term) std::cout << "InfoNCE: learnt scale " << info_nce_term->scale() << " (temperature " << 1.0 / info_nce_term->scale() << ")\n";
 
       eval::FullRankingOptions full;
       full.mask_history = !keep_history;
@@ -266,7 +279,7 @@ int main(int argc, char** argv) {
         out["parameters"] = model.parameters().num_scalars();
         out["trainer"] = {{"epochs", trainer_config.epochs},   {"batch_size", trainer_config.batch_size},
                           {"objective", train::to_string(trainer_config.objective.objective)},
-                          {"negatives", trainer_config.num_negatives}, {"lr", lr}, {"beta2", beta2}, {"lazy_adam_rows", trainer_config.adam.lazy_rows},
+                          {"negatives", trainer_config.num_negatives}, {"lr", lr}, {"beta2", beta2}, {"info_nce", info_nce.weight}, {"info_nce_negatives", info_nce.negatives}, {"lazy_adam_rows", trainer_config.adam.lazy_rows},
                           {"matmul_precision", matmul_precision}, {"catalogue_gemm", trainer.objective().catalogue_description()},
                           {"seed", trainer_config.seed},       {"init_seed", init_seed}, {"threads", threads},
                           {"processes", processes.size()},     {"per_example_random_streams", trainer_config.per_example_streams()}};

@@ -554,3 +554,41 @@ TEST_CASE("safetensors corrupt headers give FormatErrors naming file and tensor"
   CHECK(reader.metadata().empty());
   std::filesystem::remove_all(dir);
 }
+
+TEST_CASE("safetensors files mapped instead of read give the same tensors and the same errors", "[io][safetensors]") {
+  const auto dir = test::temp_dir("safetensors_mapped");
+  const std::string path = (dir / "model.safetensors").string();
+  io::SafetensorsWriter writer;
+  Rng rng(4);
+  const Matrix<float> weight = test::random_matrix<float>(9, 5, rng);
+  writer.add("weight", weight);
+  writer.add("ids", std::vector<std::int64_t>{4, 5});
+  writer.set_metadata("epoch", "2");
+  writer.write(path);
+  const io::SafetensorsReader read(path);
+  io::SafetensorsReader mapped(path, io::FileAccess::kMap);
+  CHECK_FALSE(read.mapped());
+  CHECK(mapped.mapped());
+  CHECK(mapped.read_matrix("weight", 9, 5) == weight);
+  CHECK(mapped.read_integers("ids") == read.read_integers("ids"));
+  CHECK(mapped.metadata() == read.metadata());
+  // A reader moved elsewhere keeps its mapping.
+  io::SafetensorsReader moved(std::move(mapped));
+  CHECK(moved.read_matrix("weight", 9, 5) == weight);
+  // Replacing the file atomically (as the library writes) leaves a mapped reader's view intact.
+  io::SafetensorsWriter other;
+  other.add("weight", Matrix<float>::Zero(9, 5));
+  other.write(path);
+  CHECK(moved.read_matrix("weight", 9, 5) == weight);
+  // Truncated, empty and missing files fail on open, mapped as read.
+  const std::string full = writer.serialize();
+  for (std::size_t length : {std::size_t{0}, std::size_t{5}, full.size() - 3}) {
+    CAPTURE(length);
+    safetensors_write_raw(path, full.substr(0, length));
+    CHECK_THROWS_WITH(io::SafetensorsReader(path, io::FileAccess::kMap), Contains(path));
+  }
+  CHECK_THROWS_WITH(io::SafetensorsReader((dir / "absent.safetensors").string(), io::FileAccess::kMap),
+                    Contains("absent.safetensors") && Contains("cannot open"));
+  CHECK_THROWS_WITH(io::SafetensorsReader(dir.string(), io::FileAccess::kMap), Contains("cannot map"));
+  std::filesystem::remove_all(dir);
+}

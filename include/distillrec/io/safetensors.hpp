@@ -14,7 +14,8 @@
 //   [rest]     data buffer: each tensor's elements, row-major, little-endian, in bytes
 //              [begin, end) counted from the start of the data buffer
 //
-// SafetensorsReader reads the whole file and validates everything on open (header length, JSON,
+// SafetensorsReader reads the whole file (or, with FileAccess::kMap, maps it read-only: large
+// checkpoints such as a LLaMA's are then never copied whole) and validates everything on open (header length, JSON,
 // dtypes, shapes, offsets inside the buffer, sizes, no overlaps), so a truncated or corrupt file
 // fails there with a FormatError naming the file. Reads convert F32/F64/F16/BF16 to float and
 // reject NaN and infinities: a diverged teacher must not be distilled silently.
@@ -34,6 +35,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cerrno>
 #include <cstring>
 #include <limits>
 #include <map>
@@ -42,6 +44,13 @@
 #include <string>
 #include <utility>
 #include <vector>
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#endif
 
 #if defined(__BYTE_ORDER__) && defined(__ORDER_LITTLE_ENDIAN__)
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
@@ -226,14 +235,98 @@ inline bool json_to_int64(const nlohmann::json& value, std::int64_t* out) {
 
 }  // namespace detail
 
-/// A safetensors file read fully into memory and validated (see the file comment).
+namespace detail {
+
+/// A file's bytes, read whole into memory or mapped read-only (nothing is copied: the pages of
+/// a tensor are read from the file when it is decoded, so a multi-gigabyte checkpoint costs its
+/// tensors' float copies, not the file twice). Where mapping is unavailable it reads.
+class FileBytes {
+ public:
+  FileBytes(const std::string& path, bool map) {
+#if defined(__unix__) || defined(__APPLE__)
+    if (map) {
+      const int fd = ::open(path.c_str(), O_RDONLY);
+      if (fd < 0) throw Error(distillrec::detail::concat("cannot open '", path, "': ", std::strerror(errno)));
+      struct stat status {};
+      const bool stat_failed = ::fstat(fd, &status) != 0;
+      const int error_number = errno;
+      if (stat_failed || !S_ISREG(status.st_mode)) {
+        ::close(fd);
+        throw Error(distillrec::detail::concat("cannot map '", path, "': ",
+                                               stat_failed ? std::strerror(error_number) : "not a regular file"));
+      }
+      size_ = static_cast<std::size_t>(status.st_size);
+      if (size_ > 0) {
+        void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+        const int error_number = errno;
+        ::close(fd);
+        if (p == MAP_FAILED) throw Error(distillrec::detail::concat("cannot map '", path, "': ", std::strerror(error_number)));
+        mapped_ = static_cast<const unsigned char*>(p);
+      } else {
+        ::close(fd);
+      }
+      return;
+    }
+#endif
+    (void)map;
+    owned_ = read_file_bytes(path);
+    size_ = owned_.size();
+  }
+  ~FileBytes() { release(); }
+  FileBytes(const FileBytes&) = delete;
+  FileBytes& operator=(const FileBytes&) = delete;
+  FileBytes(FileBytes&& other) noexcept : owned_(std::move(other.owned_)), mapped_(other.mapped_), size_(other.size_) {
+    other.mapped_ = nullptr;
+    other.size_ = 0;
+  }
+  FileBytes& operator=(FileBytes&& other) noexcept {
+    if (this != &other) {
+      release();
+      owned_ = std::move(other.owned_);
+      mapped_ = other.mapped_;
+      size_ = other.size_;
+      other.mapped_ = nullptr;
+      other.size_ = 0;
+    }
+    return *this;
+  }
+
+  const unsigned char* data() const { return mapped_ != nullptr ? mapped_ : owned_.data(); }
+  std::size_t size() const { return size_; }
+  bool mapped() const { return mapped_ != nullptr; }
+
+ private:
+  void release() noexcept {
+#if defined(__unix__) || defined(__APPLE__)
+    if (mapped_ != nullptr) ::munmap(const_cast<unsigned char*>(mapped_), size_);
+#endif
+    mapped_ = nullptr;
+  }
+
+  std::vector<unsigned char> owned_;
+  const unsigned char* mapped_ = nullptr;
+  std::size_t size_ = 0;
+};
+
+}  // namespace detail
+
+/// How a reader holds its file: read whole into memory (the default), or mapped read-only
+/// (large checkpoints; the file must not be truncated while the reader lives: the library
+/// writes its own files atomically, by rename, which leaves a mapped file intact).
+enum class FileAccess { kRead, kMap };
+
+/// A safetensors file, validated on open (see the file comment).
 class SafetensorsReader {
  public:
-  /// Reads and validates `path`: Error if it cannot be read, FormatError if it is malformed.
-  explicit SafetensorsReader(const std::string& path)
-      : path_(path), bytes_(detail::read_file_bytes(path)) {
+  /// Reads (or maps) and validates `path`: Error if it cannot be read, FormatError if it is
+  /// malformed.
+  explicit SafetensorsReader(const std::string& path, FileAccess access = FileAccess::kRead)
+      : path_(path), bytes_(path, access == FileAccess::kMap) {
     parse();
   }
+
+  /// Whether the file is mapped rather than read into memory.
+  bool mapped() const { return bytes_.mapped(); }
 
   const std::string& path() const { return path_; }
 
@@ -424,7 +517,7 @@ class SafetensorsReader {
         }
         return true;
       };
-      header = nlohmann::json::parse(bytes_.begin() + 8, bytes_.begin() + data_start_,
+      header = nlohmann::json::parse(bytes_.data() + 8, bytes_.data() + data_start_,
                                      reject_duplicates);
     } catch (const nlohmann::json::exception& e) {
       fail(std::string("header is not valid JSON: ") + e.what());
@@ -538,7 +631,7 @@ class SafetensorsReader {
   }
 
   std::string path_;
-  std::vector<unsigned char> bytes_;
+  detail::FileBytes bytes_;
   std::size_t data_start_ = 0;
   std::map<std::string, TensorInfo> tensors_;
   std::map<std::string, std::string> metadata_;

@@ -1,0 +1,111 @@
+// A Hugging Face LLaMA checkpoint written by PyTorch (tests/integration/write_tiny_llama.py, a
+// LLaMA forward of its own: Debian has no transformers) loads into models::LlamaModel, whose
+// hidden states equal the script's within 1e-4 relative, for F32, F16 and BF16 weights, in one
+// file or in shards. Skipped, not failed, where Python or PyTorch is absent.
+#include "distillrec/io/safetensors.hpp"
+#include "distillrec/models/llama.hpp"
+
+#include "support.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+
+using namespace distillrec;
+
+namespace {
+
+bool hf_llama_python_available() { return std::system("/usr/bin/python3 -c 'import torch' > /dev/null 2>&1") == 0; }
+
+std::string write_tiny_llama(const std::string& name, const std::string& options) {
+  const auto dir = test::temp_dir("hf_llama_" + name);
+  const std::string command = "/usr/bin/python3 " DISTILLREC_SOURCE_DIR "/tests/integration/write_tiny_llama.py " + dir.string() + " " +
+                              options + " > " + (dir / "script.log").string() + " 2>&1";
+  REQUIRE(std::system(command.c_str()) == 0);
+  return dir.string();
+}
+
+std::vector<std::vector<int>> hf_llama_tokens(const std::string& dir) {
+  nlohmann::json j;
+  std::ifstream(dir + "/tokens.json") >> j;
+  return j.get<std::vector<std::vector<int>>>();
+}
+
+}  // namespace
+
+TEST_CASE("A Hugging Face LLaMA checkpoint from PyTorch gives PyTorch's hidden states (F32, F16, BF16; one file or shards)",
+          "[integration][pytorch][llama]") {
+  if (!hf_llama_python_available()) {
+    WARN("python3 with torch not found; skipping");
+    return;
+  }
+  struct Case {
+    const char* name;
+    const char* options;
+  };
+  for (const Case c : {Case{"f32", "--dtype F32"}, Case{"bf16_shards", "--dtype BF16 --shards 3"}, Case{"f16_shards", "--dtype F16 --shards 2"}}) {
+    CAPTURE(c.name);
+    const std::string dir = write_tiny_llama(c.name, c.options);
+    const auto model = models::load_hf_llama<float>(dir);
+    CHECK(model.config().vocab_size == 97);
+    CHECK(model.config().num_layers == 3);
+    CHECK(model.config().effective_kv_heads() == 2);
+    const auto sequences = hf_llama_tokens(dir);
+    const io::SafetensorsReader reference(dir + "/reference.safetensors");
+    models::LlamaModel<float>::Workspace ws;
+    const Matrix<float> packed = model.forward(sequences, ws);  // every sequence at once, packed
+    for (std::size_t s = 0; s < sequences.size(); ++s) {
+      CAPTURE(s);
+      const Index len = static_cast<Index>(sequences[s].size());
+      const Matrix<float> expected = reference.read_matrix("states." + std::to_string(s), len, model.hidden_size());
+      const Matrix<float> got = packed.middleRows(ws.layout.begin(static_cast<Index>(s)), len);
+      const double error = (got - expected).cwiseAbs().maxCoeff() / expected.cwiseAbs().maxCoeff();
+      CAPTURE(error);
+      CHECK(error < 1e-4);
+      // Alone, a sequence gives the same states as packed with the others.
+      models::LlamaModel<float>::Workspace alone;
+      const Matrix<float> single = model.forward({sequences[s]}, alone);
+      CHECK((single - got).cwiseAbs().maxCoeff() <= 1e-5 * expected.cwiseAbs().maxCoeff());
+    }
+    CHECK(model.hidden_state(ws, 3).rows() == packed.rows());
+    CHECK_THROWS_WITH(model.forward({{1, 97}}, ws), Catch::Contains("token 97 at position 1 of sequence 0 is outside 0..96"));
+    CHECK_THROWS_WITH(model.forward({{1}, {}}, ws), Catch::Contains("token sequence 1 is empty"));
+    CHECK_THROWS_WITH(model.forward({std::vector<int>(65, 3)}, ws), Catch::Contains("more than max_position_embeddings 64"));
+  }
+}
+
+TEST_CASE("Hugging Face LLaMA checkpoints: missing, malformed and unsupported ones are refused by name", "[integration][pytorch][llama]") {
+  if (!hf_llama_python_available()) {
+    WARN("python3 with torch not found; skipping");
+    return;
+  }
+  namespace fs = std::filesystem;
+  const std::string dir = write_tiny_llama("bad", "--dtype F32 --shards 2");
+  auto rewrite_config = [&](const std::function<void(nlohmann::json&)>& edit) {
+    nlohmann::json j;
+    std::ifstream(dir + "/config.json") >> j;
+    edit(j);
+    std::ofstream(dir + "/config.json") << j.dump();
+  };
+  nlohmann::json original;
+  std::ifstream(dir + "/config.json") >> original;
+  rewrite_config([](nlohmann::json& j) { j["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}}; });
+  CHECK_THROWS_WITH(models::load_hf_llama<float>(dir), Catch::Contains("config.json") && Catch::Contains("rope_scaling"));
+  rewrite_config([](nlohmann::json& j) { j["rope_scaling"] = nullptr; j["hidden_act"] = "gelu"; });
+  CHECK_THROWS_WITH(models::load_hf_llama<float>(dir), Catch::Contains("hidden_act \"gelu\""));
+  rewrite_config([](nlohmann::json& j) { j["hidden_act"] = "silu"; j["hidden_size"] = 48; j["num_attention_heads"] = 4; });
+  CHECK_THROWS_WITH(models::load_hf_llama<float>(dir), Catch::Contains("expected shape [97, 48]"));
+  rewrite_config([&](nlohmann::json& j) { j = original; j.erase("num_hidden_layers"); });
+  CHECK_THROWS_WITH(models::load_hf_llama<float>(dir), Catch::Contains("not a LLaMA configuration"));
+  std::ofstream(dir + "/config.json") << original.dump();
+  CHECK_NOTHROW(models::load_hf_llama<float>(dir));
+  fs::remove(dir + "/model-00002-of-00002.safetensors");
+  CHECK_THROWS_WITH(models::load_hf_llama<float>(dir), Catch::Contains("model-00002-of-00002.safetensors"));
+  fs::remove(dir + "/model.safetensors.index.json");
+  CHECK_THROWS_WITH(models::load_hf_llama<float>(dir), Catch::Contains("no model.safetensors or model.safetensors.index.json"));
+  fs::remove(dir + "/config.json");
+  CHECK_THROWS_WITH(models::load_hf_llama<float>(dir), Catch::Contains("config.json") && Catch::Contains("cannot open"));
+}

@@ -36,7 +36,7 @@ std::vector<std::vector<int>> hf_llama_tokens(const std::string& dir) {
 
 }  // namespace
 
-TEST_CASE("A Hugging Face LLaMA checkpoint from PyTorch gives PyTorch's hidden states (F32, F16, BF16; one file or shards)",
+TEST_CASE("A Hugging Face LLaMA checkpoint from PyTorch gives PyTorch's hidden states, for F32, F16 and BF16 weights in one file or in shards",
           "[integration][pytorch][llama]") {
   if (!hf_llama_python_available()) {
     WARN("python3 with torch not found; skipping");

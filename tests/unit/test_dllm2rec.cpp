@@ -317,7 +317,7 @@ TEST_CASE("DROS loss: the reference's formula, stable for large logits, gradient
   CHECK_THROWS_AS(dros_f.row(big.data(), &bad, &onef, 1, gf.data(), scratch_f), ShapeError);
 }
 
-TEST_CASE("Ranking distillation term: consistency flags are the student's full-catalogue top-K; negatives without bce",
+TEST_CASE("Ranking distillation term: consistency flags are the student's full-catalogue top-K, negatives without bce",
           "[distill][dllm2rec]") {
   const auto log = small_log();
   const data::ExampleSplit split(data::leave_one_out(log));

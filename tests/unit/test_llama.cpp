@@ -1,3 +1,4 @@
+#include "distillrec/loss/info_nce.hpp"
 #include "distillrec/models/llama.hpp"
 
 #include "support.hpp"
@@ -94,4 +95,81 @@ TEST_CASE("LLaMA model: bad token sequences and configurations are refused by na
   nlohmann::json missing = good;
   missing.erase("vocab_size");
   CHECK_THROWS_WITH(models::LlamaConfig::from_hf_json(missing, "c.json"), Catch::Contains("vocab_size"));
+}
+
+TEST_CASE("HLLM end to end: item model -> user model -> InfoNCE, gradients of both models and the temperature match finite differences",
+          "[models][llama][hllm][gradcheck]") {
+  // Items 1..6 with texts; two user sequences; every position but the last predicts the next item
+  // against a pool of shared negatives, all embedded by the item model (HLLM, methods.md §3.4-3.6).
+  models::LlamaModel<double> item_model(tiny_llama_config(true));
+  auto user_config = tiny_llama_config(false);
+  user_config.vocab_size = 1;  // the user model reads item embeddings, not tokens
+  models::LlamaModel<double> user_model(user_config);
+  Rng rng(8);
+  item_model.initialize(rng);
+  user_model.initialize(rng);
+  const std::vector<std::vector<int>> texts{{1, 4}, {1, 5, 6}, {1, 7}, {1, 8, 9, 2}, {1, 10}, {1, 11, 3}};
+  const std::vector<std::vector<ItemId>> users{{1, 2, 3}, {4, 5, 2, 6}};
+  const std::vector<ItemId> pool{5, 6, 3};
+  loss::InfoNce<double> nce;
+  double log_scale = 2.0;
+  models::LlamaModel<double>::Workspace item_ws, user_ws;
+  typename loss::InfoNce<double>::Workspace nce_ws;
+  Matrix<double> items(6, 8), grad_items(6, 8);
+  double grad_log_scale = 0.0;
+  auto run = [&](bool backward) {
+    item_model.encode_items(texts, items, item_ws);
+    nn::SequenceLayout layout;
+    std::vector<ItemId> inputs, next;
+    std::vector<Index> query_rows;
+    for (const auto& u : users) {
+      layout.add(static_cast<Index>(u.size()) - 1);
+      for (std::size_t t = 0; t + 1 < u.size(); ++t) {
+        query_rows.push_back(static_cast<Index>(inputs.size()));
+        inputs.push_back(u[t]);
+        next.push_back(u[t + 1]);
+      }
+    }
+    const Index n = static_cast<Index>(inputs.size());
+    Matrix<double> x(n, 8), positives(n, 8), negatives(static_cast<Index>(pool.size()), 8);
+    for (Index i = 0; i < n; ++i) {
+      x.row(i) = items.row(inputs[static_cast<std::size_t>(i)] - 1);
+      positives.row(i) = items.row(next[static_cast<std::size_t>(i)] - 1);
+    }
+    for (std::size_t m = 0; m < pool.size(); ++m) negatives.row(static_cast<Index>(m)) = items.row(pool[m] - 1);
+    const Matrix<double> states = user_model.forward_embeddings(x, layout, user_ws);
+    Matrix<double> dq(n, 8), dp(n, 8), dn(negatives.rows(), 8);
+    const double value = nce(states, positives, negatives, {}, log_scale, dq, dp, dn, &grad_log_scale, nce_ws);
+    if (backward) {
+      const Matrix<double> dx = user_model.backward_embeddings(dq, user_ws);
+      grad_items.setZero();
+      for (Index i = 0; i < n; ++i) {
+        grad_items.row(inputs[static_cast<std::size_t>(i)] - 1) += dx.row(i);
+        grad_items.row(next[static_cast<std::size_t>(i)] - 1) += dp.row(i);
+      }
+      for (std::size_t m = 0; m < pool.size(); ++m) grad_items.row(pool[m] - 1) += dn.row(static_cast<Index>(m));
+      item_model.backward_items(grad_items, item_ws);
+    }
+    return value;
+  };
+  auto& ip = item_model.parameters();
+  auto& up = user_model.parameters();
+  ip.zero_grad();
+  up.zero_grad();
+  CHECK(run(true) > 0.0);
+  const double dl = grad_log_scale;
+  const Matrix<double> item_grads = Eigen::Map<const Matrix<double>>(ip.grads(), 1, ip.buffer_size());
+  const Matrix<double> user_grads = Eigen::Map<const Matrix<double>>(up.grads(), 1, up.buffer_size());
+  auto value = [&]() { return run(false); };
+  CHECK(item_grads.cwiseAbs().maxCoeff() > 0.0);
+  CHECK(user_grads.cwiseAbs().maxCoeff() > 0.0);
+  CHECK(test::max_gradient_error<double>(value, ip.values(), item_grads.data(), ip.buffer_size(), 500) < 1e-6);
+  CHECK(test::max_gradient_error<double>(value, up.values(), user_grads.data(), up.buffer_size(), 500) < 1e-6);
+  CHECK(test::max_gradient_error<double>(value, &log_scale, &dl, 1) < 1e-6);
+  // The user model's token table is not used.
+  CHECK(up.grad(up.find("embed_tokens.weight")).isZero());
+  nn::SequenceLayout too_long;
+  too_long.add(17);
+  Matrix<double> x17(17, 8);
+  CHECK_THROWS_WITH(user_model.forward_embeddings(x17, too_long, user_ws), Catch::Contains("more than max_position_embeddings 16"));
 }

@@ -33,7 +33,7 @@ struct IntegerScalar : WithEncode {
 
 }  // namespace
 
-TEST_CASE("The library's models conform to the model contract; incomplete ones are recognised", "[models][contract]") {
+TEST_CASE("The library's models conform to the model contract, incomplete ones are recognised", "[models][contract]") {
   STATIC_REQUIRE(models::is_sequence_model_v<models::SASRec<float>>);
   STATIC_REQUIRE(models::is_sequence_model_v<models::SASRec<double>>);
   STATIC_REQUIRE(models::is_sequence_model_v<models::LLMRec<float>>);

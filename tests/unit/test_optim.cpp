@@ -32,7 +32,7 @@ TEST_CASE("Adam matches PyTorch's update rule step by step", "[optim][adam]") {
   REQUIRE(params.value(w)(0, 1) == -2.0);  // zero gradient, no decay: unchanged
 }
 
-TEST_CASE("Adam minimises a quadratic; AdamW decays weights; frozen slices stay put", "[optim][adam]") {
+TEST_CASE("Adam minimises a quadratic, AdamW decays weights, frozen slices stay put", "[optim][adam]") {
   Parameters<float> params;
   const auto a = params.declare("a", 3, 3);
   const auto frozen = params.declare("frozen", 1, 4);

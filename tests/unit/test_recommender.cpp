@@ -51,7 +51,7 @@ TEST_CASE("Recommender returns the top-k of the model's scores, excluding the hi
   REQUIRE_THROWS_AS(recommender.recommend({501}, {}), ShapeError);
 }
 
-TEST_CASE("Recommender: batch equals single calls; concurrent calls are safe and identical", "[serve][recommender]") {
+TEST_CASE("Recommender: batch equals single calls, concurrent calls are safe and identical", "[serve][recommender]") {
   auto model = make_model();
   serve::Recommender<models::SASRec<float>> recommender(model);
   Rng rng(4);
@@ -100,7 +100,7 @@ TEST_CASE("Recommender rejects a block size of 0 instead of returning empty list
   REQUIRE(recommender.recommend({1, 2}, {3, true}).size() == 3);
 }
 
-TEST_CASE("Recommender under bf16 and int8 scoring agrees with fp32; serial mode equals the library's threads",
+TEST_CASE("Recommender under bf16 and int8 scoring agrees with fp32, serial mode equals the library's threads",
           "[serve][recommender]") {
   const int threads_before = parallel::max_threads();
   auto model = make_model();

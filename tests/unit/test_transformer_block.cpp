@@ -145,7 +145,7 @@ TEMPLATE_TEST_CASE("LLaMA block (RMSNorm, RoPE, SwiGLU, grouped-query, pre-norm)
   CHECK(result.param_error < test::GradTolerance<T>::tolerance);
 }
 
-TEST_CASE("LLaMA block: forward_last equals the last rows of forward; parameters have LLaMA's shapes",
+TEST_CASE("LLaMA block: forward_last equals the last rows of forward, parameters have LLaMA's shapes",
           "[nn][transformer_block]") {
   Rng rng(32);
   Parameters<double> params;

@@ -12,6 +12,8 @@
 // encode_items(texts, E, ws) appends the learned [ITEM] token to every text and returns its
 // final-norm state as the item's embedding; backward_items(dE, ws) adds the gradients of every
 // weight (the token table, the blocks, the norms, the [ITEM] token) for end-to-end training.
+// forward_embeddings(E, layout, ws) runs it as HLLM's user model, over item embeddings instead
+// of tokens (backward_embeddings returns the gradient of those embeddings).
 //
 // The blocks are the ones LLMRec runs (nn::TransformerBlock<PreNorm, RMSNorm, SwiGLU> with
 // rotary positions in HF's rotate-half layout and grouped-query heads), so HF's weights map one
@@ -260,6 +262,39 @@ class LlamaModel {
         table_grad.row(id) += grad_input.row(i);
       }
     }
+  }
+
+  /// HLLM's user model: runs input vectors instead of tokens (HF's inputs_embeds; no projection,
+  /// so they have the model's width), packed by `layout` (causal within each sequence); returns
+  /// the final-norm states [tokens, hidden] and keeps what backward_embeddings() needs. The
+  /// token table is not used.
+  ConstMatrixMap<T> forward_embeddings(const ConstMatrixRef<T>& inputs, const nn::SequenceLayout& layout, Workspace& ws) const {
+    const Index n = layout.num_tokens();
+    require_shape(inputs, n, hidden_size(), "LLaMA input vectors");
+    for (Index s = 0; s < layout.num_sequences(); ++s) {
+      if (layout.length(s) > config_.max_positions) {
+        throw ShapeError(distillrec::detail::concat("LLaMA: sequence ", s, " has ", layout.length(s),
+                                                    " vectors, more than max_position_embeddings ", config_.max_positions));
+      }
+    }
+    ws.layout = layout;
+    ws.tokens.clear();
+    stack_->input(ws.stack, n) = inputs;
+    const auto top = stack_->forward(ws.layout, ws.stack, nn::RunMode::inference());
+    auto normed = ws.normed.resize(n, hidden_size());
+    final_norm_->forward(top, normed, ws.final_norm);
+    return ConstMatrixMap<T>(normed.data(), n, hidden_size());
+  }
+
+  /// Given dL/d(states) [tokens, hidden] of the forward_embeddings() call that filled ws, adds
+  /// the weights' gradients and returns dL/d(inputs) (a view into ws).
+  ConstMatrixMap<T> backward_embeddings(const ConstMatrixRef<T>& grad_states, Workspace& ws) {
+    const Index n = ws.layout.num_tokens();
+    require_shape(grad_states, n, hidden_size(), "LLaMA state gradient");
+    final_norm_->accumulate_grad(grad_states, ws.final_norm);
+    final_norm_->backward(grad_states, stack_->output_grad(ws.stack, n), ws.final_norm);
+    const auto grad_input = stack_->backward(ws.layout, ws.stack);
+    return ConstMatrixMap<T>(grad_input.data(), grad_input.rows(), grad_input.cols());
   }
 
   /// Hidden state k of the last forward (0 = the token embeddings, 1..L-1 after block k, L =

@@ -2,7 +2,8 @@
 //
 // Umbrella header: includes every public header of the library. Convenient for small programs;
 // larger ones include only what they use (each header is self-contained). Not included: the
-// MPI layer (distillrec/mpi/mpi.hpp), which needs the CMake target distillrec::mpi.
+// MPI layer (distillrec/mpi/mpi.hpp, CMake target distillrec::mpi), the SentencePiece
+// tokenizers (distillrec/text/, target distillrec::text) and the C interface (distillrec/c/).
 #pragma once
 
 #include "distillrec/backend/bf16_gemm.hpp"
@@ -26,10 +27,12 @@
 #include "distillrec/data/batcher.hpp"
 #include "distillrec/data/examples.hpp"
 #include "distillrec/data/interactions.hpp"
+#include "distillrec/data/item_text.hpp"
 #include "distillrec/data/negative_sampler.hpp"
 #include "distillrec/data/split.hpp"
 #include "distillrec/data/synthetic.hpp"
 #include "distillrec/distill/dllm2rec.hpp"
+#include "distillrec/distill/embedding_distillation.hpp"
 #include "distillrec/distill/layer_map.hpp"
 #include "distillrec/distill/ranking_signals.hpp"
 #include "distillrec/distill/slmrec.hpp"
@@ -43,11 +46,14 @@
 #include "distillrec/io/safetensors.hpp"
 #include "distillrec/loss/alignment.hpp"
 #include "distillrec/loss/bce.hpp"
+#include "distillrec/loss/dros.hpp"
+#include "distillrec/loss/info_nce.hpp"
 #include "distillrec/loss/ranking_distillation.hpp"
 #include "distillrec/loss/reduction.hpp"
 #include "distillrec/loss/sampled_softmax.hpp"
 #include "distillrec/loss/softmax_ce.hpp"
 #include "distillrec/models/gru4rec.hpp"
+#include "distillrec/models/llama.hpp"
 #include "distillrec/models/llm_rec.hpp"
 #include "distillrec/models/model.hpp"
 #include "distillrec/models/packing.hpp"
@@ -74,9 +80,14 @@
 #include "distillrec/optim/adam.hpp"
 #include "distillrec/optim/clip.hpp"
 #include "distillrec/optim/schedule.hpp"
+#include "distillrec/serve/item_scorer.hpp"
+#include "distillrec/serve/packed_table.hpp"
 #include "distillrec/serve/recommender.hpp"
 #include "distillrec/serve/scoring.hpp"
+#include "distillrec/serve/session.hpp"
+#include "distillrec/train/gradient_exchange.hpp"
 #include "distillrec/train/hooks.hpp"
+#include "distillrec/train/info_nce_term.hpp"
 #include "distillrec/train/loss_term.hpp"
 #include "distillrec/train/objective.hpp"
 #include "distillrec/train/progress.hpp"

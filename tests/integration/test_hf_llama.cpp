@@ -102,6 +102,15 @@ TEST_CASE("Hugging Face LLaMA checkpoints: missing, malformed and unsupported on
   CHECK_THROWS_WITH(models::load_hf_llama<float>(dir), Catch::Contains("not a LLaMA configuration"));
   std::ofstream(dir + "/config.json") << original.dump();
   CHECK_NOTHROW(models::load_hf_llama<float>(dir));
+  // A tensor the model would not load (a bias) is refused, not dropped.
+  nlohmann::json index;
+  std::ifstream(dir + "/model.safetensors.index.json") >> index;
+  const nlohmann::json original_index = index;
+  index["weight_map"]["model.layers.0.self_attn.q_proj.bias"] = "model-00001-of-00002.safetensors";
+  std::ofstream(dir + "/model.safetensors.index.json") << index.dump();
+  CHECK_THROWS_WITH(models::load_hf_llama<float>(dir), Catch::Contains("q_proj.bias") && Catch::Contains("not part of a LLaMA model"));
+  std::ofstream(dir + "/model.safetensors.index.json") << original_index.dump();
+  CHECK_NOTHROW(models::load_hf_llama<float>(dir));
   fs::remove(dir + "/model-00002-of-00002.safetensors");
   CHECK_THROWS_WITH(models::load_hf_llama<float>(dir), Catch::Contains("model-00002-of-00002.safetensors"));
   fs::remove(dir + "/model.safetensors.index.json");

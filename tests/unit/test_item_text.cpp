@@ -5,13 +5,17 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <string>
+
+#include <unistd.h>
 
 using namespace distillrec;
 
 namespace {
 
 std::string item_text_file(const std::string& name, const std::string& content) {
-  const std::string path = (std::filesystem::temp_directory_path() / ("distillrec_item_text_" + name)).string();
+  const std::string path =
+      (std::filesystem::temp_directory_path() / ("distillrec_item_text_" + std::to_string(::getpid()) + "_" + name)).string();
   std::ofstream(path, std::ios::binary) << content;
   return path;
 }
@@ -41,7 +45,9 @@ TEST_CASE("Item texts: RFC 4180 fields (quotes, commas, doubled quotes, line bre
   // HLLM: the prompt, then "key: value" for every non-empty column, with no separator.
   CHECK(data::hllm_item_text(texts, 1, {"title", "brand", "description"}) ==
         "Compress the following sentence into embedding: title: Relay kitdescription: plain text");
-  CHECK(data::hllm_item_text(texts, 3, {"title"}, "P: ") == "P: ");
+  CHECK(data::hllm_item_text(texts, 5, {"title", "brand"}, "P: ") == "P: brand: Acme");
+  CHECK(data::hllm_item_text(texts, 3, {"title"}, "P: ").empty());  // unlisted: no text, no prompt (HLLM)
+  CHECK_THROWS_WITH(data::hllm_item_text(texts, 3, {"colour"}), Catch::Contains("no text column \"colour\""));
   CHECK_THROWS_WITH(texts.field(1, "colour"), Catch::Contains("no text column \"colour\" (columns: title, brand, description)"));
   std::remove(path.c_str());
 }
@@ -63,6 +69,7 @@ TEST_CASE("Item texts: malformed files are refused with the file and line", "[da
       {"stray.csv", "item,title\n1,\"a\"b\n", ":2: a character after the closing quote"},
       {"inner.csv", "item,title\n1,a\"b\n", ":2: a quote inside an unquoted field"},
       {"empty.csv", "", ":1: the file is empty"},
+      {"after_multiline.csv", "item,title\n1,\"two\nlines\"\n2,a,b\n", ":4: expected 2 fields as in the header, found 3"},
   };
   for (const auto& c : cases) {
     CAPTURE(c.name);

@@ -71,6 +71,9 @@ TEST_CASE("LLaMA model: bad token sequences and configurations are refused by na
   CHECK_THROWS_WITH(items.encode_items({std::vector<int>(16, 1)}, out, ws), Catch::Contains("(+ [ITEM]), more than max_position_embeddings 16"));
   CHECK_THROWS_AS(items.encode_items({{1}, {2}}, out, ws), ShapeError);  // out has one row for two texts
   CHECK_THROWS_AS(plain.hidden_state(ws, 3), ShapeError);
+  CHECK_THROWS_WITH(plain.backward_items(out, ws), Catch::Contains("needs the [ITEM] token"));
+  models::LlamaModel<float>::Workspace fresh;
+  CHECK_THROWS_WITH(items.backward_items(out, fresh), Catch::Contains("workspace of an encode_items() call"));
 
   const nlohmann::json good = {{"vocab_size", 32000}, {"hidden_size", 2048}, {"intermediate_size", 5632},
                                {"num_hidden_layers", 22}, {"num_attention_heads", 32}, {"num_key_value_heads", 4},

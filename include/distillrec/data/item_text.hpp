@@ -13,8 +13,10 @@
 //
 // Bad input is a FormatError naming the file and the line: an unterminated quote, a row with the
 // wrong number of fields, an id that is not a positive integer, an id given twice, a header
-// without the id column or with a column named twice. Items the file does not list have empty
-// text (HLLM encodes them from the prompt alone).
+// without the id column or with a column named twice. Items the file does not list have no
+// text: hllm_item_text() gives them the empty string, prompt included, as HLLM's code does (its
+// tokenizer then yields the beginning-of-sentence token alone). Values are kept as written
+// ("NA" or "null" stay text; HLLM's pandas reading would drop them).
 #pragma once
 
 #include "distillrec/core/error.hpp"
@@ -208,9 +210,12 @@ inline ItemTexts read_item_texts(const std::string& path, const std::string& id_
 }
 
 /// HLLM's item text: prompt + "column: value" for each given column whose value is not empty,
-/// with no separator between them (as HLLM's released code builds it).
+/// with no separator between them (as HLLM's released code builds it); "" for an item the file
+/// does not list (no prompt either, as in HLLM).
 inline std::string hllm_item_text(const ItemTexts& texts, ItemId item, const std::vector<std::string>& columns,
                                   const std::string& prompt = kHllmItemPrompt) {
+  for (const auto& name : columns) texts.checked_column(name);
+  if (!texts.has(item)) return std::string();
   std::string out = prompt;
   for (const auto& name : columns) {
     const std::string& value = texts.field(item, name);

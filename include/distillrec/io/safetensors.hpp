@@ -245,7 +245,7 @@ class FileBytes {
   FileBytes(const std::string& path, bool map) {
 #if defined(__unix__) || defined(__APPLE__)
     if (map) {
-      const int fd = ::open(path.c_str(), O_RDONLY);
+      const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
       if (fd < 0) throw Error(distillrec::detail::concat("cannot open '", path, "': ", std::strerror(errno)));
       struct stat status {};
       const bool stat_failed = ::fstat(fd, &status) != 0;
@@ -258,9 +258,9 @@ class FileBytes {
       size_ = static_cast<std::size_t>(status.st_size);
       if (size_ > 0) {
         void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-        const int error_number = errno;
+        const int map_error = errno;
         ::close(fd);
-        if (p == MAP_FAILED) throw Error(distillrec::detail::concat("cannot map '", path, "': ", std::strerror(error_number)));
+        if (p == MAP_FAILED) throw Error(distillrec::detail::concat("cannot map '", path, "': ", std::strerror(map_error)));
         mapped_ = static_cast<const unsigned char*>(p);
       } else {
         ::close(fd);
@@ -312,7 +312,8 @@ class FileBytes {
 
 /// How a reader holds its file: read whole into memory (the default), or mapped read-only
 /// (large checkpoints; the file must not be truncated while the reader lives: the library
-/// writes its own files atomically, by rename, which leaves a mapped file intact).
+/// writes its own files atomically, by rename, which leaves a mapped file intact). A reader can
+/// be moved, not copied.
 enum class FileAccess { kRead, kMap };
 
 /// A safetensors file, validated on open (see the file comment).

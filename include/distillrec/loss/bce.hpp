@@ -22,6 +22,9 @@
 namespace distillrec::loss {
 
 namespace detail {
+
+// detail::concat written in this namespace means the library-wide helper.
+using distillrec::detail::concat;
 /// log(1 + exp(x)) without overflow.
 template <typename T>
 T softplus(T x) {

@@ -51,6 +51,9 @@ void add_column_sums(const ConstMatrixRef<T>& m, T* sums) {
 
 namespace detail {
 
+// detail::concat written in this namespace means the library-wide helper.
+using distillrec::detail::concat;
+
 /// One row of softmax cross-entropy in place: g holds the logits (classes of them) and receives
 /// (softmax - onehot(target)) * scale; returns -log softmax[target].
 template <typename T>

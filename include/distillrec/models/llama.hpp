@@ -59,6 +59,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -149,6 +150,7 @@ class LlamaModel {
   struct Workspace {
     nn::SequenceLayout layout;
     std::vector<ItemId> tokens;   // per packed row; -1 marks the [ITEM] token
+    bool items = false;           // filled by encode_items() (what backward_items() needs)
     typename Stack::Workspace stack;
     ScratchMatrix<T> normed;      // [tokens, hidden]: the last layer after the final norm
     ScratchMatrix<T> grad_normed;
@@ -240,11 +242,14 @@ class LlamaModel {
     auto normed = ws.normed.resize(n, hidden_size());
     final_norm_->forward(top, normed, ws.final_norm);
     for (Index s = 0; s < ws.layout.num_sequences(); ++s) out.row(s) = normed.row(ws.layout.last(s));
+    ws.items = true;
   }
 
   /// Adds to parameters().grads() the gradients of a loss with dL/d(item embeddings) =
   /// grad_items [texts, hidden], through the encode_items() call that filled ws.
   void backward_items(const ConstMatrixRef<T>& grad_items, Workspace& ws) {
+    if (item_token_ < 0) throw ConfigError("LLaMA: backward_items needs the [ITEM] token (LlamaConfig::item_token)");
+    if (!ws.items) throw ConfigError("LLaMA: backward_items needs the workspace of an encode_items() call");
     const Index n = ws.layout.num_tokens(), h = hidden_size();
     require_shape(grad_items, ws.layout.num_sequences(), h, "LLaMA item embedding gradient");
     auto grad_normed = ws.grad_normed.zeros(n, h);
@@ -279,6 +284,7 @@ class LlamaModel {
     }
     ws.layout = layout;
     ws.tokens.clear();
+    ws.items = false;
     stack_->input(ws.stack, n) = inputs;
     const auto top = stack_->forward(ws.layout, ws.stack, nn::RunMode::inference());
     auto normed = ws.normed.resize(n, hidden_size());
@@ -332,6 +338,7 @@ class LlamaModel {
   void pack(const std::vector<std::vector<int>>& sequences, Workspace& ws, bool item_token) const {
     ws.layout.clear();
     ws.tokens.clear();
+    ws.items = false;
     const Index extra = item_token ? 1 : 0;
     for (std::size_t s = 0; s < sequences.size(); ++s) {
       const auto& seq = sequences[s];
@@ -403,15 +410,36 @@ LlamaModel<T> load_hf_llama(const std::string& directory, bool item_token = fals
   }
 
   std::map<std::string, std::unique_ptr<io::SafetensorsReader>> readers;
+  auto reader_of = [&](const std::string& file) -> io::SafetensorsReader& {
+    auto& reader = readers[file];
+    if (!reader) reader = std::make_unique<io::SafetensorsReader>(file, io::FileAccess::kMap);
+    return *reader;
+  };
+  // Every tensor of the checkpoint is loaded or known to be unused (the language-model head,
+  // rotary buffers of older exports): anything else (biases, other architectures' weights) would
+  // otherwise be dropped silently.
+  {
+    std::set<std::string> expected;
+    for (const auto& [hf, ours] : model.hf_names()) expected.insert(hf);
+    auto check = [&](const std::string& name, const std::string& file) {
+      const bool known_unused = name == "lm_head.weight" || name.find("rotary_emb.inv_freq") != std::string::npos;
+      if (expected.count(name) == 0 && !known_unused) {
+        throw FormatError(file, 0, "tensor \"" + name + "\" is not part of a LLaMA model as configured (biases, or another architecture?)");
+      }
+    };
+    if (fs::exists(single)) {
+      for (const auto& name : reader_of(single.string()).names()) check(name, single.string());
+    } else {
+      for (const auto& [name, file] : file_of) check(name, index.string());
+    }
+  }
   auto& params = model.parameters();
   for (const auto& [hf, ours] : model.hf_names()) {
     const auto where = file_of.find(hf);
     if (where == file_of.end()) throw FormatError(index.string(), 0, "the weight map lists no file for tensor \"" + hf + "\"");
-    auto& reader = readers[where->second];
-    if (!reader) reader = std::make_unique<io::SafetensorsReader>(where->second, io::FileAccess::kMap);
     const auto id = params.find(ours);
     auto value = params.value(id);
-    value = reader->read_matrix(hf, value.rows(), value.cols()).template cast<T>();
+    value = reader_of(where->second).read_matrix(hf, value.rows(), value.cols()).template cast<T>();
   }
   return model;
 }

@@ -40,6 +40,9 @@ using ModelTypes = TypeList<SASRec<T>, GRU4Rec<T>, LLMRec<T>>;
 
 namespace detail {
 
+// detail::concat written in this namespace means the library-wide helper.
+using distillrec::detail::concat;
+
 template <typename Visitor, typename First, typename... Rest>
 decltype(auto) dispatch(const std::string& name, Visitor&& visitor, TypeList<First, Rest...>, const std::string& known) {
   static_assert(check_sequence_model<First>());

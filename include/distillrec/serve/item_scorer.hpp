@@ -115,6 +115,9 @@ struct ScoringPolicy {
 
 namespace detail {
 
+// detail::concat written in this namespace means the library-wide helper.
+using distillrec::detail::concat;
+
 /// float to bfloat16, rounding to nearest even (backend/bf16_gemm.hpp).
 inline std::uint16_t float_to_bfloat16(float value) { return backend::bf16::from_float(value); }
 inline float bfloat16_to_float(std::uint16_t value) { return backend::bf16::to_float(value); }

@@ -86,6 +86,9 @@ void score_candidates(const ConstMatrixRef<T>& users, const nn::HeadWeights<T>& 
 /// than k items come back when fewer are unmasked. NaN scores throw.
 namespace detail {
 
+// detail::concat written in this namespace means the library-wide helper.
+using distillrec::detail::concat;
+
 /// The selection order: "better" first (higher score, then lower id): a strict total order.
 inline bool better(const ScoredItem& a, const ScoredItem& b) { return a.score > b.score || (a.score == b.score && a.item < b.item); }
 

@@ -52,6 +52,9 @@ struct Session {
 
 namespace detail {
 
+// detail::concat written in this namespace means the library-wide helper.
+using distillrec::detail::concat;
+
 inline constexpr char kSessionMagic[8] = {'D', 'R', 'S', 'E', 'S', 'S', 'N', '1'};
 inline constexpr std::uint32_t kSessionVersion = 1;
 

@@ -70,6 +70,13 @@ class InfoNceTerm : public LossTerm<Model> {
       throw ShapeError(distillrec::detail::concat("InfoNCE term: the model's outputs have ", ctx.outputs.cols(),
                                                   " columns but its item table ", dim));
     }
+    // The pool is drawn first, even for a shard with no positions (a data-parallel run's last
+    // batch): every process's generator then stays in step with one process's.
+    const Index pool = config_.negatives;
+    pool_.resize(static_cast<std::size_t>(pool));
+    for (Index m = 0; m < pool; ++m) {
+      pool_[static_cast<std::size_t>(m)] = static_cast<ItemId>(ctx.rng.uniform_int(std::int64_t{1}, static_cast<std::int64_t>(num_items)));
+    }
     const Index rows = static_cast<Index>(ctx.prediction_rows.size());
     if (rows == 0) return T(0);
     const bool per_token = ctx.targets.size() == static_cast<std::size_t>(ctx.outputs.rows());
@@ -85,14 +92,8 @@ class InfoNceTerm : public LossTerm<Model> {
       queries.row(j) = ctx.outputs.row(token);
       positives.row(j) = head.weight.row(target - 1);
     }
-    const Index pool = config_.negatives;
-    pool_.resize(static_cast<std::size_t>(pool));
     auto negatives = negatives_.resize(pool, dim);
-    for (Index m = 0; m < pool; ++m) {
-      const auto item = static_cast<ItemId>(ctx.rng.uniform_int(std::int64_t{1}, static_cast<std::int64_t>(num_items)));
-      pool_[static_cast<std::size_t>(m)] = item;
-      negatives.row(m) = head.weight.row(item - 1);
-    }
+    for (Index m = 0; m < pool; ++m) negatives.row(m) = head.weight.row(pool_[static_cast<std::size_t>(m)] - 1);
     // l is clamped in place before use, as HLLM does.
     T& l = params_->value(log_scale_)(0, 0);
     l = static_cast<T>(config_.loss.clamp_log_scale(static_cast<double>(l)));

@@ -33,7 +33,7 @@ execute_process(COMMAND "${CMAKE_COMMAND}" --build "${WORK_DIR}/build" -j2 RESUL
 if(NOT rc EQUAL 0)
   message(FATAL_ERROR "building the consumer project failed: ${rc}")
 endif()
-foreach(program consumer consumer_onednn readme_snippet)
+foreach(program consumer readme_snippet)
   execute_process(COMMAND "${WORK_DIR}/build/${program}" WORKING_DIRECTORY "${WORK_DIR}" RESULT_VARIABLE rc)
   if(NOT rc EQUAL 0)
     message(FATAL_ERROR "${program} failed: ${rc}")

@@ -98,6 +98,27 @@ TEST_CASE("LLaMA model: bad token sequences and configurations are refused by na
   nlohmann::json missing = good;
   missing.erase("vocab_size");
   CHECK_THROWS_WITH(models::LlamaConfig::from_hf_json(missing, "c.json"), Catch::Contains("vocab_size"));
+  CHECK_THROWS_WITH(models::LlamaConfig::from_hf_json(with("vocab_size", 0), "c.json"), Catch::Contains("vocab_size must be positive"));
+
+  // A model over vectors (vocab_size 0) has no token table and refuses token input.
+  auto vector_config = tiny_llama_config(true);
+  vector_config.vocab_size = 0;
+  models::LlamaModel<float> vectors(vector_config);
+  CHECK(vectors.parameters().find("embed_tokens.weight") < 0);
+  CHECK_THROWS_WITH(vectors.forward({{1}}, ws), Catch::Contains("needs a token table"));
+  CHECK_THROWS_WITH(vectors.encode_items({{1}}, out, ws), Catch::Contains("needs a token table"));
+  // Several models in one buffer, names prefixed; the library's JSON of a configuration round-trips.
+  Parameters<float> shared;
+  models::LlamaModel<float> first(tiny_llama_config(true), shared, "a.");
+  models::LlamaModel<float> second(vector_config, shared, "b.");
+  shared.allocate();
+  CHECK(shared.find("a.item_token.weight") >= 0);
+  CHECK(shared.find("b.blocks.1.ffn.down.weight") >= 0);
+  CHECK(first.hf_names().front().second == "a.embed_tokens.weight");
+  CHECK(second.hf_names().front().second == "b.blocks.0.attention_norm.weight");
+  const auto round = models::llama_config_from_json(models::to_json(tiny_llama_config(true)), "test");
+  CHECK(models::to_json(round) == models::to_json(tiny_llama_config(true)));
+  CHECK_THROWS_WITH(models::llama_config_from_json({{"hidden_size", 8}}, "the user LLM"), Catch::Contains("the user LLM"));
 }
 
 TEST_CASE("HLLM end to end: item model -> user model -> InfoNCE, gradients of both models and the temperature match finite differences",
@@ -106,7 +127,7 @@ TEST_CASE("HLLM end to end: item model -> user model -> InfoNCE, gradients of bo
   // against a pool of shared negatives, all embedded by the item model (HLLM, methods.md §3.4-3.6).
   models::LlamaModel<double> item_model(tiny_llama_config(true));
   auto user_config = tiny_llama_config(false);
-  user_config.vocab_size = 1;  // the user model reads item embeddings, not tokens
+  user_config.vocab_size = 0;  // the user model reads item embeddings, not tokens
   models::LlamaModel<double> user_model(user_config);
   Rng rng(8);
   item_model.initialize(rng);
@@ -169,8 +190,8 @@ TEST_CASE("HLLM end to end: item model -> user model -> InfoNCE, gradients of bo
   CHECK(test::max_gradient_error<double>(value, ip.values(), item_grads.data(), ip.buffer_size(), 500) < 1e-6);
   CHECK(test::max_gradient_error<double>(value, up.values(), user_grads.data(), up.buffer_size(), 500) < 1e-6);
   CHECK(test::max_gradient_error<double>(value, &log_scale, &dl, 1) < 1e-6);
-  // The user model's token table is not used.
-  CHECK(up.grad(up.find("embed_tokens.weight")).isZero());
+  // The user model has no token table.
+  CHECK(up.find("embed_tokens.weight") < 0);
   nn::SequenceLayout too_long;
   too_long.add(17);
   Matrix<double> x17(17, 8);

@@ -76,13 +76,13 @@ void load_parameters(Parameters<T>& params, const SafetensorsReader& reader, boo
   }
 }
 
-/// Saves a model of the model contract (models/model.hpp) with its configuration, atomically;
+/// Saves a model of the model contract (models/model.hpp: what check_checkpoint_model asks) with its configuration, atomically;
 /// `extra` adds more parameter groups under a name prefix (a trainer's loss terms).
 template <typename Model>
 void save_checkpoint(const Model& model, const std::string& path,
                      const std::map<std::string, std::string>& extra_metadata = {},
                      const std::vector<std::pair<std::string, const Parameters<typename Model::Scalar>*>>& extra = {}) {
-  static_assert(models::check_sequence_model<Model>());
+  static_assert(models::check_checkpoint_model<Model>());
   SafetensorsWriter writer;
   for (const auto& [key, value] : extra_metadata) writer.set_metadata(key, value);
   writer.set_metadata("format", kCheckpointFormat);
@@ -111,7 +111,7 @@ inline std::string checkpoint_model_name(const SafetensorsReader& reader) {
 /// malformed or for another model.
 template <typename Model>
 typename Model::Config read_checkpoint_config(const SafetensorsReader& reader) {
-  static_assert(models::check_sequence_model<Model>());
+  static_assert(models::check_checkpoint_model<Model>());
   const auto& meta = reader.metadata();
   const std::string model = checkpoint_model_name(reader);
   if (model != Model::kModelName) {

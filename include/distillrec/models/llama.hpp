@@ -67,7 +67,7 @@
 namespace distillrec::models {
 
 struct LlamaConfig {
-  Index vocab_size = 0;
+  Index vocab_size = 0;        // 0: no token table (a model over vectors: HLLM's user model)
   Index hidden_size = 0;
   Index intermediate_size = 0;
   Index num_layers = 0;
@@ -84,11 +84,11 @@ struct LlamaConfig {
   Index effective_kv_heads() const { return num_kv_heads > 0 ? num_kv_heads : num_heads; }
 
   void validate() const {
-    if (vocab_size <= 0 || hidden_size <= 0 || intermediate_size <= 0 || num_layers <= 0 || num_heads <= 0 || max_positions <= 0 ||
+    if (vocab_size < 0 || hidden_size <= 0 || intermediate_size <= 0 || num_layers <= 0 || num_heads <= 0 || max_positions <= 0 ||
         num_kv_heads < 0) {
       throw ConfigError(distillrec::detail::concat("LLaMA: vocab_size (", vocab_size, "), hidden_size (", hidden_size, "), intermediate_size (",
                                        intermediate_size, "), num_hidden_layers (", num_layers, "), num_attention_heads (", num_heads,
-                                       ") and max_position_embeddings (", max_positions, ") must be positive"));
+                                       ") and max_position_embeddings (", max_positions, ") must be positive (vocab_size 0: a model over vectors)"));
     }
     if (hidden_size % num_heads != 0 || (hidden_size / num_heads) % 2 != 0) {
       throw ConfigError(distillrec::detail::concat("LLaMA: hidden_size ", hidden_size, " must split into ", num_heads, " heads of even size"));
@@ -107,6 +107,7 @@ struct LlamaConfig {
     auto fail = [&](const std::string& message) { throw ConfigError(source + ": " + message); };
     try {
       c.vocab_size = j.at("vocab_size").get<Index>();
+      if (c.vocab_size <= 0) fail(distillrec::detail::concat("vocab_size must be positive, got ", c.vocab_size));
       c.hidden_size = j.at("hidden_size").get<Index>();
       c.intermediate_size = j.at("intermediate_size").get<Index>();
       c.num_layers = j.at("num_hidden_layers").get<Index>();
@@ -139,6 +140,39 @@ struct LlamaConfig {
   }
 };
 
+/// The library's own JSON of a LlamaConfig (what checkpoints of models built on it carry).
+inline nlohmann::json to_json(const LlamaConfig& c) {
+  return nlohmann::json{{"vocab_size", c.vocab_size},       {"hidden_size", c.hidden_size}, {"intermediate_size", c.intermediate_size},
+                        {"num_layers", c.num_layers},       {"num_heads", c.num_heads},     {"num_kv_heads", c.num_kv_heads},
+                        {"max_positions", c.max_positions}, {"rms_norm_eps", c.rms_norm_eps}, {"rope_theta", c.rope_theta},
+                        {"item_token", c.item_token}};
+}
+
+/// Parses to_json()'s output (missing keys keep their defaults); ConfigError naming `what`.
+inline LlamaConfig llama_config_from_json(const nlohmann::json& j, const std::string& what) {
+  LlamaConfig c;
+  try {
+    c.vocab_size = j.value("vocab_size", c.vocab_size);
+    c.hidden_size = j.at("hidden_size").get<Index>();
+    c.intermediate_size = j.at("intermediate_size").get<Index>();
+    c.num_layers = j.at("num_layers").get<Index>();
+    c.num_heads = j.at("num_heads").get<Index>();
+    c.num_kv_heads = j.value("num_kv_heads", c.num_kv_heads);
+    c.max_positions = j.value("max_positions", c.max_positions);
+    c.rms_norm_eps = j.value("rms_norm_eps", c.rms_norm_eps);
+    c.rope_theta = j.value("rope_theta", c.rope_theta);
+    c.item_token = j.value("item_token", c.item_token);
+  } catch (const nlohmann::json::exception& e) {
+    throw ConfigError(what + ": " + e.what());
+  }
+  try {
+    c.validate();
+  } catch (const ConfigError& e) {
+    throw ConfigError(what + ": " + e.what());
+  }
+  return c;
+}
+
 template <typename T = float>
 class LlamaModel {
  public:
@@ -157,26 +191,19 @@ class LlamaModel {
     typename nn::RMSNorm<T>::Workspace final_norm;
   };
 
-  explicit LlamaModel(const LlamaConfig& config) : config_(config), params_(std::make_unique<Parameters<T>>()) {
-    config_.validate();
-    auto& p = *params_;
-    const Index h = config_.hidden_size;
-    embed_tokens_.emplace(p, "embed_tokens", config_.vocab_size, h, /*padding_row_zero=*/false);
-    nn::TransformerBlockConfig block;
-    block.dim = h;
-    block.num_heads = config_.num_heads;
-    block.ffn_dim = config_.intermediate_size;
-    block.attention_output_projection = true;
-    block.norm_eps = config_.rms_norm_eps;
-    block.attention.bias = false;
-    block.attention.rope = true;
-    block.attention.rope_theta = config_.rope_theta;
-    block.attention.num_kv_heads = config_.effective_kv_heads();
-    block.attention.max_positions = config_.max_positions;
-    stack_.emplace(p, "blocks", config_.num_layers, block);
-    final_norm_.emplace(p, "final_norm", h, config_.rms_norm_eps);
-    if (config_.item_token) item_token_ = p.declare("item_token.weight", 1, h);
-    p.allocate();
+  /// Owns its parameters (names as in the table at the top).
+  explicit LlamaModel(const LlamaConfig& config) : config_(config), owned_(std::make_unique<Parameters<T>>()), params_(owned_.get()) {
+    declare("");
+    params_->allocate();
+  }
+
+  /// Declares its parameters in `params` (not yet allocated; the caller allocates it once every
+  /// part has declared), each name preceded by `prefix`: a model made of several (HLLM's item
+  /// and user models) keeps one flat buffer. `params` must outlive this model and keep its
+  /// address.
+  LlamaModel(const LlamaConfig& config, Parameters<T>& params, const std::string& prefix)
+      : config_(config), params_(&params), prefix_(prefix) {
+    declare(prefix_);
   }
 
   LlamaModel(const LlamaModel&) = delete;
@@ -186,7 +213,7 @@ class LlamaModel {
 
   /// Fresh weights (Xavier-normal matrices, unit norms; the [ITEM] token from N(0, 0.02)).
   void initialize(Rng& rng) {
-    embed_tokens_->initialize(rng);
+    if (embed_tokens_) embed_tokens_->initialize(rng);
     stack_->initialize(rng);
     final_norm_->initialize(rng);
     initialize_item_token(rng);
@@ -210,6 +237,7 @@ class LlamaModel {
   /// packed in order (ws.layout says where each sequence starts). Thread-safe for distinct
   /// workspaces.
   ConstMatrixMap<T> forward(const std::vector<std::vector<int>>& sequences, Workspace& ws) const {
+    require_tokens("forward");
     pack(sequences, ws, /*item_token=*/false);
     const Index n = ws.layout.num_tokens();
     embed_tokens_->forward(ws.tokens, stack_->input(ws.stack, n));
@@ -224,6 +252,7 @@ class LlamaModel {
   /// final-norm state at [ITEM]. Keeps what backward_items() needs. Needs config.item_token.
   void encode_items(const std::vector<std::vector<int>>& texts, MatrixRef<T> out, Workspace& ws) const {
     if (item_token_ < 0) throw ConfigError("LLaMA: encode_items needs the [ITEM] token (LlamaConfig::item_token)");
+    require_tokens("encode_items");
     require_shape(out, static_cast<Index>(texts.size()), hidden_size(), "LLaMA item embeddings");
     pack(texts, ws, /*item_token=*/true);
     const Index n = ws.layout.num_tokens();
@@ -314,7 +343,8 @@ class LlamaModel {
 
   /// HF tensor name -> this model's parameter name, for every parameter.
   std::vector<std::pair<std::string, std::string>> hf_names() const {
-    std::vector<std::pair<std::string, std::string>> names{{"model.embed_tokens.weight", "embed_tokens.weight"}};
+    std::vector<std::pair<std::string, std::string>> names;
+    if (embed_tokens_) names.emplace_back("model.embed_tokens.weight", prefix_ + "embed_tokens.weight");
     static const char* const kBlock[][2] = {{"input_layernorm.weight", "attention_norm.weight"},
                                             {"self_attn.q_proj.weight", "attention.query.weight"},
                                             {"self_attn.k_proj.weight", "attention.key.weight"},
@@ -326,10 +356,10 @@ class LlamaModel {
                                             {"mlp.down_proj.weight", "ffn.down.weight"}};
     for (Index i = 0; i < config_.num_layers; ++i) {
       for (const auto& pair : kBlock) {
-        names.emplace_back(distillrec::detail::concat("model.layers.", i, ".", pair[0]), distillrec::detail::concat("blocks.", i, ".", pair[1]));
+        names.emplace_back(distillrec::detail::concat("model.layers.", i, ".", pair[0]), distillrec::detail::concat(prefix_, "blocks.", i, ".", pair[1]));
       }
     }
-    names.emplace_back("model.norm.weight", "final_norm.weight");
+    names.emplace_back("model.norm.weight", prefix_ + "final_norm.weight");
     return names;
   }
 
@@ -359,8 +389,37 @@ class LlamaModel {
     }
   }
 
+  void declare(const std::string& prefix) {
+    config_.validate();
+    auto& p = *params_;
+    const Index h = config_.hidden_size;
+    if (config_.vocab_size > 0) embed_tokens_.emplace(p, prefix + "embed_tokens", config_.vocab_size, h, /*padding_row_zero=*/false);
+    nn::TransformerBlockConfig block;
+    block.dim = h;
+    block.num_heads = config_.num_heads;
+    block.ffn_dim = config_.intermediate_size;
+    block.attention_output_projection = true;
+    block.norm_eps = config_.rms_norm_eps;
+    block.attention.bias = false;
+    block.attention.rope = true;
+    block.attention.rope_theta = config_.rope_theta;
+    block.attention.num_kv_heads = config_.effective_kv_heads();
+    block.attention.max_positions = config_.max_positions;
+    stack_.emplace(p, prefix + "blocks", config_.num_layers, block);
+    final_norm_.emplace(p, prefix + "final_norm", h, config_.rms_norm_eps);
+    if (config_.item_token) item_token_ = p.declare(prefix + "item_token.weight", 1, h);
+  }
+
+  void require_tokens(const char* what) const {
+    if (!embed_tokens_) {
+      throw ConfigError(distillrec::detail::concat("LLaMA: ", what, " needs a token table (vocab_size is 0: this model reads vectors)"));
+    }
+  }
+
   LlamaConfig config_;
-  std::unique_ptr<Parameters<T>> params_;
+  std::unique_ptr<Parameters<T>> owned_;
+  Parameters<T>* params_ = nullptr;
+  std::string prefix_;
   std::optional<nn::Embedding<T>> embed_tokens_;
   std::optional<Stack> stack_;
   std::optional<nn::RMSNorm<T>> final_norm_;

@@ -177,6 +177,28 @@ constexpr bool check_scoring_model() {
   return true;
 }
 
+/// Compile-time check of what checkpoint IO asks (io/checkpoint.hpp): a scoring model with a
+/// JSON configuration, a checkpoint name, a constructor from its configuration, its parameters
+/// and after_load(). Every sequence model has these; so does a model trained by a trainer of
+/// its own (models/hllm.hpp).
+template <typename Model>
+constexpr bool check_checkpoint_model() {
+  check_scoring_model<Model>();
+  static_assert(contract::has_config_json<Model>::value,
+                "distillrec model contract: missing `struct Config` with `nlohmann::json to_json() const`");
+  static_assert(contract::has_config_from_json<Model>::value,
+                "distillrec model contract: missing `static Config Config::from_json(const nlohmann::json&)`");
+  static_assert(contract::has_model_name<Model>::value,
+                "distillrec model contract: missing `static constexpr const char* kModelName` (checkpoint model name)");
+  static_assert(contract::has_config_constructor<Model>::value,
+                "distillrec model contract: missing the constructor `explicit Model(const Config&)`");
+  static_assert(contract::has_config<Model>::value, "distillrec model contract: missing `const Config& config() const`");
+  static_assert(contract::has_parameters<Model>::value,
+                "distillrec model contract: missing `Parameters<Scalar>& parameters()` and its const overload");
+  static_assert(contract::has_after_load<Model>::value, "distillrec model contract: missing `void after_load()`");
+  return true;
+}
+
 /// Compile-time check of the whole sequence-model contract.
 template <typename Model>
 constexpr bool check_sequence_model() {

@@ -70,6 +70,10 @@ TEST_CASE("Item texts: malformed files are refused with the file and line", "[da
       {"inner.csv", "item,title\n1,a\"b\n", ":2: a quote inside an unquoted field"},
       {"empty.csv", "", ":1: the file is empty"},
       {"after_multiline.csv", "item,title\n1,\"two\nlines\"\n2,a,b\n", ":4: expected 2 fields as in the header, found 3"},
+      {"latin1.csv", "item,title,brand\n1,ok,ok\n2,caf\xe9 au lait,x\n", ":3: item 2: column \"title\" is not valid UTF-8 (byte 3"},
+      {"truncated.csv", "item,title\n1,\xe2\x82\n", ":2: item 1: column \"title\" is not valid UTF-8 (byte 0"},
+      {"overlong.csv", "item,title\n1,a\xc0\xaf\n", ":2: item 1: column \"title\" is not valid UTF-8 (byte 1"},
+      {"surrogate.csv", "item,title\n1,\xed\xa0\x80\n", ":2: item 1: column \"title\" is not valid UTF-8"},
   };
   for (const auto& c : cases) {
     CAPTURE(c.name);
@@ -78,6 +82,14 @@ TEST_CASE("Item texts: malformed files are refused with the file and line", "[da
     std::remove(path.c_str());
   }
   CHECK_THROWS_WITH(data::read_item_texts("/nonexistent/items.csv"), Catch::Contains("/nonexistent/items.csv") && Catch::Contains("cannot open"));
+  // Valid multi-byte text (2, 3 and 4 bytes) reads; a catalogue with an item left out is refused
+  // by require_items, naming the file and the first missing item.
+  const std::string path = item_text_file("gaps.csv", "item,title\n1,caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x99\x82\n3,c\n");
+  const auto texts = data::read_item_texts(path);
+  CHECK(texts.field(1, "title") == "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x99\x82");
+  CHECK_NOTHROW(texts.require_items(1));
+  CHECK_THROWS_WITH(texts.require_items(4), Catch::Contains(path) && Catch::Contains("no text for item 2 (2 of the 4 items are not listed)"));
+  std::remove(path.c_str());
 }
 
 TEST_CASE("Item texts: the Amazon Scientific catalogue reads whole", "[data][item_text][real]") {

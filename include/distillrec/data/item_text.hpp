@@ -13,7 +13,8 @@
 //
 // Bad input is a FormatError naming the file and the line: an unterminated quote, a row with the
 // wrong number of fields, an id that is not a positive integer, an id given twice, a header
-// without the id column or with a column named twice. Items the file does not list have no
+// without the id column or with a column named twice, a field that is not valid UTF-8.
+// require_items(N) refuses a file that leaves any of items 1..N out. Items the file does not list have no
 // text: hllm_item_text() gives them the empty string, prompt included, as HLLM's code does (its
 // tokenizer then yields the beginning-of-sentence token alone). Values are kept as written
 // ("NA" or "null" stay text; HLLM's pandas reading would drop them).
@@ -76,6 +77,22 @@ class ItemTexts {
     return c;
   }
 
+  /// Throws FormatError naming the file and the first item of 1..num_items it does not list
+  /// (with how many are missing): for programs that need a text for every item.
+  void require_items(ItemId num_items) const {
+    Index missing = 0;
+    ItemId first = 0;
+    for (ItemId i = 1; i <= num_items; ++i) {
+      if (!has(i)) {
+        if (missing++ == 0) first = i;
+      }
+    }
+    if (missing > 0) {
+      throw FormatError(distillrec::detail::concat(source_, ": no text for item ", first, " (", missing, " of the ", num_items,
+                                                   " items are not listed)"));
+    }
+  }
+
   /// Sets an item's fields (one per column); used by the reader.
   void set(ItemId item, std::vector<std::string> fields) {
     if (item < 1) throw ConfigError(distillrec::detail::concat("item text: item id ", item, " is not positive"));
@@ -101,6 +118,44 @@ class ItemTexts {
 };
 
 namespace detail {
+
+/// The byte offset of the first byte that breaks UTF-8 (RFC 3629: no overlong forms, no
+/// surrogates, nothing above U+10FFFF), or npos for valid text.
+inline std::size_t invalid_utf8_at(std::string_view s) {
+  std::size_t i = 0;
+  const std::size_t n = s.size();
+  while (i < n) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    std::size_t len = 0;
+    unsigned lo = 0x80, hi = 0xBF;  // allowed range of the second byte
+    if (c >= 0xC2 && c <= 0xDF) {
+      len = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      len = 3;
+      if (c == 0xE0) lo = 0xA0;
+      if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      len = 4;
+      if (c == 0xF0) lo = 0x90;
+      if (c == 0xF4) hi = 0x8F;
+    } else {
+      return i;
+    }
+    if (i + len > n) return i;
+    const auto second = static_cast<unsigned char>(s[i + 1]);
+    if (second < lo || second > hi) return i;
+    for (std::size_t k = 2; k < len; ++k) {
+      const auto b = static_cast<unsigned char>(s[i + k]);
+      if (b < 0x80 || b > 0xBF) return i;
+    }
+    i += len;
+  }
+  return std::string_view::npos;
+}
 
 /// Reads the next CSV record (RFC 4180) from `in` into `fields`; `line` counts physical lines
 /// (a quoted field may span several). Returns false at the end of the input.
@@ -201,8 +256,16 @@ inline ItemTexts read_item_texts(const std::string& path, const std::string& id_
     }
     std::vector<std::string> row;
     row.reserve(columns.size());
+    std::size_t column = 0;
     for (std::size_t i = 0; i < fields.size(); ++i) {
-      if (static_cast<Index>(i) != id_index) row.push_back(std::move(fields[i]));
+      if (static_cast<Index>(i) == id_index) continue;
+      const std::size_t bad = detail::invalid_utf8_at(fields[i]);
+      if (bad != std::string_view::npos) {
+        throw FormatError(path, record_line, distillrec::detail::concat("item ", id, ": column \"", columns[column], "\" is not valid UTF-8 (byte ",
+                                                                         bad, " of the field)"));
+      }
+      row.push_back(std::move(fields[i]));
+      ++column;
     }
     texts.set(static_cast<ItemId>(id), std::move(row));
   }

@@ -3,7 +3,8 @@
 over the runs (seeds), parameters, seconds per epoch and top-10 latency; and, for runs with
 --cold-items, the cold-start metrics.
 
-    /usr/bin/python3 bench/hllm_table.py bench/results/hllm_scientific/warm_seed{42,43,44}.json
+    /usr/bin/python3 bench/hllm_table.py bench/results/hllm_scientific/warm_seed{42,43,44}.json \
+        --seconds-from bench/results/hllm_scientific/warm_seed42.json
     /usr/bin/python3 bench/hllm_table.py --part cold bench/results/hllm_scientific/cold_seed42.json
 """
 import argparse
@@ -24,8 +25,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="train_hllm --json files (one per seed)")
     parser.add_argument("--part", choices=["warm", "cold"], default="warm")
+    parser.add_argument("--seconds-from", help="take seconds per epoch from this run only (one that had the machine to itself)")
     args = parser.parse_args()
     runs = [json.load(open(path)) for path in args.runs]
+    timed = [json.load(open(args.seconds_from))] if args.seconds_from else runs
     names = []
     for run in runs:
         for name in run["results"].get(args.part, {}):
@@ -45,9 +48,9 @@ def main():
         latency = [r["results"]["warm"][name]["top10_ms_one_thread"] for r in runs
                    if "top10_ms_one_thread" in r["results"].get("warm", {}).get(name, {})]
         if name == "HLLM":
-            seconds = [r["throughput"]["seconds_per_epoch"] for r in runs]
+            seconds = [r["throughput"]["seconds_per_epoch"] for r in timed]
         else:
-            seconds = [r["baselines"][name]["seconds_per_epoch"] for r in runs if name in r.get("baselines", {})]
+            seconds = [r["baselines"][name]["seconds_per_epoch"] for r in timed if name in r.get("baselines", {})]
         params = runs[0].get("parameters", {}).get(name, 0)
         print(f"| {name} | {fmt(metric['HR@10'])} | {fmt(metric['NDCG@10'])} | {fmt(metric['MRR'])} | "
               f"{params:,} | {fmt(seconds, 2)} | {fmt(latency, 3)} |")

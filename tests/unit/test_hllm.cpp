@@ -6,6 +6,7 @@
 #include "distillrec/io/checkpoint.hpp"
 #include "distillrec/models/hllm.hpp"
 #include "distillrec/models/popularity.hpp"
+#include "distillrec/models/registry.hpp"
 #include "distillrec/train/hllm_trainer.hpp"
 
 #include "support.hpp"
@@ -168,13 +169,60 @@ TEST_CASE("HLLM checkpoints: the configuration and the item table round-trip, an
   Rng rng(11);
   hllm.initialize(rng);
   hllm.set_item_tokens(tiny_hllm_texts());
+  // A table older than the weights is neither saved nor scored with.
   const auto stale = (dir / "stale.safetensors").string();
-  io::save_checkpoint(hllm, stale);
-  CHECK_THROWS_WITH(io::load_checkpoint<models::Hllm<float>>(stale), Catch::Contains("no embedding for item 1"));
+  CHECK_THROWS_WITH(io::save_checkpoint(hllm, stale), Catch::Contains("older than the weights"));
+  CHECK_THROWS_WITH(hllm.output_weights(), Catch::Contains("stale"));
   hllm.refresh_item_table();
+  loss::InfoNce<float> nce;
+  typename models::Hllm<float>::TrainWorkspace tws;
+  float g = 0.0f;
+  hllm.train_step({{1, 2}}, true, {3}, nce, 2.0f, &g, tws);
+  CHECK_THROWS_WITH(io::save_checkpoint(hllm, stale), Catch::Contains("older than the weights"));
+  // A rejected step changes nothing: the table stays usable.
+  hllm.refresh_item_table();
+  CHECK_THROWS(hllm.train_step({{1, 9}}, true, {3}, nce, 2.0f, &g, tws));
+  CHECK(hllm.item_table_ready());
+  // Files written by other tools: a missing table, a table of non-unit rows (named with the file).
+  auto write_with_table = [&](const std::string& file, float row_scale, bool zero_norms) {
+    models::Hllm<float> copy(hllm.config());
+    copy.parameters().copy_values_from(hllm.parameters());
+    auto& p = copy.parameters();
+    p.value(p.find("item_table.weight")).row(2) *= row_scale;
+    if (zero_norms) p.value(p.find("item_norms.weight")).setZero();
+    io::SafetensorsWriter writer;
+    writer.set_metadata("format", io::kCheckpointFormat);
+    writer.set_metadata("format_version", io::kCheckpointFormatVersion);
+    writer.set_metadata("model", "hllm");
+    writer.set_metadata("config", copy.config().to_json().dump());
+    io::add_parameters(p, writer);
+    writer.write(file);
+  };
+  const auto no_table = (dir / "no_table.safetensors").string();
+  write_with_table(no_table, 1.0f, true);
+  CHECK_THROWS_WITH(io::load_checkpoint<models::Hllm<float>>(no_table),
+                    Catch::Contains(no_table) && Catch::Contains("no embedding for item 1"));
+  const auto long_rows = (dir / "long_rows.safetensors").string();
+  write_with_table(long_rows, 2.0f, false);
+  CHECK_THROWS_WITH(io::load_checkpoint<models::Hllm<float>>(long_rows),
+                    Catch::Contains(long_rows) && Catch::Contains("row 2 of item_table.weight (item 3) has length 2"));
   const auto path = (dir / "hllm.safetensors").string();
   io::save_checkpoint(hllm, path);
   const auto loaded = io::load_checkpoint<models::Hllm<float>>(path);
+  // Programs that load whatever a checkpoint holds get an HLLM.
+  const auto [name, vector] = models::with_checkpoint_model<float>(path, [](auto model) {
+    using Model = std::decay_t<decltype(*model)>;
+    typename Model::Workspace w;
+    Matrix<float> out(1, model->output_weights().dim());
+    model->encode({{1, 2, 3}}, out, w);
+    return std::make_pair(std::string(Model::kModelName), out);
+  });
+  CHECK(name == "hllm");
+  Matrix<float> direct(1, 8);
+  typename models::Hllm<float>::Workspace direct_ws;
+  hllm.encode({{1, 2, 3}}, direct, direct_ws);
+  REQUIRE(vector.cols() == 8);
+  CHECK((vector - direct).cwiseAbs().maxCoeff() == 0.0f);
   CHECK(loaded.config().to_json() == hllm.config().to_json());
   CHECK_FALSE(loaded.has_item_tokens());
   REQUIRE(loaded.item_table_ready());
@@ -219,6 +267,7 @@ TEST_CASE("HLLM trainer: training lowers InfoNCE and beats popularity on held-ou
   training.adam.learning_rate = 5e-3;
   training.eval_every = 2;
   training.patience = 0;
+  training.validation.max_users = 300;
   std::ostringstream log;
   training.log = &log;
   // The loss on fixed windows against every item, nothing filtered (the training loss itself can
@@ -247,9 +296,19 @@ TEST_CASE("HLLM trainer: training lowers InfoNCE and beats popularity on held-ou
   CHECK(history.back().kept_negatives > history.front().kept_negatives);
   CHECK(history[1].validation.has_value());
   CHECK_FALSE(history[0].validation.has_value());
-  CHECK(trainer.best_epoch() >= 2);
-  CHECK(log.str().find("valid NDCG@10") != std::string::npos);
+  // The best validated epoch's weights and temperature are what fit() leaves (the step above
+  // computed gradients only: the weights are unchanged, the table is refreshed).
   hllm.refresh_item_table();
+  REQUIRE(trainer.best_epoch() >= 2);
+  const auto& best = history[static_cast<std::size_t>(trainer.best_epoch() - 1)];
+  REQUIRE(best.validation.has_value());
+  for (const auto& r : history) {
+    if (r.validation) CHECK(r.validation->value("NDCG@10") <= best.validation->value("NDCG@10"));
+  }
+  CHECK(eval::evaluate_full_ranking(hllm, split, eval::EvalSplit::kValid, training.validation).value("NDCG@10") ==
+        best.validation->value("NDCG@10"));
+  CHECK(std::exp(static_cast<double>(trainer.log_scale())) == Approx(best.scale).epsilon(1e-6));
+  CHECK(log.str().find("valid NDCG@10") != std::string::npos);
   models::Popularity<float> popularity(split.train, split.num_items);
   const double baseline = eval::evaluate_full_ranking(popularity, split, eval::EvalSplit::kTest).value("NDCG@10");
   const double ndcg = eval::evaluate_full_ranking(hllm, split, eval::EvalSplit::kTest).value("NDCG@10");

@@ -83,6 +83,7 @@ void save_checkpoint(const Model& model, const std::string& path,
                      const std::map<std::string, std::string>& extra_metadata = {},
                      const std::vector<std::pair<std::string, const Parameters<typename Model::Scalar>*>>& extra = {}) {
   static_assert(models::check_checkpoint_model<Model>());
+  if constexpr (models::contract::has_check_saveable<Model>::value) model.check_saveable();
   SafetensorsWriter writer;
   for (const auto& [key, value] : extra_metadata) writer.set_metadata(key, value);
   writer.set_metadata("format", kCheckpointFormat);
@@ -134,7 +135,11 @@ Model load_checkpoint(const std::string& path) {
   const SafetensorsReader reader(path);
   Model model(read_checkpoint_config<Model>(reader));
   load_parameters(model.parameters(), reader);
-  model.after_load();
+  try {
+    model.after_load();
+  } catch (const Error& e) {
+    throw FormatError(reader.path() + ": " + e.what());
+  }
   return model;
 }
 

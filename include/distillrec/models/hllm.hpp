@@ -216,16 +216,30 @@ class Hllm {
   }
 
   /// After loading weights: the item table must be there (a checkpoint saved after
-  /// refresh_item_table()).
+  /// refresh_item_table()), its rows of unit length and their lengths positive.
   void after_load() {
-    const auto norms = params_->value(norms_);
+    const auto norms = parameters().value(norms_);
+    const auto table = parameters().value(table_);
     for (Index i = 0; i < norms.rows(); ++i) {
       if (!(norms(i, 0) > T(0))) {
         throw ConfigError(distillrec::detail::concat("HLLM: the loaded item table has no embedding for item ", i + 1,
                                                      " (saved before refresh_item_table()?)"));
       }
+      const double length = static_cast<double>(table.row(i).norm());
+      if (!(std::abs(length - 1.0) < 1e-3)) {
+        throw ConfigError(distillrec::detail::concat("HLLM: row ", i, " of item_table.weight (item ", i + 1, ") has length ", length,
+                                                     "; the table holds unit vectors"));
+      }
     }
     table_ready_ = true;
+  }
+
+  /// save_checkpoint asks this first: a checkpoint must carry an item table made from its
+  /// weights (serving reads the table, not the texts).
+  void check_saveable() const {
+    if (!table_ready_) {
+      throw ConfigError("HLLM: the item table is older than the weights; call refresh_item_table() before saving");
+    }
   }
 
   /// Every item's text as token ids: tokens[i] is item i + 1's (non-empty, ids below the item
@@ -265,8 +279,8 @@ class Hllm {
     Matrix<T> embeddings;
     auto table = params_->value(table_);
     auto norms = params_->value(norms_);
-    for (ItemId begin = 0; begin < config_.num_items; begin += batch) {
-      const ItemId end = std::min<ItemId>(config_.num_items, begin + batch);
+    for (Index begin = 0; begin < config_.num_items; begin += batch) {
+      const Index end = std::min<Index>(config_.num_items, begin + batch);
       texts.assign(item_tokens_.begin() + begin, item_tokens_.begin() + end);
       embeddings.resize(end - begin, hidden_size());
       item_llm_->encode_items(texts, embeddings, ws);
@@ -319,7 +333,11 @@ class Hllm {
   }
 
   /// The output head: the normalised item table (cosine scores for normalised user vectors).
-  nn::HeadWeights<T> output_weights() const { return nn::HeadWeights<T>{parameters().value(table_), nullptr}; }
+  /// ConfigError while the table is stale (see encode()).
+  nn::HeadWeights<T> output_weights() const {
+    if (!table_ready_) throw ConfigError("HLLM: the item table is stale; call refresh_item_table() after changing the weights");
+    return nn::HeadWeights<T>{parameters().value(table_), nullptr};
+  }
 
   /// One training step: `sequences` are windows (2..max_length + 1 items, ids 1..N) whose
   /// positions each predict the next item (every_position) or whose newest position alone does;
@@ -333,9 +351,9 @@ class Hllm {
     require_texts("train_step");
     if (sequences.empty()) throw ShapeError("HLLM: a training step needs at least one sequence");
     if (negatives.empty()) throw ShapeError("HLLM: a training step needs at least one negative");
-    table_ready_ = false;
     const Index h = hidden_size();
-    ws.slot.assign(static_cast<std::size_t>(config_.num_items) + 1, -1);
+    if (ws.slot.size() != static_cast<std::size_t>(config_.num_items) + 1) ws.slot.assign(static_cast<std::size_t>(config_.num_items) + 1, -1);
+    for (ItemId item : ws.items) ws.slot[static_cast<std::size_t>(item)] = -1;  // the last step's
     ws.items.clear();
     auto slot_of = [&](ItemId item) {
       Index& slot = ws.slot[static_cast<std::size_t>(item)];
@@ -369,6 +387,7 @@ class Hllm {
       check_item(negatives[m], "negative", static_cast<Index>(m));
       ws.negative_rows.push_back(slot_of(negatives[m]));
     }
+    table_ready_ = false;  // the input is valid: the weights' gradients follow (and the update)
     const auto num_items_here = static_cast<Index>(ws.items.size());
     ws.texts.resize(ws.items.size());
     for (std::size_t k = 0; k < ws.items.size(); ++k) ws.texts[k] = item_tokens_[static_cast<std::size_t>(ws.items[k] - 1)];

@@ -48,6 +48,10 @@
 //
 // Optional, asked for by the features that need it (each checks with a readable message):
 //
+//   void check_saveable() const;              // throws if the model's state must not be saved
+//                                             // as it is (HLLM: an item table older than its
+//                                             // weights); save_checkpoint calls it
+//
 //   nn::Embedding<Scalar>& input_item_embedding();
 //                                             // the item lookup of the input, for collaborative
 //                                             // embedding distillation's row offsets
@@ -129,6 +133,8 @@ DISTILLREC_CONTRACT_TRAIT(has_session_append,
                           (static_cast<Index>(std::declval<const M&>().session_cache_size()),
                            std::declval<const M&>().session_append(std::declval<S<M>*>(), Index{}, ItemId{}, std::declval<MatrixRef<S<M>>>(),
                                                                    std::declval<W<M>&>())));
+
+DISTILLREC_CONTRACT_TRAIT(has_check_saveable, std::declval<const M&>().check_saveable());
 
 #undef DISTILLREC_CONTRACT_TRAIT
 

@@ -72,6 +72,7 @@ decltype(auto) dispatch(const std::string& name, Visitor&& visitor, TypeList<Fir
 /// same type.
 template <typename T = float, typename Visitor>
 decltype(auto) with_model_type(const std::string& name, Visitor&& visitor) {
+  static_assert(check_sequence_model<SASRec<T>>() && check_sequence_model<GRU4Rec<T>>() && check_sequence_model<LLMRec<T>>());
   return detail::dispatch(name, std::forward<Visitor>(visitor), ModelTypes<T>{}, "");
 }
 

@@ -191,9 +191,12 @@ class HllmTrainer {
         }
         // The temperature's gradient is clipped with the weights' (one global norm, as
         // torch.nn.utils.clip_grad_norm_ over every parameter).
+        const double norm = std::sqrt(std::pow(optim::gradient_norm(params), 2) + static_cast<double>(grad_log_scale) * grad_log_scale);
+        if (!std::isfinite(norm)) {
+          throw Error(distillrec::detail::concat("HLLM trainer: the gradient is not finite at epoch ", epoch, " step ", s + 1,
+                                                 " (the weights were not updated)"));
+        }
         if (config_.clip_norm > 0.0) {
-          const double norm2 = std::pow(optim::gradient_norm(params), 2) + static_cast<double>(grad_log_scale) * grad_log_scale;
-          const double norm = std::sqrt(norm2);
           if (norm > config_.clip_norm) {
             const T factor = static_cast<T>(config_.clip_norm / (norm + 1e-6));
             params.flat_grads() *= factor;

@@ -46,20 +46,6 @@ using examples::median;
 using examples::stats;
 using examples::RunResult;
 
-namespace {
-
-std::vector<std::string> split_list(const std::string& text) {
-  std::vector<std::string> out;
-  std::stringstream in(text);
-  std::string item;
-  while (std::getline(in, item, ',')) {
-    if (!item.empty()) out.push_back(item);
-  }
-  return out;
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
   examples::Processes processes(argc, argv);  // one, or data-parallel under mpirun
   CLI::App app{"DLLM2Rec ranking distillation: SASRec and GRU4Rec students learn a teacher's top-K rankings (Cui et al., RecSys 2024)."};
@@ -143,8 +129,8 @@ int main(int argc, char** argv) {
     training.collective = processes.collective();  // every model's training (data-parallel under mpirun)
     training.sparse_rows = sparse_rows;
     rd.validate();
-    const auto student_list = split_list(students);
-    const auto variant_list = split_list(variants);
+    const auto student_list = examples::split_list(students);
+    const auto variant_list = examples::split_list(variants);
     for (const auto& s : student_list) {
       if (s != "sasrec" && s != "gru4rec") throw ConfigError("--students: unknown student \"" + s + "\" (sasrec, gru4rec)");
     }

@@ -112,6 +112,21 @@ inline distillrec::data::ExampleSplit make_split(const distillrec::data::Interac
   throw distillrec::ConfigError("unknown split \"" + protocol + "\" (expected leave-one-out, every-prefix or temporal)");
 }
 
+/// "a,b,,c" -> {"a", "b", "c"}: a comma-separated flag value, empty entries dropped.
+inline std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> out;
+  std::string item;
+  for (char c : text + ",") {
+    if (c != ',') {
+      item += c;
+    } else if (!item.empty()) {
+      out.push_back(std::move(item));
+      item.clear();
+    }
+  }
+  return out;
+}
+
 /// Median of a list (0 for an empty one).
 inline double median(std::vector<double> v) {
   if (v.empty()) return 0.0;

@@ -101,16 +101,6 @@ class TextSimilarity {
   Index max_length_;
 };
 
-std::vector<std::string> split_list(const std::string& text) {
-  std::vector<std::string> out;
-  std::stringstream in(text);
-  std::string item;
-  while (std::getline(in, item, ',')) {
-    if (!item.empty()) out.push_back(item);
-  }
-  return out;
-}
-
 nlohmann::json metrics_json(const eval::EvaluationResult& r) {
   nlohmann::json j;
   for (const auto& [name, value] : r.metrics) j[name] = value;
@@ -182,7 +172,7 @@ int main(int argc, char** argv) {
       log.item_raw_ids = std::move(raw);
     }
     const auto texts = data::read_item_texts(items_path);
-    const std::vector<std::string> columns = columns_text.empty() ? texts.columns() : split_list(columns_text);
+    const std::vector<std::string> columns = columns_text.empty() ? texts.columns() : examples::split_list(columns_text);
     std::vector<std::string> item_texts;
     Index missing = 0;
     for (ItemId i = 1; i <= log.num_items; ++i) {
@@ -293,7 +283,7 @@ int main(int argc, char** argv) {
     evaluate("text TF-IDF", text_similarity, 0);
 
     nlohmann::json baselines = nlohmann::json::object();
-    for (const auto& name : split_list(compare)) {
+    for (const auto& name : examples::split_list(compare)) {
       train::TrainerConfig t;
       t.epochs = baseline_epochs;
       t.objective.objective = train::Objective::kSoftmax;

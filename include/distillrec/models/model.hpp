@@ -208,20 +208,8 @@ constexpr bool check_checkpoint_model() {
 /// Compile-time check of the whole sequence-model contract.
 template <typename Model>
 constexpr bool check_sequence_model() {
-  check_scoring_model<Model>();
-  static_assert(contract::has_config_json<Model>::value,
-                "distillrec model contract: missing `struct Config` with `nlohmann::json to_json() const`");
-  static_assert(contract::has_config_from_json<Model>::value,
-                "distillrec model contract: missing `static Config Config::from_json(const nlohmann::json&)`");
-  static_assert(contract::has_model_name<Model>::value,
-                "distillrec model contract: missing `static constexpr const char* kModelName` (checkpoint model name)");
-  static_assert(contract::has_config_constructor<Model>::value,
-                "distillrec model contract: missing the constructor `explicit Model(const Config&)`");
-  static_assert(contract::has_config<Model>::value, "distillrec model contract: missing `const Config& config() const`");
-  static_assert(contract::has_parameters<Model>::value,
-                "distillrec model contract: missing `Parameters<Scalar>& parameters()` and its const overload");
+  check_checkpoint_model<Model>();
   static_assert(contract::has_initialize<Model>::value, "distillrec model contract: missing `void initialize(Rng& rng)`");
-  static_assert(contract::has_after_load<Model>::value, "distillrec model contract: missing `void after_load()`");
   static_assert(contract::has_max_length<Model>::value, "distillrec model contract: missing `Index max_length() const`");
   static_assert(contract::has_forward_train<Model>::value,
                 "distillrec model contract: missing `ConstMatrixMap<Scalar> forward_train(const data::TrainingBatch& batch, "

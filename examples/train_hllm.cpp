@@ -19,6 +19,11 @@
 // The tokenizer and the TF-IDF weights are fitted on every item's text, the held-out items'
 // included (their text, never their interactions: text is what a new item arrives with). Also: parameters, seconds per epoch,
 // training sequences/s, item encoding items/s, peak memory; --json FILE writes all of it.
+// --from-llama DIR starts the item LLM from a LLaMA-family checkpoint (Hugging Face layout:
+// config.json, safetensors, tokenizer.model), its sizes then the checkpoint's; --user-from-llama
+// starts the user LLM from it too. Every weight is fine-tuned, or with --lora-rank R only LoRA
+// adapters (nn/lora.hpp) on the pretrained LLMs' projections, their base frozen; --checkpoint
+// then saves the adapters merged into the base (--keep-adapters: as they are).
 // --export-signals FILE makes HLLM a DLLM2Rec teacher: its top-K for every training example and
 // its item embeddings, in the file distill_dllm2rec --teacher-signals reads.
 #include "distillrec/data/cold_start.hpp"
@@ -46,8 +51,11 @@
 
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <iostream>
 #include <map>
+#include <optional>
+#include <set>
 #include <sstream>
 
 using namespace distillrec;
@@ -113,7 +121,9 @@ nlohmann::json metrics_json(const eval::EvaluationResult& r) {
 int main(int argc, char** argv) {
   CLI::App app{"Trains HLLM (item LLM over item text + user LLM, InfoNCE) and compares it with ID-based and text baselines"};
   std::string data_path, items_path, tokenizer_path, save_tokenizer, checkpoint, json_path, columns_text, prompt = data::kHllmItemPrompt;
-  std::string compare = "sasrec,gru4rec", signals_path;
+  std::string compare = "sasrec,gru4rec", signals_path, from_llama;
+  bool user_from_llama = false, keep_adapters = false, recompute_attention = false;
+  nn::LoraOptions lora;
   Index signals_k = 50;
   int vocab = 4000;
   Index hidden = 64, item_layers = 2, user_layers = 2, heads = 4, max_length = 50, max_text_tokens = 64, max_users = 0;
@@ -150,6 +160,18 @@ int main(int argc, char** argv) {
   app.add_option("--baseline-epochs", baseline_epochs, "Largest epochs of the ID-based models (early stopping on validation)")
       ->check(CLI::PositiveNumber);
   app.add_option("--max-users", max_users, "Keep only the first N users of the log (quick runs)")->check(CLI::NonNegativeNumber);
+  app.add_option("--from-llama", from_llama,
+                 "Start the item LLM from this LLaMA-family checkpoint directory (config.json, safetensors; its tokenizer.model unless "
+                 "--tokenizer); --hidden, --item-layers and --heads then come from it");
+  app.add_flag("--user-from-llama", user_from_llama, "Start the user LLM from the --from-llama checkpoint too (its layers)");
+  app.add_option("--lora-rank", lora.rank,
+                 "Train LoRA adapters of this rank on the LLMs started from the checkpoint, their base frozen (0: fine-tune every weight)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--lora-alpha", lora.alpha, "LoRA scale numerator (the update is scaled by alpha / rank)");
+  app.add_option("--lora-dropout", lora.dropout, "Dropout on the LoRA adapters' input while training")->check(CLI::Range(0.0, 0.9));
+  app.add_flag("--keep-adapters", keep_adapters, "Save the checkpoint with its LoRA adapters instead of merged into the base");
+  app.add_flag("--recompute-attention", recompute_attention,
+               "Recompute both LLMs' attention probabilities in backward instead of keeping them (less memory for long texts)");
   app.add_option("--checkpoint", checkpoint, "Save HLLM (with its item table) here, atomically");
   app.add_option("--json", json_path, "Write configuration, history and results as JSON");
   app.add_option("--export-signals", signals_path,
@@ -160,6 +182,21 @@ int main(int argc, char** argv) {
 
   try {
     using Clock = std::chrono::steady_clock;
+    lora.validate();
+    if (lora.enabled() && from_llama.empty()) {
+      throw ConfigError("--lora-rank trains adapters on a pretrained base: it needs --from-llama DIR");
+    }
+    if (user_from_llama && from_llama.empty()) throw ConfigError("--user-from-llama needs --from-llama DIR");
+    std::optional<models::LlamaConfig> pretrained;
+    if (!from_llama.empty()) {
+      pretrained = models::read_hf_llama_config(from_llama);
+      if (tokenizer_path.empty()) {
+        tokenizer_path = (std::filesystem::path(from_llama) / "tokenizer.model").string();
+        if (!std::filesystem::exists(tokenizer_path)) {
+          throw ConfigError(from_llama + ": no tokenizer.model in the checkpoint directory (pass the checkpoint's tokenizer with --tokenizer)");
+        }
+      }
+    }
     if (!signals_path.empty() && (cold_fraction > 0.0 || max_users > 0)) {
       throw ConfigError("--export-signals needs the whole log's leave-one-out split (the students'): no --cold-items, no --max-users");
     }
@@ -212,6 +249,20 @@ int main(int argc, char** argv) {
                 tokenizer_path.empty() ? "BPE trained on the item texts" : tokenizer_path.c_str(), tokenizer.vocab_size(),
                 token_total / static_cast<double>(tokens.size()), static_cast<long>(cut), static_cast<long>(tokens.size()),
                 static_cast<long>(max_text_tokens), std::chrono::duration<double>(Clock::now() - tokenizer_start).count());
+    {
+      // Items whose kept tokens are the same have the same embedding: the model cannot tell them
+      // apart (and InfoNCE drops them as each other's negatives).
+      std::set<std::vector<int>> distinct;
+      for (const auto& t : tokens) {
+        distinct.insert(std::vector<int>(t.begin(), t.begin() + std::min<std::ptrdiff_t>(static_cast<std::ptrdiff_t>(t.size()), max_text_tokens)));
+      }
+      const auto same = static_cast<long>(tokens.size() - distinct.size());
+      if (same > 0) {
+        std::printf("warning: %ld items have the same first %ld tokens as another item (indistinguishable to HLLM): raise "
+                    "--max-text-tokens, shorten --prompt or choose other --columns\n",
+                    same, static_cast<long>(max_text_tokens));
+      }
+    }
 
     std::optional<data::ColdStartSplit> cold;
     data::ExampleSplit split;
@@ -224,24 +275,58 @@ int main(int argc, char** argv) {
     }
 
     auto config = models::HllmConfig::small(log.num_items, tokenizer.vocab_size(), hidden, item_layers, user_layers, heads);
+    if (pretrained) {
+      if (tokenizer.vocab_size() > pretrained->vocab_size) {
+        throw ConfigError(distillrec::detail::concat(tokenizer_path, " has ", tokenizer.vocab_size(), " pieces, more than the ",
+                                                     pretrained->vocab_size, " tokens of ", from_llama, " (not its tokenizer?)"));
+      }
+      config.item_llm = *pretrained;
+      config.item_llm.lora = lora;
+      const Index user_depth = user_from_llama ? pretrained->num_layers : user_layers;
+      config.user_llm = *pretrained;
+      config.user_llm.num_layers = user_depth;
+      config.user_llm.lora = user_from_llama ? lora : nn::LoraOptions{};
+      config.normalise();
+    }
     config.max_length = max_length;
     config.max_text_tokens = max_text_tokens;
-    config.item_llm.max_positions = std::max<Index>(config.item_llm.max_positions, max_text_tokens + 1);
+    config.item_llm.recompute_attention = config.user_llm.recompute_attention = recompute_attention;
+    if (!pretrained) config.item_llm.max_positions = std::max<Index>(config.item_llm.max_positions, max_text_tokens + 1);
     config.user_llm.max_positions = std::max<Index>(config.user_llm.max_positions, max_length);
     models::Hllm<float> hllm(config);
     Rng rng(training.seed);
     hllm.initialize(rng);
+    if (pretrained) {
+      models::load_hf_llama_weights(from_llama, hllm.item_llm());
+      if (user_from_llama) models::load_hf_llama_weights(from_llama, hllm.user_llm());
+    }
     hllm.set_item_tokens(tokens);
-    std::printf("HLLM: item LLM %ld x %ld (vocab %ld), user LLM %ld x %ld, %ld heads, max_length %ld, %ld text tokens\n",
-                static_cast<long>(item_layers), static_cast<long>(hidden), static_cast<long>(tokenizer.vocab_size()),
-                static_cast<long>(user_layers), static_cast<long>(hidden), static_cast<long>(heads), static_cast<long>(max_length),
+    const auto& item_config = config.item_llm;
+    const auto& user_config = config.user_llm;
+    std::printf("HLLM: item LLM %ld x %ld (vocab %ld, %s), user LLM %ld x %ld (%s), %ld heads, max_length %ld, %ld text tokens\n",
+                static_cast<long>(item_config.num_layers), static_cast<long>(item_config.hidden_size),
+                static_cast<long>(item_config.vocab_size), pretrained ? from_llama.c_str() : "from scratch",
+                static_cast<long>(user_config.num_layers), static_cast<long>(user_config.hidden_size),
+                user_from_llama ? from_llama.c_str() : "from scratch", static_cast<long>(item_config.num_heads), static_cast<long>(max_length),
                 static_cast<long>(max_text_tokens));
+    if (lora.enabled()) {
+      std::printf("LoRA: rank %ld, alpha %g, dropout %g on the projections of the %s, base frozen: %ld of %ld parameters train\n",
+                  static_cast<long>(lora.rank), lora.alpha, lora.dropout, user_from_llama ? "item and user LLMs" : "item LLM",
+                  static_cast<long>(hllm.parameters().num_trainable_scalars()), static_cast<long>(hllm.parameters().num_scalars()));
+    }
     train::HllmTrainer<float> trainer(hllm, split, training);
     const auto history = trainer.fit();
     const auto encode_start = Clock::now();
     hllm.refresh_item_table();
     const double encode_seconds = std::chrono::duration<double>(Clock::now() - encode_start).count();
-    if (!checkpoint.empty()) io::save_checkpoint(hllm, checkpoint);
+    if (!checkpoint.empty()) {
+      if (lora.enabled() && !keep_adapters) {
+        io::save_checkpoint(models::merge_lora(hllm), checkpoint);
+        std::printf("checkpoint: LoRA adapters merged into the base -> %s\n", checkpoint.c_str());
+      } else {
+        io::save_checkpoint(hllm, checkpoint);
+      }
+    }
     if (!signals_path.empty()) {
       const auto start = Clock::now();
       const auto ranking = distill::compute_ranking_signals(hllm, split, signals_k, data::Part::kTrain);
@@ -276,7 +361,11 @@ int main(int argc, char** argv) {
         results["cold"][name] = metrics_json(c);
       }
     };
-    evaluate("HLLM", hllm, hllm.parameters().num_trainable_scalars());
+    // HLLM's size: both LLMs (with LoRA: base and adapters), not the item table (a cache of
+    // their output).
+    const Index hllm_size = hllm.parameters().num_scalars() - hllm.parameters().info(hllm.parameters().find("item_table.weight")).size() -
+                            hllm.parameters().info(hllm.parameters().find("item_norms.weight")).size();
+    evaluate("HLLM", hllm, hllm_size);
     models::Popularity<float> popularity(split);
     evaluate("popularity", popularity, 0);
     TextSimilarity text_similarity(tokens, tokenizer.vocab_size(), max_length);
@@ -353,6 +442,9 @@ int main(int argc, char** argv) {
       j["tokenizer"] = {{"source", tokenizer_path.empty() ? "trained BPE" : tokenizer_path}, {"pieces", tokenizer.vocab_size()},
                         {"tokens_per_item", token_total / static_cast<double>(tokens.size())}};
       j["config"] = hllm.config().to_json();
+      j["from_llama"] = from_llama;
+      j["user_from_llama"] = user_from_llama;
+      j["trainable_parameters"] = hllm.parameters().num_trainable_scalars();
       j["training"] = {{"epochs", training.epochs}, {"batch", training.batch_size}, {"negatives", training.negatives},
                        {"lr", training.adam.learning_rate}, {"weight_decay", training.adam.weight_decay},
                        {"warmup", training.warmup_fraction}, {"seed", training.seed}, {"best_epoch", trainer.best_epoch()}};

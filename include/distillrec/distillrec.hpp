@@ -72,6 +72,7 @@
 #include "distillrec/nn/init.hpp"
 #include "distillrec/nn/layer_norm.hpp"
 #include "distillrec/nn/linear.hpp"
+#include "distillrec/nn/lora.hpp"
 #include "distillrec/nn/normalization.hpp"
 #include "distillrec/nn/output_head.hpp"
 #include "distillrec/nn/rms_norm.hpp"

@@ -4,6 +4,7 @@
 // file or in shards. Skipped, not failed, where Python or PyTorch is absent.
 #include "distillrec/io/safetensors.hpp"
 #include "distillrec/models/llama.hpp"
+#include "distillrec/optim/adam.hpp"
 
 #include "support.hpp"
 
@@ -117,4 +118,79 @@ TEST_CASE("Hugging Face LLaMA checkpoints: missing, malformed and unsupported on
   CHECK_THROWS_WITH(models::load_hf_llama<float>(dir), Catch::Contains("no model.safetensors or model.safetensors.index.json"));
   fs::remove(dir + "/config.json");
   CHECK_THROWS_WITH(models::load_hf_llama<float>(dir), Catch::Contains("config.json") && Catch::Contains("cannot open"));
+}
+
+TEST_CASE("A Hugging Face LLaMA checkpoint with LoRA adapters: starts at PyTorch's states, trains only the adapters, merges back, "
+          "weights load into a model only where the architecture agrees",
+          "[integration][pytorch][llama][lora]") {
+  if (!hf_llama_python_available()) {
+    WARN("python3 with torch not found; skipping");
+    return;
+  }
+  const std::string dir = write_tiny_llama("lora", "--dtype F32");
+  nn::LoraOptions lora;
+  lora.rank = 4;
+  lora.alpha = 8.0;
+  auto model = models::load_hf_llama<float>(dir, /*item_token=*/true, /*seed=*/5, lora);
+  auto& params = model.parameters();
+  Index trainable_tensors = 0;
+  for (const auto& info : params.infos()) {
+    INFO(info.name);
+    CHECK(info.trainable == (nn::is_lora_parameter(info.name) || info.name == "item_token.weight"));
+    trainable_tensors += info.trainable ? 1 : 0;
+  }
+  CHECK(trainable_tensors == 3 * 7 * 2 + 1);
+  CHECK(params.num_trainable_scalars() < params.num_scalars() / 5);
+  // Fresh adapters (B = 0) change nothing: PyTorch's hidden states.
+  const auto sequences = hf_llama_tokens(dir);
+  const io::SafetensorsReader reference(dir + "/reference.safetensors");
+  models::LlamaModel<float>::Workspace ws;
+  const Matrix<float> packed = model.forward(sequences, ws);
+  const Index len = static_cast<Index>(sequences[0].size());
+  const Matrix<float> expected = reference.read_matrix("states.0", len, model.hidden_size());
+  CHECK((packed.topRows(len) - expected).cwiseAbs().maxCoeff() < 1e-4 * expected.cwiseAbs().maxCoeff());
+  // After a few steps of Adam on the item embeddings: the base is bit for bit the checkpoint's,
+  // the adapters moved, and the merged model computes the adapted one's embeddings.
+  const auto q = params.find("blocks.0.attention.query.weight");
+  const Matrix<float> base_before = params.value(q);
+  const std::vector<std::vector<int>> texts{{1, 5, 9}, {1, 2, 3, 4}, {1, 7}};
+  Rng rng(9);
+  const Matrix<float> target = test::random_matrix<float>(3, model.hidden_size(), rng);
+  optim::Adam adam(optim::AdamConfig{});
+  auto state = adam.make_state(params);
+  Matrix<float> items(3, model.hidden_size());
+  double first = 0.0, last = 0.0;
+  for (int step = 0; step < 20; ++step) {
+    params.zero_grad();
+    model.encode_items(texts, items, ws);
+    const Matrix<float> diff = items - target;
+    const double loss = diff.squaredNorm();
+    (step == 0 ? first : last) = loss;
+    model.backward_items(2.0f * diff, ws);
+    adam.step(params, state, 1e-2);
+  }
+  INFO("loss " << first << " -> " << last);
+  CHECK(last < first);
+  CHECK((params.value(q) - base_before).cwiseAbs().maxCoeff() == 0.0f);
+  CHECK(params.value(params.find("blocks.0.attention.query.lora_b.weight")).cwiseAbs().maxCoeff() > 0.0f);
+  model.encode_items(texts, items, ws);
+  const auto merged = models::merge_lora(model);
+  models::LlamaModel<float>::Workspace merged_ws;
+  Matrix<float> merged_items(3, model.hidden_size());
+  merged.encode_items(texts, merged_items, merged_ws);
+  CHECK((merged_items - items).cwiseAbs().maxCoeff() < 1e-4f);
+
+  // Loading into a model of another shape is refused by config.json.
+  models::LlamaConfig other = model.config();
+  other.num_layers = 2;
+  models::LlamaModel<float> shallower(other);
+  CHECK_THROWS_WITH(models::load_hf_llama_weights(dir, shallower), Catch::Contains("config.json") && Catch::Contains("differs from the model"));
+  // A model over vectors (no token table) takes the blocks and the norm.
+  models::LlamaConfig vectors = model.config();
+  vectors.vocab_size = 0;
+  vectors.item_token = false;
+  vectors.lora = nn::LoraOptions{};
+  models::LlamaModel<float> user(vectors);
+  models::load_hf_llama_weights(dir, user);
+  CHECK((user.parameters().value(user.parameters().find("blocks.0.attention.query.weight")) - base_before).cwiseAbs().maxCoeff() == 0.0f);
 }

@@ -10,6 +10,11 @@ computed in float64 from the weights as stored (rounded to the dtype), by a LLaM
 written here after HF's LlamaModel (Debian has no transformers): RMSNorm, rotary embedding in
 HF's rotate-half layout, grouped-query causal attention, SwiGLU. The checkpoint also carries
 lm_head.weight, which a hidden-state reader must skip.
+
+With --tokenizer-text FILE, a SentencePiece BPE tokenizer (python3-sentencepiece) trained on
+FILE's lines is written as OUT_DIR/tokenizer.model (as LLaMA checkpoints ship theirs) and the
+checkpoint's vocabulary is that tokenizer's size: a complete tiny checkpoint for programs that
+start from one (train_hllm --from-llama).
 """
 import argparse
 import json
@@ -24,13 +29,26 @@ p.add_argument("out")
 p.add_argument("--dtype", default="F32", choices=["F32", "F16", "BF16"])
 p.add_argument("--shards", type=int, default=1)
 p.add_argument("--seed", type=int, default=7)
+p.add_argument("--tokenizer-text", help="train a tokenizer.model on this file's lines; the vocabulary follows it")
+p.add_argument("--tokenizer-pieces", type=int, default=120, help="pieces of that tokenizer (at most)")
 args = p.parse_args()
+
+vocab_size = 97
+if args.tokenizer_text:
+    import sentencepiece as spm
+
+    os.makedirs(args.out, exist_ok=True)
+    spm.SentencePieceTrainer.train(input=args.tokenizer_text, model_prefix=os.path.join(args.out, "tokenizer"), model_type="bpe",
+                                   vocab_size=args.tokenizer_pieces, hard_vocab_limit=False, character_coverage=1.0,
+                                   minloglevel=2)
+    os.remove(os.path.join(args.out, "tokenizer.vocab"))
+    vocab_size = spm.SentencePieceProcessor(model_file=os.path.join(args.out, "tokenizer.model")).get_piece_size()
 
 torch.manual_seed(args.seed)
 config = {
     "architectures": ["LlamaForCausalLM"],
     "model_type": "llama",
-    "vocab_size": 97,
+    "vocab_size": vocab_size,
     "hidden_size": 32,
     "intermediate_size": 88,
     "num_hidden_layers": 3,
@@ -147,7 +165,7 @@ else:
     with open(os.path.join(args.out, "model.safetensors.index.json"), "w") as f:
         json.dump({"metadata": {"total_size": 0}, "weight_map": weight_map}, f, indent=2)
 
-sequences = [[1, 5, 9, 13, 40, 96], [1, 2], [1], [1] + [int(t) for t in torch.randint(3, V, (40,))]]
+sequences = [[1, 5, 9, 13, 40, 96 % V], [1, 2], [1], [1] + [int(t) for t in torch.randint(3, V, (40,))]]
 with open(os.path.join(args.out, "tokens.json"), "w") as f:
     json.dump(sequences, f)
 write_safetensors(os.path.join(args.out, "reference.safetensors"),

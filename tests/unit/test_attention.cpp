@@ -214,3 +214,58 @@ TEST_CASE("Grouped-query attention rejects a key/value head count that does not 
   Parameters<float> odd;
   REQUIRE_THROWS_AS(nn::MultiHeadAttention<float>(odd, "a", 9, 3, 0.0, false, options), ConfigError);  // head size 3
 }
+
+TEST_CASE("Recomputed attention probabilities: outputs and every gradient equal the stored ones bit for bit, with dropout, "
+          "per-example masks, rotary and grouped heads, and no probability matrix is kept",
+          "[nn][attention][recompute]") {
+  for (const bool keyed : {false, true}) {
+    CAPTURE(keyed);
+    Rng rng(21);
+    nn::AttentionOptions options;
+    options.num_kv_heads = 2;
+    options.bias = false;
+    options.rope = true;
+    options.max_positions = 16;
+    Parameters<double> stored_params, recomputed_params;
+    nn::MultiHeadAttention<double> stored(stored_params, "attn", 8, 4, 0.25, true, options);
+    options.recompute_probabilities = true;
+    nn::MultiHeadAttention<double> recomputed(recomputed_params, "attn", 8, 4, 0.25, true, options);
+    stored_params.allocate();
+    recomputed_params.allocate();
+    stored.initialize(rng);
+    recomputed_params.copy_values_from(stored_params);
+    REQUIRE(recomputed.recomputes_probabilities());
+    const nn::SequenceLayout layout({6, 1, 9, 3});
+    const Index n = layout.num_tokens();
+    const Matrix<double> x = test::random_matrix<double>(n, 8, rng);
+    const Matrix<double> dy = test::random_matrix<double>(n, 8, rng);
+    const std::vector<std::uint64_t> row_keys(static_cast<std::size_t>(n), 5), sequence_keys{11, 12, 13, 14};
+    struct Run {
+      Matrix<double> y, dx, grads;
+      std::size_t kept = 0;
+    };
+    auto run = [&](nn::MultiHeadAttention<double>& attention, Parameters<double>& params) {
+      Run r;
+      typename nn::MultiHeadAttention<double>::Workspace ws;
+      Rng mask_rng(3);
+      const auto mode = keyed ? nn::RunMode::train_keyed(mask_rng, row_keys.data(), n, sequence_keys.data(), 4, 99)
+                              : nn::RunMode::train(mask_rng);
+      r.y.resize(n, 8);
+      attention.forward(x, x, layout, r.y, ws, mode);
+      params.zero_grad();
+      r.dx.resize(n, 8);
+      attention.backward(x, x, layout, dy, r.dx, r.dx, ws, nn::InputGrad::kOverwrite, nn::InputGrad::kAccumulate);
+      r.grads = Eigen::Map<const Matrix<double>>(params.grads(), 1, params.buffer_size());
+      r.kept = ws.probs.size() + ws.mask.size();
+      return r;
+    };
+    const Run a = run(stored, stored_params);
+    const Run b = run(recomputed, recomputed_params);
+    CHECK(a.kept > 0);
+    CHECK(b.kept == 0);
+    CHECK((a.y - b.y).cwiseAbs().maxCoeff() == 0.0);
+    CHECK((a.dx - b.dx).cwiseAbs().maxCoeff() == 0.0);
+    CHECK((a.grads - b.grads).cwiseAbs().maxCoeff() == 0.0);
+    CHECK(a.dx.cwiseAbs().maxCoeff() > 0.0);
+  }
+}

@@ -198,7 +198,14 @@ class Parameters {
   ConstVectorMap<T> flat_values() const { return ConstVectorMap<T>(values_.data(), total_); }
   ConstVectorMap<T> flat_grads() const { return ConstVectorMap<T>(grads_.data(), total_); }
 
-  void zero_grad() { std::fill(grads_.begin(), grads_.end(), T(0)); }
+  /// Zeroes the gradients of the trainable parameters. A frozen parameter's slice is left alone:
+  /// layers compute no gradient for it, so it keeps the allocator's zeros and, for a large frozen
+  /// tensor (a LoRA model's base weights), never becomes resident.
+  void zero_grad() {
+    for (const auto& info : infos_) {
+      if (info.trainable) std::fill_n(grads_.data() + info.offset, static_cast<std::size_t>(info.size()), T(0));
+    }
+  }
 
   /// Copies all values from another buffer with the same layout (e.g. best-epoch snapshot).
   void copy_values_from(const Parameters& other) {

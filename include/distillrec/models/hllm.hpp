@@ -35,6 +35,8 @@
 // next item's embedding the positive and the pool the negatives; the gradients of the InfoNCE
 // flow through the user LLM into the input embeddings and, with those of the positives and
 // negatives, back through the item LLM (its token table, blocks, norms and [ITEM] token).
+// LoRA (LlamaConfig::lora on either LLM, nn/lora.hpp): that LLM's base weights are frozen
+// and its adapters train (the [ITEM] token too); merge_lora() folds them in for serving.
 // Texts longer than max_text_tokens are cut to their first max_text_tokens tokens (HLLM's
 // max_text_length), so the item LLM's attention is bounded by (max_text_tokens + 1)^2 per item
 // and head.
@@ -345,9 +347,11 @@ class Hllm {
   /// returns the InfoNCE (loss/info_nce.hpp, `nce` with log-scale `log_scale`, mean over the
   /// supervised positions or over `denominator` if > 0) and ADDS the gradients of every weight to
   /// parameters().grads(); *grad_log_scale is overwritten. The item table becomes stale.
+  /// `mode`: a training mode draws the LoRA adapters' dropout masks (both LLMs have no other
+  /// dropout); inference mode (the default) runs without.
   T train_step(const std::vector<Sequence>& sequences, bool every_position, const std::vector<ItemId>& negatives,
                const loss::InfoNce<T>& nce, T log_scale, T* grad_log_scale, TrainWorkspace& ws,
-               loss::InfoNceStats* stats = nullptr, Index denominator = 0) {
+               loss::InfoNceStats* stats = nullptr, Index denominator = 0, const nn::RunMode& mode = nn::RunMode::inference()) {
     require_texts("train_step");
     if (sequences.empty()) throw ShapeError("HLLM: a training step needs at least one sequence");
     if (negatives.empty()) throw ShapeError("HLLM: a training step needs at least one negative");
@@ -392,7 +396,7 @@ class Hllm {
     ws.texts.resize(ws.items.size());
     for (std::size_t k = 0; k < ws.items.size(); ++k) ws.texts[k] = item_tokens_[static_cast<std::size_t>(ws.items[k] - 1)];
     auto embeddings = ws.embeddings.resize(num_items_here, h);
-    item_llm_->encode_items(ws.texts, embeddings, ws.item);
+    item_llm_->encode_items(ws.texts, embeddings, ws.item, mode);
 
     const auto rows = static_cast<Index>(ws.input_rows.size());
     const auto pool = static_cast<Index>(ws.negative_rows.size());
@@ -402,7 +406,7 @@ class Hllm {
       positives.row(i) = embeddings.row(ws.target_rows[static_cast<std::size_t>(i)]);
     }
     for (Index m = 0; m < pool; ++m) pooled.row(m) = embeddings.row(ws.negative_rows[static_cast<std::size_t>(m)]);
-    const auto states = user_llm_->forward_embeddings(inputs, ws.layout, ws.user);
+    const auto states = user_llm_->forward_embeddings(inputs, ws.layout, ws.user, mode);
     auto dq = ws.dq.resize(rows, h), dp = ws.dp.resize(rows, h), dn = ws.dn.resize(pool, h);
     const T value = nce(states, positives, pooled, ws.supervised, log_scale, dq, dp, dn, grad_log_scale, ws.nce, stats, denominator);
 
@@ -437,5 +441,22 @@ class Hllm {
   std::vector<std::vector<int>> item_tokens_;
   bool table_ready_ = false;
 };
+
+/// The same model with every LoRA adapter folded into its base weight (nn/lora.hpp): a model
+/// without adapters (every weight trainable again), its item texts, and its item table (still
+/// valid: the merged weights compute the same function, up to rounding).
+template <typename T>
+Hllm<T> merge_lora(const Hllm<T>& model) {
+  HllmConfig config = model.config();
+  const double item_scale = config.item_llm.lora.scale(), user_scale = config.user_llm.lora.scale();
+  config.item_llm.lora = nn::LoraOptions{};
+  config.user_llm.lora = nn::LoraOptions{};
+  Hllm<T> merged(config);
+  nn::copy_merging_lora(model.parameters(), merged.parameters(),
+                        [&](const std::string& name) { return name.rfind("item_llm.", 0) == 0 ? item_scale : user_scale; });
+  if (model.has_item_tokens()) merged.set_item_tokens(model.item_tokens());
+  if (model.item_table_ready()) merged.after_load();
+  return merged;
+}
 
 }  // namespace distillrec::models

@@ -46,6 +46,7 @@
 #include "distillrec/nn/block_stack.hpp"
 #include "distillrec/nn/embedding.hpp"
 #include "distillrec/nn/feed_forward.hpp"
+#include "distillrec/nn/lora.hpp"
 #include "distillrec/nn/rms_norm.hpp"
 #include "distillrec/nn/run_mode.hpp"
 #include "distillrec/nn/sequence_layout.hpp"
@@ -80,6 +81,14 @@ struct LlamaConfig {
   /// N(0, 0.02) by initialize() or initialize_item_token()) that encode_items() appends to every
   /// text; the item's embedding is the final-norm state there. Not part of an HF checkpoint.
   bool item_token = false;
+  /// LoRA adapters on every block's attention and feed-forward projections (nn/lora.hpp); with
+  /// rank > 0 every base weight (token table, blocks, norms) is frozen and only the adapters
+  /// (and the [ITEM] token) train. Not part of an HF checkpoint.
+  nn::LoraOptions lora;
+  /// Backward recomputes the attention probabilities instead of keeping them from forward
+  /// (nn/attention.hpp): memory one len x len matrix per thread instead of heads x len^2 per
+  /// sequence, for one more Q K^T product per head. Results are identical.
+  bool recompute_attention = false;
 
   Index effective_kv_heads() const { return num_kv_heads > 0 ? num_kv_heads : num_heads; }
 
@@ -98,6 +107,7 @@ struct LlamaConfig {
     }
     if (!(rms_norm_eps > 0.0)) throw ConfigError("LLaMA: rms_norm_eps must be positive");
     if (!(rope_theta > 1.0)) throw ConfigError("LLaMA: rope_theta must be > 1");
+    lora.validate();
   }
 
   /// From a Hugging Face config.json (LlamaForCausalLM and the same architecture under other
@@ -145,7 +155,8 @@ inline nlohmann::json to_json(const LlamaConfig& c) {
   return nlohmann::json{{"vocab_size", c.vocab_size},       {"hidden_size", c.hidden_size}, {"intermediate_size", c.intermediate_size},
                         {"num_layers", c.num_layers},       {"num_heads", c.num_heads},     {"num_kv_heads", c.num_kv_heads},
                         {"max_positions", c.max_positions}, {"rms_norm_eps", c.rms_norm_eps}, {"rope_theta", c.rope_theta},
-                        {"item_token", c.item_token}};
+                        {"item_token", c.item_token},       {"lora", nn::to_json(c.lora)},
+                        {"recompute_attention", c.recompute_attention}};
 }
 
 /// Parses to_json()'s output (missing keys keep their defaults); ConfigError naming `what`.
@@ -162,6 +173,8 @@ inline LlamaConfig llama_config_from_json(const nlohmann::json& j, const std::st
     c.rms_norm_eps = j.value("rms_norm_eps", c.rms_norm_eps);
     c.rope_theta = j.value("rope_theta", c.rope_theta);
     c.item_token = j.value("item_token", c.item_token);
+    if (j.contains("lora")) c.lora = nn::lora_options_from_json(j.at("lora"), what + " lora");
+    c.recompute_attention = j.value("recompute_attention", c.recompute_attention);
   } catch (const nlohmann::json::exception& e) {
     throw ConfigError(what + ": " + e.what());
   }
@@ -231,6 +244,8 @@ class LlamaModel {
   const Parameters<T>& parameters() const { return *params_; }
   Index hidden_size() const { return config_.hidden_size; }
   Index num_layers() const { return config_.num_layers; }
+  /// What every parameter name of this model starts with ("" for a model of its own).
+  const std::string& prefix() const { return prefix_; }
 
   /// Runs token sequences (each non-empty, at most max_positions long, ids in 0..vocab-1),
   /// causal within each; returns the last layer's states after the final norm, [tokens, hidden]
@@ -250,7 +265,9 @@ class LlamaModel {
   /// HLLM's item embeddings: each text (token ids, non-empty, BOS first as the tokenizer gives
   /// it) followed by the [ITEM] token runs through the model; out [texts, hidden] = the
   /// final-norm state at [ITEM]. Keeps what backward_items() needs. Needs config.item_token.
-  void encode_items(const std::vector<std::vector<int>>& texts, MatrixRef<T> out, Workspace& ws) const {
+  /// `mode`: training mode applies the LoRA adapters' dropout (the blocks have no other).
+  void encode_items(const std::vector<std::vector<int>>& texts, MatrixRef<T> out, Workspace& ws,
+                    const nn::RunMode& mode = nn::RunMode::inference()) const {
     if (item_token_ < 0) throw ConfigError("LLaMA: encode_items needs the [ITEM] token (LlamaConfig::item_token)");
     require_tokens("encode_items");
     require_shape(out, static_cast<Index>(texts.size()), hidden_size(), "LLaMA item embeddings");
@@ -267,7 +284,7 @@ class LlamaModel {
         x.row(i) = table.row(id);
       }
     }
-    const auto top = stack_->forward(ws.layout, ws.stack, nn::RunMode::inference());
+    const auto top = stack_->forward(ws.layout, ws.stack, mode);
     auto normed = ws.normed.resize(n, hidden_size());
     final_norm_->forward(top, normed, ws.final_norm);
     for (Index s = 0; s < ws.layout.num_sequences(); ++s) out.row(s) = normed.row(ws.layout.last(s));
@@ -288,11 +305,13 @@ class LlamaModel {
     const auto grad_input = stack_->backward(ws.layout, ws.stack);
     auto table_grad = params_->grad(embed_tokens_->weight_id());
     auto token_grad = params_->grad(item_token_);
+    const bool table_trainable = params_->info(embed_tokens_->weight_id()).trainable;  // frozen under LoRA
+    const bool token_trainable = params_->info(item_token_).trainable;
     for (Index i = 0; i < n; ++i) {
       const ItemId id = ws.tokens[static_cast<std::size_t>(i)];
       if (id < 0) {
-        token_grad.row(0) += grad_input.row(i);
-      } else {
+        if (token_trainable) token_grad.row(0) += grad_input.row(i);
+      } else if (table_trainable) {
         table_grad.row(id) += grad_input.row(i);
       }
     }
@@ -302,7 +321,8 @@ class LlamaModel {
   /// so they have the model's width), packed by `layout` (causal within each sequence); returns
   /// the final-norm states [tokens, hidden] and keeps what backward_embeddings() needs. The
   /// token table is not used.
-  ConstMatrixMap<T> forward_embeddings(const ConstMatrixRef<T>& inputs, const nn::SequenceLayout& layout, Workspace& ws) const {
+  ConstMatrixMap<T> forward_embeddings(const ConstMatrixRef<T>& inputs, const nn::SequenceLayout& layout, Workspace& ws,
+                                       const nn::RunMode& mode = nn::RunMode::inference()) const {
     const Index n = layout.num_tokens();
     require_shape(inputs, n, hidden_size(), "LLaMA input vectors");
     for (Index s = 0; s < layout.num_sequences(); ++s) {
@@ -315,7 +335,7 @@ class LlamaModel {
     ws.tokens.clear();
     ws.items = false;
     stack_->input(ws.stack, n) = inputs;
-    const auto top = stack_->forward(ws.layout, ws.stack, nn::RunMode::inference());
+    const auto top = stack_->forward(ws.layout, ws.stack, mode);
     auto normed = ws.normed.resize(n, hidden_size());
     final_norm_->forward(top, normed, ws.final_norm);
     return ConstMatrixMap<T>(normed.data(), n, hidden_size());
@@ -405,9 +425,15 @@ class LlamaModel {
     block.attention.rope_theta = config_.rope_theta;
     block.attention.num_kv_heads = config_.effective_kv_heads();
     block.attention.max_positions = config_.max_positions;
+    block.attention.recompute_probabilities = config_.recompute_attention;
+    block.lora = config_.lora;
     stack_.emplace(p, prefix + "blocks", config_.num_layers, block);
     final_norm_.emplace(p, prefix + "final_norm", h, config_.rms_norm_eps);
     if (config_.item_token) item_token_ = p.declare(prefix + "item_token.weight", 1, h);
+    if (config_.lora.enabled()) {  // the base is frozen: adapters and the [ITEM] token train
+      const std::string token = prefix + "item_token.weight";
+      nn::freeze_all_but_lora(p, prefix, [&](const std::string& name) { return name == token; });
+    }
   }
 
   void require_tokens(const char* what) const {
@@ -426,35 +452,49 @@ class LlamaModel {
   typename Parameters<T>::Id item_token_ = -1;
 };
 
-/// Loads a Hugging Face LLaMA checkpoint directory (see the top). FormatError naming the file
-/// for anything missing, malformed or of the wrong shape; ConfigError for unsupported settings.
-/// With item_token, the model carries HLLM's [ITEM] token, drawn from N(0, 0.02) with `seed`.
-template <typename T = float>
-LlamaModel<T> load_hf_llama(const std::string& directory, bool item_token = false, std::uint64_t seed = 2020) {
+/// The LlamaConfig of a Hugging Face checkpoint directory's config.json (FormatError naming the
+/// file when it is missing or not JSON; ConfigError for unsupported settings).
+inline LlamaConfig read_hf_llama_config(const std::string& directory) {
+  const std::string config_path = (std::filesystem::path(directory) / "config.json").string();
+  nlohmann::json config_json;
+  std::ifstream in(config_path);
+  if (!in) throw FormatError(config_path, 0, "cannot open the checkpoint's config.json");
+  try {
+    in >> config_json;
+  } catch (const nlohmann::json::exception& e) {
+    throw FormatError(config_path, 0, std::string("not valid JSON: ") + e.what());
+  }
+  return LlamaConfig::from_hf_json(config_json, config_path);
+}
+
+/// Overwrites `model`'s base weights (token table, blocks, final norm) with a Hugging Face
+/// checkpoint's (see the top); the [ITEM] token and LoRA adapters are left as they are. The
+/// model's architecture must be the checkpoint's (a model without a token table, such as HLLM's
+/// user LLM, takes the blocks and final norm only); ConfigError naming config.json otherwise.
+/// FormatError naming the file for anything missing, malformed or of the wrong shape.
+template <typename T>
+void load_hf_llama_weights(const std::string& directory, LlamaModel<T>& model) {
   namespace fs = std::filesystem;
   const fs::path dir(directory);
-  const std::string config_path = (dir / "config.json").string();
-  nlohmann::json config_json;
-  {
-    std::ifstream in(config_path);
-    if (!in) throw FormatError(config_path, 0, "cannot open the checkpoint's config.json");
-    try {
-      in >> config_json;
-    } catch (const nlohmann::json::exception& e) {
-      throw FormatError(config_path, 0, std::string("not valid JSON: ") + e.what());
-    }
+  const LlamaConfig hf = read_hf_llama_config(directory);
+  const LlamaConfig& ours = model.config();
+  if ((ours.vocab_size != 0 && ours.vocab_size != hf.vocab_size) || ours.hidden_size != hf.hidden_size ||
+      ours.intermediate_size != hf.intermediate_size || ours.num_layers != hf.num_layers || ours.num_heads != hf.num_heads ||
+      ours.effective_kv_heads() != hf.effective_kv_heads() || ours.rms_norm_eps != hf.rms_norm_eps || ours.rope_theta != hf.rope_theta) {
+    throw ConfigError(distillrec::detail::concat(
+        (dir / "config.json").string(), ": the checkpoint (vocab ", hf.vocab_size, ", hidden ", hf.hidden_size, ", intermediate ",
+        hf.intermediate_size, ", ", hf.num_layers, " layers, ", hf.num_heads, "/", hf.effective_kv_heads(),
+        " heads, rms_norm_eps ", hf.rms_norm_eps, ", rope_theta ", hf.rope_theta, ") differs from the model it is loaded into (vocab ",
+        ours.vocab_size, ", hidden ", ours.hidden_size, ", intermediate ", ours.intermediate_size, ", ", ours.num_layers, " layers, ",
+        ours.num_heads, "/", ours.effective_kv_heads(), " heads, rms_norm_eps ", ours.rms_norm_eps, ", rope_theta ", ours.rope_theta, ")"));
   }
-  LlamaConfig config = LlamaConfig::from_hf_json(config_json, config_path);
-  config.item_token = item_token;
-  LlamaModel<T> model(config);
-  Rng rng(seed);
-  model.initialize_item_token(rng);
 
   // Which file holds each tensor: one model.safetensors, or the shards of an index.
   std::map<std::string, std::string> file_of;
   const fs::path single = dir / "model.safetensors", index = dir / "model.safetensors.index.json";
+  const auto names = model.hf_names();
   if (fs::exists(single)) {
-    for (const auto& [hf, ours] : model.hf_names()) file_of[hf] = single.string();
+    for (const auto& [hf_name, our_name] : names) file_of[hf_name] = single.string();
   } else if (fs::exists(index)) {
     nlohmann::json index_json;
     std::ifstream in(index.string());
@@ -475,13 +515,14 @@ LlamaModel<T> load_hf_llama(const std::string& directory, bool item_token = fals
     return *reader;
   };
   // Every tensor of the checkpoint is loaded or known to be unused (the language-model head,
-  // rotary buffers of older exports): anything else (biases, other architectures' weights) would
-  // otherwise be dropped silently.
+  // rotary buffers of older exports, the token table for a model over vectors): anything else
+  // (biases, other architectures' weights) would otherwise be dropped silently.
   {
     std::set<std::string> expected;
-    for (const auto& [hf, ours] : model.hf_names()) expected.insert(hf);
+    for (const auto& [hf_name, our_name] : names) expected.insert(hf_name);
     auto check = [&](const std::string& name, const std::string& file) {
-      const bool known_unused = name == "lm_head.weight" || name.find("rotary_emb.inv_freq") != std::string::npos;
+      const bool known_unused = name == "lm_head.weight" || name.find("rotary_emb.inv_freq") != std::string::npos ||
+                                (ours.vocab_size == 0 && name == "model.embed_tokens.weight");
       if (expected.count(name) == 0 && !known_unused) {
         throw FormatError(file, 0, "tensor \"" + name + "\" is not part of a LLaMA model as configured (biases, or another architecture?)");
       }
@@ -493,14 +534,43 @@ LlamaModel<T> load_hf_llama(const std::string& directory, bool item_token = fals
     }
   }
   auto& params = model.parameters();
-  for (const auto& [hf, ours] : model.hf_names()) {
-    const auto where = file_of.find(hf);
-    if (where == file_of.end()) throw FormatError(index.string(), 0, "the weight map lists no file for tensor \"" + hf + "\"");
-    const auto id = params.find(ours);
+  for (const auto& [hf_name, our_name] : names) {
+    const auto where = file_of.find(hf_name);
+    if (where == file_of.end()) throw FormatError(index.string(), 0, "the weight map lists no file for tensor \"" + hf_name + "\"");
+    const auto id = params.find(our_name);
     auto value = params.value(id);
-    value = reader_of(where->second).read_matrix(hf, value.rows(), value.cols()).template cast<T>();
+    value = reader_of(where->second).read_matrix(hf_name, value.rows(), value.cols()).template cast<T>();
   }
+}
+
+/// Loads a Hugging Face LLaMA checkpoint directory (see the top) into a model of its own. With
+/// item_token, the model carries HLLM's [ITEM] token, drawn from N(0, 0.02) with `seed`; with
+/// LoRA options of rank > 0, adapters (A drawn with the same generator, B zero: the model starts
+/// equal to the checkpoint) and a frozen base.
+template <typename T = float>
+LlamaModel<T> load_hf_llama(const std::string& directory, bool item_token = false, std::uint64_t seed = 2020,
+                            const nn::LoraOptions& lora = {}) {
+  LlamaConfig config = read_hf_llama_config(directory);
+  config.item_token = item_token;
+  config.lora = lora;
+  LlamaModel<T> model(config);
+  Rng rng(seed);
+  model.initialize_item_token(rng);
+  nn::initialize_lora(model.parameters(), rng);
+  load_hf_llama_weights(directory, model);
   return model;
+}
+
+/// The same model with every LoRA adapter folded into its base weight (nn/lora.hpp): a model of
+/// its own (names without a prefix), no adapters, every weight trainable.
+template <typename T>
+LlamaModel<T> merge_lora(const LlamaModel<T>& model) {
+  LlamaConfig config = model.config();
+  const double scale = config.lora.scale();
+  config.lora = nn::LoraOptions{};
+  LlamaModel<T> merged(config);
+  nn::copy_merging_lora(model.parameters(), merged.parameters(), [&](const std::string&) { return scale; }, model.prefix());
+  return merged;
 }
 
 }  // namespace distillrec::models

@@ -46,6 +46,7 @@
 #include "distillrec/nn/embedding.hpp"
 #include "distillrec/nn/feed_forward.hpp"
 #include "distillrec/nn/linear.hpp"
+#include "distillrec/nn/lora.hpp"
 #include "distillrec/nn/rms_norm.hpp"
 #include "distillrec/models/packing.hpp"
 #include "distillrec/nn/sequence_layout.hpp"
@@ -76,6 +77,10 @@ struct LLMRecConfig {
   double rms_norm_eps = 1e-6;
   double rope_theta = 10000.0;
   bool freeze_item_table = false;
+  /// LoRA adapters on every block's projections (nn/lora.hpp): with rank > 0 the blocks and the
+  /// final norm are frozen and their adapters train, beside the item table (unless frozen) and
+  /// the input and output adapters, which stay trainable.
+  nn::LoraOptions lora;
 
   Index effective_ffn_size() const {
     if (ffn_size > 0) return ffn_size;
@@ -102,6 +107,7 @@ struct LLMRecConfig {
     if (!(dropout >= 0.0 && dropout < 1.0)) throw ConfigError(detail::concat("LLMRec: dropout must be in [0, 1), got ", dropout));
     if (!(rms_norm_eps > 0.0)) throw ConfigError("LLMRec: rms_norm_eps must be positive");
     if (!(rope_theta > 1.0)) throw ConfigError("LLMRec: rope_theta must be > 1");
+    lora.validate();
   }
 
   nlohmann::json to_json() const {
@@ -117,7 +123,8 @@ struct LLMRecConfig {
                           {"dropout", dropout},
                           {"rms_norm_eps", rms_norm_eps},
                           {"rope_theta", rope_theta},
-                          {"freeze_item_table", freeze_item_table}};
+                          {"freeze_item_table", freeze_item_table},
+                          {"lora", nn::to_json(lora)}};
   }
 
   /// Parses to_json()'s output; missing keys keep their defaults, wrong types throw ConfigError.
@@ -139,6 +146,7 @@ struct LLMRecConfig {
       c.rms_norm_eps = j.value("rms_norm_eps", c.rms_norm_eps);
       c.rope_theta = j.value("rope_theta", c.rope_theta);
       c.freeze_item_table = j.value("freeze_item_table", c.freeze_item_table);
+      if (j.contains("lora")) c.lora = nn::lora_options_from_json(j.at("lora"), "LLMRec configuration lora");
     } catch (const nlohmann::json::exception& e) {
       throw ConfigError(std::string("LLMRec configuration: ") + e.what());
     }
@@ -190,12 +198,17 @@ class LLMRec {
     block.attention.rope_theta = config_.rope_theta;
     block.attention.num_kv_heads = config_.effective_kv_heads();
     block.attention.max_positions = config_.max_length;
+    block.lora = config_.lora;
     stack_.emplace(p, "blocks", config_.num_layers, block);
     final_norm_.emplace(p, "final_norm", h, config_.rms_norm_eps);
     output_adapter_.emplace(p, "output_adapter", h, config_.item_dim, false);
     head_.emplace(nn::OutputHead<T>::tied(p, item_embedding_->weight_id()));
     p.allocate();
     p.set_trainable(item_embedding_->weight_id(), !config_.freeze_item_table);
+    if (config_.lora.enabled()) {  // the blocks' base frozen, their adapters train
+      nn::freeze_all_but_lora(p, "blocks.");
+      nn::freeze_all_but_lora(p, "final_norm.");
+    }
   }
 
   LLMRec(const LLMRec&) = delete;
@@ -407,5 +420,17 @@ class LLMRec {
   std::optional<nn::Linear<T>> output_adapter_;
   std::optional<nn::OutputHead<T>> head_;
 };
+
+/// The same model with every LoRA adapter folded into its base weight (nn/lora.hpp): no
+/// adapters, every weight trainable (the item table as freeze_item_table says).
+template <typename T>
+LLMRec<T> merge_lora(const LLMRec<T>& model) {
+  LLMRecConfig config = model.config();
+  const double scale = config.lora.scale();
+  config.lora = nn::LoraOptions{};
+  LLMRec<T> merged(config);
+  nn::copy_merging_lora(model.parameters(), merged.parameters(), [&](const std::string&) { return scale; });
+  return merged;
+}
 
 }  // namespace distillrec::models

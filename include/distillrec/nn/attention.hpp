@@ -21,9 +21,16 @@
 // mask and a causal mask, without computing the padded rows at all.
 //
 // Parameters "<name>.query|key|value[.output].{weight,bias}" (weights [dim, dim], key and value
-// [num_kv_heads * head_dim, dim]; no biases with bias = false). Sequences are processed in
+// [num_kv_heads * head_dim, dim]; no biases with bias = false); with AttentionOptions::lora
+// (rank > 0, attention on) each projection carries a LoRA adapter (nn/lora.hpp), whose
+// activations live in the workspace like the rest. Sequences are processed in
 // parallel (OpenMP); dropout masks come from a generator derived per sequence, so results do
 // not depend on the thread count.
+//
+// Memory: forward keeps every head's probability matrix (len x len per sequence and head) for
+// backward, unless AttentionOptions::recompute_probabilities: then backward recomputes them from
+// the kept queries and keys (and the dropout masks from their seeds), bit for bit, and the
+// memory is one len x len scratch per thread (long item texts: heads x len^2 per item otherwise).
 #pragma once
 
 #include "distillrec/backend/kernels.hpp"
@@ -48,6 +55,12 @@ struct AttentionOptions {
   bool rope = false;            // rotary position embedding on Q and K
   double rope_theta = 10000.0;
   Index max_positions = 512;    // size of the rotary table (longest sequence)
+  LoraOptions lora;             // adapters on the projections when lora.rank > 0 and lora.attention
+  /// Keep no attention probabilities for backward: backward recomputes them from the stored
+  /// queries and keys (and regenerates the dropout masks from their seeds). Memory per layer
+  /// drops from heads x len^2 per sequence to len^2 per thread, for one more Q K^T product and
+  /// softmax per head in backward; results are the same bit for bit.
+  bool recompute_probabilities = false;
 };
 
 template <typename T>
@@ -59,25 +72,34 @@ class MultiHeadAttention {
     ScratchMatrix<T> query, key, value;   // projections                     [n, dim]
     ScratchMatrix<T> context;              // merged heads (pre-projection)   [n, dim]
     ScratchMatrix<T> grad_query, grad_key, grad_value, grad_context;
+    typename Linear<T>::Workspace query_projection, key_projection, value_projection, output_projection;  // adapters
     std::vector<T> probs;                  // softmax per (sequence, head): len x len, packed
     std::vector<T> mask;                   // dropout mask, same layout (training only)
     std::vector<Index> prob_offsets;       // start of sequence s in probs (heads consecutive)
     PerThreadScratch<T> scratch;           // per-sequence temporaries of the parallel loops
     bool dropout_active = false;
+    // What regenerates the dropout masks when probabilities are recomputed: the call's seed and,
+    // with per-example masks, each sequence's key.
+    std::uint64_t call_seed = 0;
+    bool keyed = false;
+    std::vector<std::uint64_t> sequence_keys;
   };
 
   MultiHeadAttention(Parameters<T>& params, const std::string& name, Index dim, Index num_heads,
                      double attention_dropout, bool output_projection, const AttentionOptions& options = {})
-      : query_(params, name + ".query", dim, dim, options.bias),
-        key_(params, name + ".key", dim, checked_kv_dim(dim, num_heads, options.num_kv_heads), options.bias),
-        value_(params, name + ".value", dim, kv_dim(dim, num_heads, options.num_kv_heads), options.bias), dim_(dim),
+      : query_(params, name + ".query", dim, dim, options.bias, options.lora.where(options.lora.attention)),
+        key_(params, name + ".key", dim, checked_kv_dim(dim, num_heads, options.num_kv_heads), options.bias,
+             options.lora.where(options.lora.attention)),
+        value_(params, name + ".value", dim, kv_dim(dim, num_heads, options.num_kv_heads), options.bias,
+               options.lora.where(options.lora.attention)),
+        dim_(dim),
         heads_(num_heads), kv_heads_(options.num_kv_heads > 0 ? options.num_kv_heads : num_heads),
-        dropout_(attention_dropout) {
+        dropout_(attention_dropout), recompute_(options.recompute_probabilities) {
     if (options.rope) rope_.emplace(dim / num_heads, options.max_positions, options.rope_theta);
     if (!(attention_dropout >= 0.0 && attention_dropout < 1.0)) {
       throw ConfigError(detail::concat("attention dropout must be in [0, 1), got ", attention_dropout));
     }
-    if (output_projection) output_.emplace(params, name + ".output", dim, dim, options.bias);
+    if (output_projection) output_.emplace(params, name + ".output", dim, dim, options.bias, options.lora.where(options.lora.attention));
   }
 
   void initialize(Rng& rng) {
@@ -95,6 +117,7 @@ class MultiHeadAttention {
   Index kv_dim() const { return kv_heads_ * head_dim(); }
   bool has_rope() const { return rope_.has_value(); }
   bool has_output_projection() const { return output_.has_value(); }
+  bool recomputes_probabilities() const { return recompute_; }
 
   /// y = Attn(xq, xkv) over every token (training or inference).
   void forward(const ConstMatrixRef<T>& xq, const ConstMatrixRef<T>& xkv, const SequenceLayout& layout,
@@ -103,7 +126,7 @@ class MultiHeadAttention {
     require_shape(xq, n, dim_, "attention query input");
     require_shape(xkv, n, dim_, "attention key/value input");
     require_shape(y, n, dim_, "attention output");
-    project(xq, xkv, layout, /*queries_at_newest_only=*/false, ws);
+    project(xq, xkv, layout, /*queries_at_newest_only=*/false, ws, mode);
     const auto q = ws.query.map();
     const auto k = ws.key.map();
     const auto v = ws.value.map();
@@ -116,9 +139,11 @@ class MultiHeadAttention {
           ws.prob_offsets[static_cast<std::size_t>(s)] + heads_ * layout.length(s) * layout.length(s);
     }
     const auto total = static_cast<std::size_t>(ws.prob_offsets.back());
-    if (ws.probs.size() < total) ws.probs.resize(total);
     ws.dropout_active = mode.training && dropout_ > 0.0;
-    if (ws.dropout_active && ws.mask.size() < total) ws.mask.resize(total);
+    if (!recompute_) {  // kept for backward; recomputed there otherwise
+      if (ws.probs.size() < total) ws.probs.resize(total);
+      if (ws.dropout_active && ws.mask.size() < total) ws.mask.resize(total);
+    }
     // Sequential masks: one seed per call from the generator, one stream per packed sequence.
     // Per-example masks: the site's seed, one stream per sequence key (its training example).
     const bool keyed = ws.dropout_active && mode.keyed();
@@ -127,19 +152,25 @@ class MultiHeadAttention {
                                       mode.num_sequences, " keys"));
     }
     const std::uint64_t call_seed = !ws.dropout_active ? 0 : keyed ? mode.next_site_seed() : mode.generator().next();
+    ws.call_seed = call_seed;
+    ws.keyed = keyed;
+    if (keyed && recompute_) ws.sequence_keys.assign(mode.sequence_keys, mode.sequence_keys + num_seq);
 
     auto ctx = ws.context.resize(n, dim_);
     const T scale = T(1) / std::sqrt(static_cast<T>(head_dim()));
     const Index dh = head_dim();
     const Index group = heads_ / kv_heads_;
     const bool parallel_loop = num_seq > 1 && n > 64 && !parallel::in_parallel();
-    ws.scratch.prepare(parallel_loop ? parallel::max_threads() : 1, static_cast<std::size_t>(layout.max_length() * layout.max_length()));
+    // Per thread: the dropped probabilities (and, recomputing, the probabilities and the mask).
+    const Index max_square = layout.max_length() * layout.max_length();
+    ws.scratch.prepare(parallel_loop ? parallel::max_threads() : 1, static_cast<std::size_t>((recompute_ ? 3 : 1) * max_square));
 
     parallel::for_each(num_seq, parallel_loop, [&](Index s, int thread) {
       const Index b = layout.begin(s), len = layout.length(s);
       Rng rng = keyed ? RunMode::keyed_stream(call_seed, mode.sequence_keys[s]) : Rng(call_seed).derive(static_cast<std::uint64_t>(s));
+      T* buffer = ws.scratch.get(thread, static_cast<std::size_t>((recompute_ ? 3 : 1) * len * len));
       for (Index h = 0; h < heads_; ++h) {
-        T* p_data = ws.probs.data() + ws.prob_offsets[static_cast<std::size_t>(s)] + h * len * len;
+        T* p_data = recompute_ ? buffer + len * len : ws.probs.data() + ws.prob_offsets[static_cast<std::size_t>(s)] + h * len * len;
         MatrixMap<T> p(p_data, len, len);
         const Index g = h / group;
         const auto qh = q.block(b, h * dh, len, dh);
@@ -152,9 +183,9 @@ class MultiHeadAttention {
         }
         auto out = ctx.block(b, h * dh, len, dh);
         if (ws.dropout_active) {
-          T* m_data = ws.mask.data() + ws.prob_offsets[static_cast<std::size_t>(s)] + h * len * len;
+          T* m_data = recompute_ ? buffer + 2 * len * len : ws.mask.data() + ws.prob_offsets[static_cast<std::size_t>(s)] + h * len * len;
           backend::kernels::dropout_mask(m_data, len * len, dropout_, rng);
-          MatrixMap<T> pd(ws.scratch.get(thread, static_cast<std::size_t>(len * len)), len, len);
+          MatrixMap<T> pd(buffer, len, len);
           pd = p.cwiseProduct(MatrixMap<T>(m_data, len, len));
           out.noalias() = pd * vh;
         } else {
@@ -163,7 +194,7 @@ class MultiHeadAttention {
       }
     }, /*dynamic_chunk=*/4);
     if (output_) {
-      output_->forward(ctx, y);
+      output_->forward(ctx, y, ws.output_projection, mode);
     } else {
       y = ctx;
     }
@@ -179,7 +210,7 @@ class MultiHeadAttention {
     require_shape(xq_last, num_seq, dim_, "attention last-token query input");
     require_shape(xkv, n, dim_, "attention key/value input");
     require_shape(y_last, num_seq, dim_, "attention last-token output");
-    project(xq_last, xkv, layout, /*queries_at_newest_only=*/true, ws);
+    project(xq_last, xkv, layout, /*queries_at_newest_only=*/true, ws, RunMode::inference());
     const auto q = ws.query.map();
     const auto k = ws.key.map();
     const auto v = ws.value.map();
@@ -200,7 +231,7 @@ class MultiHeadAttention {
       }
     });
     if (output_) {
-      output_->forward(ctx, y_last);
+      output_->forward(ctx, y_last, ws.output_projection, RunMode::inference());
     } else {
       y_last = ctx;
     }
@@ -218,10 +249,11 @@ class MultiHeadAttention {
     if (position < 0) throw ShapeError(detail::concat("attention: cached position ", position, " is negative"));
     const Index kvd = kv_dim(), len = position + 1;
     auto q = ws.query.resize(1, dim_);
-    query_.forward(xq, q);
+    const RunMode inference = RunMode::inference();
+    query_.forward(xq, q, ws.query_projection, inference);
     MatrixMap<T> k_all(k_cache, len, kvd), v_all(v_cache, len, kvd);
-    key_.forward(xkv, k_all.row(position));
-    value_.forward(xkv, v_all.row(position));
+    key_.forward(xkv, k_all.row(position), ws.key_projection, inference);
+    value_.forward(xkv, v_all.row(position), ws.value_projection, inference);
     if (rope_) {
       rope_->rotate_row(q, 0, position);
       rope_->rotate_row(k_all, position, position);
@@ -238,7 +270,7 @@ class MultiHeadAttention {
       ctx.row(0).segment(h * dh, dh).noalias() = p * v_all.block(0, g * dh, len, dh);
     }
     if (output_) {
-      output_->forward(ctx, y);
+      output_->forward(ctx, y, ws.output_projection, inference);
     } else {
       y = ctx;
     }
@@ -254,8 +286,8 @@ class MultiHeadAttention {
     require_shape(dy, n, dim_, "attention output gradient");
     auto dctx = ws.grad_context.resize(n, dim_);
     if (output_) {
-      output_->accumulate_grad(ws.context.map(), dy);
-      output_->backward(dy, dctx);
+      output_->accumulate_grad(ws.context.map(), dy, ws.output_projection);
+      output_->backward(dy, dctx, ws.output_projection);
     } else {
       dctx = dy;
     }
@@ -271,26 +303,44 @@ class MultiHeadAttention {
     const Index group = heads_ / kv_heads_;
     const Index num_seq = layout.num_sequences();
     const bool parallel_loop = num_seq > 1 && n > 64 && !parallel::in_parallel();
-    ws.scratch.prepare(parallel_loop ? parallel::max_threads() : 1, static_cast<std::size_t>(2 * layout.max_length() * layout.max_length()));
+    const Index per_thread = (recompute_ ? 4 : 2) * layout.max_length() * layout.max_length();
+    ws.scratch.prepare(parallel_loop ? parallel::max_threads() : 1, static_cast<std::size_t>(per_thread));
 
     parallel::for_each(num_seq, parallel_loop, [&](Index s, int thread) {
       const Index b = layout.begin(s), len = layout.length(s);
-      T* buffer = ws.scratch.get(thread, static_cast<std::size_t>(2 * len * len));
+      T* buffer = ws.scratch.get(thread, static_cast<std::size_t>((recompute_ ? 4 : 2) * len * len));
       MatrixMap<T> pd(buffer, len, len);                 // dropped probabilities
       MatrixMap<T> dp(buffer + len * len, len, len);     // gradient w.r.t. probabilities
       dk.middleRows(b, len).setZero();  // key/value heads shared by a group add up
       dv.middleRows(b, len).setZero();
+      // Recomputing: the forward's generator for this sequence, whose masks come head by head.
+      Rng rng = !(recompute_ && ws.dropout_active) ? Rng(0)
+                : ws.keyed ? RunMode::keyed_stream(ws.call_seed, ws.sequence_keys[static_cast<std::size_t>(s)])
+                           : Rng(ws.call_seed).derive(static_cast<std::uint64_t>(s));
       for (Index h = 0; h < heads_; ++h) {
         const Index g = h / group;
-        const T* p_data = ws.probs.data() + ws.prob_offsets[static_cast<std::size_t>(s)] + h * len * len;
-        ConstMatrixMap<T> p(p_data, len, len);
         const auto qh = q.block(b, h * dh, len, dh);
         const auto kh = k.block(b, g * dh, len, dh);
         const auto vh = v.block(b, g * dh, len, dh);
+        const Index offset = ws.prob_offsets[static_cast<std::size_t>(s)] + h * len * len;
+        const T* p_data = recompute_ ? nullptr : ws.probs.data() + offset;
+        const T* m_data = ws.dropout_active && !recompute_ ? ws.mask.data() + offset : nullptr;
+        if (recompute_) {  // the forward's probabilities (and mask), exactly as it made them
+          MatrixMap<T> p_again(buffer + 2 * len * len, len, len);
+          p_again.noalias() = qh * kh.transpose();
+          for (Index i = 0; i < len; ++i) {
+            backend::kernels::softmax<T>(p_again.row(i).data(), i + 1, scale);
+            p_again.row(i).tail(len - i - 1).setZero();
+          }
+          p_data = p_again.data();
+          if (ws.dropout_active) {
+            T* m_again = buffer + 3 * len * len;
+            backend::kernels::dropout_mask(m_again, len * len, dropout_, rng);
+            m_data = m_again;
+          }
+        }
+        ConstMatrixMap<T> p(p_data, len, len);
         const auto dctx_h = dctx.block(b, h * dh, len, dh);
-        const T* m_data = ws.dropout_active
-                              ? ws.mask.data() + ws.prob_offsets[static_cast<std::size_t>(s)] + h * len * len
-                              : nullptr;
         if (m_data != nullptr) {
           pd = p.cwiseProduct(ConstMatrixMap<T>(m_data, len, len));
           dv.block(b, g * dh, len, dh).noalias() += pd.transpose() * dctx_h;
@@ -312,12 +362,12 @@ class MultiHeadAttention {
       rope_->rotate(dq, layout, /*inverse=*/true);
       rope_->rotate(dk, layout, /*inverse=*/true);
     }
-    query_.accumulate_grad(xq, dq);
-    key_.accumulate_grad(xkv, dk);
-    value_.accumulate_grad(xkv, dv);
-    query_.backward(dq, dxq, q_mode);
-    key_.backward(dk, dxkv, kv_mode);
-    value_.backward(dv, dxkv, InputGrad::kAccumulate);
+    query_.accumulate_grad(xq, dq, ws.query_projection);
+    key_.accumulate_grad(xkv, dk, ws.key_projection);
+    value_.accumulate_grad(xkv, dv, ws.value_projection);
+    query_.backward(dq, dxq, ws.query_projection, q_mode);
+    key_.backward(dk, dxkv, ws.key_projection, kv_mode);
+    value_.backward(dv, dxkv, ws.value_projection, InputGrad::kAccumulate);
   }
 
  private:
@@ -325,14 +375,14 @@ class MultiHeadAttention {
   /// forward paths. Queries at every token, or (queries_at_newest_only) one row per sequence at
   /// its newest token.
   void project(const ConstMatrixRef<T>& xq, const ConstMatrixRef<T>& xkv, const SequenceLayout& layout,
-               bool queries_at_newest_only, Workspace& ws) const {
+               bool queries_at_newest_only, Workspace& ws, const RunMode& mode) const {
     const Index n = layout.num_tokens(), kvd = kv_heads_ * head_dim();
     auto q = ws.query.resize(xq.rows(), dim_);
     auto k = ws.key.resize(n, kvd);
     auto v = ws.value.resize(n, kvd);
-    query_.forward(xq, q);
-    key_.forward(xkv, k);
-    value_.forward(xkv, v);
+    query_.forward(xq, q, ws.query_projection, mode);
+    key_.forward(xkv, k, ws.key_projection, mode);
+    value_.forward(xkv, v, ws.value_projection, mode);
     if (rope_) {
       if (queries_at_newest_only) {
         for (Index s = 0; s < layout.num_sequences(); ++s) rope_->rotate_row(q, s, layout.length(s) - 1);
@@ -363,6 +413,7 @@ class MultiHeadAttention {
   std::optional<RotaryEmbedding<T>> rope_;
   Index dim_, heads_, kv_heads_;
   double dropout_;
+  bool recompute_ = false;
 };
 
 }  // namespace distillrec::nn

@@ -82,10 +82,12 @@ class Embedding {
   /// table_grad.row(ids[i]) += scale * dy.row(i); the padding row receives nothing.
   void accumulate_grad(const std::vector<ItemId>& ids, const ConstMatrixRef<T>& dy, T scale = T(1)) {
     require_shape(dy, static_cast<Index>(ids.size()), dim_, "Embedding output gradient");
+    const bool trainable = params_->info(weight_).trainable;  // a frozen table gets no gradient
+    if (!trainable && !offset_grads_) return;
     auto g = params_->grad(weight_);
     for (std::size_t i = 0; i < ids.size(); ++i) {
       if (padding_ && ids[i] == kPaddingId) continue;
-      g.row(ids[i]) += scale * dy.row(static_cast<Index>(i));
+      if (trainable) g.row(ids[i]) += scale * dy.row(static_cast<Index>(i));
       if (offset_grads_) offset_grads_->row(ids[i]) += scale * dy.row(static_cast<Index>(i));
     }
   }

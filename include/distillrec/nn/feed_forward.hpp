@@ -11,6 +11,9 @@
 // Parameters "<name>.gate.weight" [hidden, dim], "<name>.up.weight" [hidden, dim],
 // "<name>.down.weight" [dim, hidden] (HF LLaMA's gate_proj, up_proj, down_proj).
 //
+// With LoRA options (rank > 0, feed_forward on; nn/lora.hpp) every projection of either network
+// carries an adapter.
+//
 // backward() runs both phases of its sub-layers: it propagates the gradient to x (overwritten or
 // accumulated, nn/backward.hpp) and adds the parameter gradients.
 #pragma once
@@ -59,11 +62,13 @@ class PointwiseFeedForward {
     ScratchMatrix<T> grad_hidden;   //                      [n, hidden]
     ScratchMatrix<T> grad_out;      //                      [n, dim]
     typename Dropout<T>::Workspace dropout_hidden, dropout_out;
+    typename Linear<T>::Workspace fc1, fc2;  // adapters
   };
 
   PointwiseFeedForward(Parameters<T>& params, const std::string& name, Index dim, Index hidden_dim,
-                       double dropout)
-      : fc1_(params, name + ".fc1", dim, hidden_dim), fc2_(params, name + ".fc2", hidden_dim, dim),
+                       double dropout, const LoraOptions& lora = {})
+      : fc1_(params, name + ".fc1", dim, hidden_dim, true, lora.where(lora.feed_forward)),
+        fc2_(params, name + ".fc2", hidden_dim, dim, true, lora.where(lora.feed_forward)),
         dropout_(dropout) {}
 
   void initialize(Rng& rng) {
@@ -78,10 +83,10 @@ class PointwiseFeedForward {
     const Index n = x.rows();
     auto pre = ws.pre.resize(n, hidden_dim());
     auto hidden = ws.hidden.resize(n, hidden_dim());
-    fc1_.forward(x, pre);
+    fc1_.forward(x, pre, ws.fc1, mode);
     for (Index i = 0; i < n; ++i) Activation::forward(pre.row(i).data(), hidden.row(i).data(), hidden_dim());
     dropout_.forward(hidden, hidden, ws.dropout_hidden, mode);
-    fc2_.forward(hidden, y);
+    fc2_.forward(hidden, y, ws.fc2, mode);
     dropout_.forward(y, y, ws.dropout_out, mode);
   }
 
@@ -91,9 +96,9 @@ class PointwiseFeedForward {
     const Index n = x.rows();
     auto grad_out = ws.grad_out.resize(n, dim());
     dropout_.backward(dy, grad_out, ws.dropout_out);
-    fc2_.accumulate_grad(ws.hidden.map(), grad_out);
+    fc2_.accumulate_grad(ws.hidden.map(), grad_out, ws.fc2);
     auto grad_hidden = ws.grad_hidden.resize(n, hidden_dim());
-    fc2_.backward(grad_out, grad_hidden);
+    fc2_.backward(grad_out, grad_hidden, ws.fc2);
     dropout_.backward(grad_hidden, grad_hidden, ws.dropout_hidden);
     // Through the activation, in place: grad_hidden becomes the gradient w.r.t. pre.
     // ReLU's backward reads its output; with dropout the kept output equals hidden / mask,
@@ -103,8 +108,8 @@ class PointwiseFeedForward {
       Activation::backward(pre.row(i).data(), pre.row(i).data(), grad_hidden.row(i).data(),
                            grad_hidden.row(i).data(), hidden_dim());
     }
-    fc1_.accumulate_grad(x, grad_hidden);
-    fc1_.backward(grad_hidden, dx, mode);
+    fc1_.accumulate_grad(x, grad_hidden, ws.fc1);
+    fc1_.backward(grad_hidden, dx, ws.fc1, mode);
   }
 
  private:
@@ -123,11 +128,14 @@ class SwiGLU {
     ScratchMatrix<T> grad_gate, grad_up, grad_hidden;
     ScratchMatrix<T> grad_out;          //                            [n, dim]
     typename Dropout<T>::Workspace dropout_out;
+    typename Linear<T>::Workspace gate_projection, up_projection, down_projection;  // adapters
   };
 
-  SwiGLU(Parameters<T>& params, const std::string& name, Index dim, Index hidden_dim, double dropout = 0.0)
-      : gate_(params, name + ".gate", dim, hidden_dim, false), up_(params, name + ".up", dim, hidden_dim, false),
-        down_(params, name + ".down", hidden_dim, dim, false), dropout_(dropout) {}
+  SwiGLU(Parameters<T>& params, const std::string& name, Index dim, Index hidden_dim, double dropout = 0.0,
+         const LoraOptions& lora = {})
+      : gate_(params, name + ".gate", dim, hidden_dim, false, lora.where(lora.feed_forward)),
+        up_(params, name + ".up", dim, hidden_dim, false, lora.where(lora.feed_forward)),
+        down_(params, name + ".down", hidden_dim, dim, false, lora.where(lora.feed_forward)), dropout_(dropout) {}
 
   void initialize(Rng& rng) {
     gate_.initialize(rng);
@@ -143,10 +151,10 @@ class SwiGLU {
     auto gate = ws.gate.resize(n, f);
     auto up = ws.up.resize(n, f);
     auto hidden = ws.hidden.resize(n, f);
-    gate_.forward(x, gate);
-    up_.forward(x, up);
+    gate_.forward(x, gate, ws.gate_projection, mode);
+    up_.forward(x, up, ws.up_projection, mode);
     backend::kernels::swiglu<T>(gate.data(), up.data(), hidden.data(), n * f);
-    down_.forward(hidden, y);
+    down_.forward(hidden, y, ws.down_projection, mode);
     dropout_.forward(y, y, ws.dropout_out, mode);
   }
 
@@ -156,17 +164,17 @@ class SwiGLU {
     const Index n = x.rows(), f = hidden_dim();
     auto grad_out = ws.grad_out.resize(n, dim());
     dropout_.backward(dy, grad_out, ws.dropout_out);
-    down_.accumulate_grad(ws.hidden.map(), grad_out);
+    down_.accumulate_grad(ws.hidden.map(), grad_out, ws.down_projection);
     auto grad_hidden = ws.grad_hidden.resize(n, f);
-    down_.backward(grad_out, grad_hidden);
+    down_.backward(grad_out, grad_hidden, ws.down_projection);
     auto grad_gate = ws.grad_gate.resize(n, f);
     auto grad_up = ws.grad_up.resize(n, f);
     backend::kernels::swiglu_backward<T>(ws.gate.data(), ws.up.data(), grad_hidden.data(), grad_gate.data(),
                                          grad_up.data(), n * f);
-    gate_.accumulate_grad(x, grad_gate);
-    up_.accumulate_grad(x, grad_up);
-    gate_.backward(grad_gate, dx, mode);
-    up_.backward(grad_up, dx, InputGrad::kAccumulate);
+    gate_.accumulate_grad(x, grad_gate, ws.gate_projection);
+    up_.accumulate_grad(x, grad_up, ws.up_projection);
+    gate_.backward(grad_gate, dx, ws.gate_projection, mode);
+    up_.backward(grad_up, dx, ws.up_projection, InputGrad::kAccumulate);
   }
 
  private:

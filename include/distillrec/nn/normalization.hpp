@@ -7,7 +7,7 @@
 // forward statistics (mean and variance, or mean square) and LayerNorm its bias.
 //
 //   x, y [n, dim];  backward: dx per InputGrad (nn/backward.hpp);  accumulate_grad: dgamma (and
-//   dbeta) += column sums over the rows.
+//   dbeta) += column sums over the rows (not for a frozen gamma or beta).
 #pragma once
 
 #include "distillrec/backend/kernels.hpp"
@@ -59,8 +59,8 @@ class RowNormalization {
 
   /// dgamma += sum_rows(dy * xhat) (and dbeta += sum_rows(dy) for LayerNorm).
   void accumulate_grad(const ConstMatrixRef<T>& dy, const Workspace& ws) {
-    params_->grad(gamma_).row(0) += dy.cwiseProduct(ws.normalized.map()).colwise().sum();
-    if (kCentered) params_->grad(beta_).row(0) += dy.colwise().sum();
+    if (params_->info(gamma_).trainable) params_->grad(gamma_).row(0) += dy.cwiseProduct(ws.normalized.map()).colwise().sum();
+    if (kCentered && params_->info(beta_).trainable) params_->grad(beta_).row(0) += dy.colwise().sum();
   }
 
  protected:

@@ -55,6 +55,7 @@ struct TransformerBlockConfig {
   bool attention_output_projection = false;
   double norm_eps = 1e-8;
   AttentionOptions attention;  // biases, rotary positions, grouped-query heads
+  LoraOptions lora;            // LoRA adapters (nn/lora.hpp) on the attention and feed-forward projections
 };
 
 template <typename T, typename Placement = SASRecNorm, typename Norm = LayerNorm<T>,
@@ -81,9 +82,9 @@ class TransformerBlock {
   TransformerBlock(Parameters<T>& params, const std::string& name, const TransformerBlockConfig& config)
       : attention_norm_(params, name + ".attention_norm", config.dim, config.norm_eps),
         attention_(params, name + ".attention", config.dim, config.num_heads, config.attention_dropout,
-                   config.attention_output_projection, config.attention),
+                   config.attention_output_projection, with_lora(config.attention, config.lora)),
         ffn_norm_(params, name + ".ffn_norm", config.dim, config.norm_eps),
-        ffn_(params, name + ".ffn", config.dim, config.ffn_dim, config.dropout),
+        ffn_(params, name + ".ffn", config.dim, config.ffn_dim, config.dropout, config.lora),
         dim_(config.dim) {}
 
   void initialize(Rng& rng) {
@@ -220,6 +221,11 @@ class TransformerBlock {
       r = h + f;
       ffn_norm_.forward(r, y, ws.ffn_norm);
     }
+  }
+
+  static AttentionOptions with_lora(AttentionOptions options, const LoraOptions& lora) {
+    if (lora.enabled()) options.lora = lora;
+    return options;
   }
 
   // Keys and values of the attention: the raw input for SASRec's block, the queries' source

@@ -53,9 +53,13 @@ struct AdamConfig {
   }
 };
 
+/// The moments of one Parameters buffer, in its layout. Their memory comes zero-filled from the
+/// same allocator as the parameters, unwritten: the slices of frozen tensors are never touched,
+/// so a LoRA model's optimiser state is resident for its adapters only.
 template <typename T>
 struct AdamState {
-  std::vector<T> first_moment, second_moment;
+  using Buffer = typename Parameters<T>::Buffer;
+  Buffer first_moment, second_moment;
   long step = 0;
 };
 
@@ -68,8 +72,8 @@ class Adam {
   template <typename T>
   AdamState<T> make_state(const Parameters<T>& params) const {
     AdamState<T> state;
-    state.first_moment.assign(static_cast<std::size_t>(params.buffer_size()), T(0));
-    state.second_moment.assign(static_cast<std::size_t>(params.buffer_size()), T(0));
+    state.first_moment.resize(static_cast<std::size_t>(params.buffer_size()));  // zeros, not written (see AdamState)
+    state.second_moment.resize(static_cast<std::size_t>(params.buffer_size()));
     return state;
   }
 

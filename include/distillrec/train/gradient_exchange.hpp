@@ -4,8 +4,9 @@
 // parameter group's gradients, the loss and a failure flag, in one sum per step; item tables
 // optionally by rows.
 //
-// Dense: the whole flat gradient buffers travel in one sum (2 (P-1)/P of their bytes per process
-// with a ring allreduce), whatever the step touched.
+// Dense: the gradients of every trainable tensor travel in one sum (2 (P-1)/P of their bytes per
+// process with a ring allreduce), whatever the step touched; frozen tensors (ParameterInfo::
+// trainable false: a LoRA model's base weights, fixed tables) have no gradient and stay home.
 //
 // Sparse rows: a step's gradient of an item table (the input embedding, an untied output head)
 // is non-zero only in the rows of the items the global batch saw: its inputs, targets and drawn
@@ -73,24 +74,34 @@ class GradientExchange {
     std::size_t words = 1;  // the failure flag
     for (std::size_t g = 0; g < groups.size(); ++g) {
       const Parameters<T>& group = *groups[g];
-      std::size_t dense_from = 0;
+      // Dense segments: runs of trainable tensors (with the alignment padding between them,
+      // which stays zero); frozen tensors (a LoRA model's base, fixed tables) have no gradient
+      // and do not travel.
       for (const auto& info : group.infos()) {
-        if (sparse_rows == 0 || info.rows < sparse_rows) continue;
-        Table table;
-        table.group = g;
-        table.offset = static_cast<std::size_t>(info.offset);
-        table.rows = static_cast<std::size_t>(info.rows);
-        table.cols = static_cast<std::size_t>(info.cols);
-        table.name = info.name;
-        table.first_word = words;
-        words += (table.rows + 63) / 64;
-        if (table.offset > dense_from) segments_.push_back(Segment{g, dense_from, table.offset - dense_from});
-        dense_from = table.offset + table.rows * table.cols;
-        tables_.push_back(std::move(table));
+        if (!info.trainable) continue;
+        const auto offset = static_cast<std::size_t>(info.offset), size = static_cast<std::size_t>(info.size());
+        if (sparse_rows > 0 && info.rows >= sparse_rows) {
+          Table table;
+          table.group = g;
+          table.offset = offset;
+          table.rows = static_cast<std::size_t>(info.rows);
+          table.cols = static_cast<std::size_t>(info.cols);
+          table.name = info.name;
+          table.first_word = words;
+          words += (table.rows + 63) / 64;
+          tables_.push_back(std::move(table));
+          capacity += size;
+          continue;
+        }
+        const std::size_t padding = static_cast<std::size_t>(Parameters<T>::kAlignElements);
+        if (!segments_.empty() && segments_.back().group == g && segments_.back().offset + segments_.back().count <= offset &&
+            offset - (segments_.back().offset + segments_.back().count) < padding) {
+          segments_.back().count = offset + size - segments_.back().offset;
+        } else {
+          segments_.push_back(Segment{g, offset, size});
+        }
+        capacity += size + padding;
       }
-      const auto end = static_cast<std::size_t>(group.buffer_size());
-      if (end > dense_from) segments_.push_back(Segment{g, dense_from, end - dense_from});
-      capacity += end;  // at most every value of the group
     }
     dense_values_ = 0;
     for (const auto& s : segments_) dense_values_ += s.count;

@@ -149,6 +149,8 @@ class HllmTrainer {
     }
 
     Rng rng(config_.seed);
+    Rng dropout_rng = Rng(config_.seed).derive(0x4c6f5241);  // LoRA dropout masks (a stream of their own)
+    const nn::RunMode mode = nn::RunMode::train(dropout_rng);
     std::vector<Index> order(static_cast<std::size_t>(examples));
     std::iota(order.begin(), order.end(), Index{0});
     std::vector<Sequence> batch;
@@ -185,7 +187,7 @@ class HllmTrainer {
         params.zero_grad();
         T grad_log_scale = 0;
         loss::InfoNceStats stats;
-        const T value = model_.train_step(batch, every, negatives, nce_, log_scale_, &grad_log_scale, ws, &stats);
+        const T value = model_.train_step(batch, every, negatives, nce_, log_scale_, &grad_log_scale, ws, &stats, 0, mode);
         if (!std::isfinite(static_cast<double>(value))) {
           throw Error(distillrec::detail::concat("HLLM trainer: the loss is not finite at epoch ", epoch, " step ", s + 1));
         }

@@ -31,27 +31,36 @@ class Dropout {
 
   double probability() const { return p_; }
 
-  /// y = x * mask (training) or y = x (inference). x and y may be the same matrix.
-  void forward(const ConstMatrixRef<T>& x, MatrixRef<T> y, Workspace& ws, const RunMode& mode) const {
-    require_shape(y, x.rows(), x.cols(), "Dropout output");
+  /// Draws a rows x cols mask into ws (0 or 1 / (1 - p) per element) when training with p > 0
+  /// and returns whether it did (ws.active); what forward() applies, for layers that apply it
+  /// themselves (LoRA adapters).
+  bool draw_mask(Index rows, Index cols, Workspace& ws, const RunMode& mode) const {
     ws.active = mode.training && p_ > 0.0;
-    if (!ws.active) {
-      if (y.data() != x.data()) y = x;
-      return;
-    }
-    auto mask = ws.mask.resize(x.rows(), x.cols());
+    if (!ws.active) return false;
+    auto mask = ws.mask.resize(rows, cols);
     if (mode.keyed()) {
-      if (mode.num_rows != x.rows()) {
-        throw ShapeError(detail::concat("Dropout: per-example masks need one key per row: ", x.rows(), " rows, ", mode.num_rows, " keys"));
+      if (mode.num_rows != rows) {
+        throw ShapeError(detail::concat("Dropout: per-example masks need one key per row: ", rows, " rows, ", mode.num_rows, " keys"));
       }
       const std::uint64_t site = mode.next_site_seed();
-      for (Index i = 0; i < x.rows(); ++i) {
+      for (Index i = 0; i < rows; ++i) {
         Rng rng = RunMode::keyed_stream(site, mode.row_keys[i]);
-        backend::kernels::dropout_mask(mask.row(i).data(), x.cols(), p_, rng);
+        backend::kernels::dropout_mask(mask.row(i).data(), cols, p_, rng);
       }
     } else {
       backend::kernels::dropout_mask(mask.data(), mask.size(), p_, mode.generator());
     }
+    return true;
+  }
+
+  /// y = x * mask (training) or y = x (inference). x and y may be the same matrix.
+  void forward(const ConstMatrixRef<T>& x, MatrixRef<T> y, Workspace& ws, const RunMode& mode) const {
+    require_shape(y, x.rows(), x.cols(), "Dropout output");
+    if (!draw_mask(x.rows(), x.cols(), ws, mode)) {
+      if (y.data() != x.data()) y = x;
+      return;
+    }
+    const auto mask = ws.mask.map();
     for (Index i = 0; i < x.rows(); ++i) {
       backend::kernels::multiply<T>(x.row(i).data(), mask.row(i).data(), y.row(i).data(), x.cols());
     }

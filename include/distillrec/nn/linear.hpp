@@ -10,8 +10,10 @@
 //   y = x W^T + b + s * Dropout(x) A^T B^T,  s = alpha / r,
 //   A "<name>.lora_a.weight" [r, in], B "<name>.lora_b.weight" [out, r]
 //   dx += s * Dropout'(dy B A),  dA += s * (dy B)^T Dropout(x),  dB += s * dy^T (Dropout(x) A^T)
-// The adapter's activations (the low-rank product, the dropped input) live in a Workspace the
-// caller passes; the overloads without one serve adapter-free layers only.
+// The adapter's activations (the low-rank product and, with adapter dropout, the mask) live in a
+// Workspace the caller passes; the overloads without one serve adapter-free layers only. With
+// dropout the adapter works row by row (x_i * m_i, one row of scratch), so what it keeps is the
+// mask and [n, r], never a dropped copy of the input.
 // Stateless about activations otherwise: backward needs only what the caller passes back in.
 #pragma once
 
@@ -38,10 +40,9 @@ class Linear {
   /// What an adapter keeps from forward for backward (unused without an adapter).
   struct Workspace {
     ScratchMatrix<T> low;         // Dropout(x) A^T          [n, r]
-    ScratchMatrix<T> dropped;     // Dropout(x) (training with adapter dropout only)  [n, in]
     ScratchMatrix<T> grad_low;    // s * dy B                [n, r]
-    ScratchMatrix<T> grad_input;  // the adapter's dx before the dropout mask [n, in]
-    typename Dropout<T>::Workspace dropout;
+    ScratchMatrix<T> row;         // one row of scratch      [1, in]
+    typename Dropout<T>::Workspace dropout;  // the mask (training with adapter dropout only)
   };
 
   Linear(Parameters<T>& params, const std::string& name, Index in_features, Index out_features,
@@ -91,11 +92,13 @@ class Linear {
     auto low = ws.low.resize(n, rank_);
     const auto a = std::as_const(*params_).value(lora_a_);
     const auto b = std::as_const(*params_).value(lora_b_);
-    ws.dropout.active = false;
-    if (mode.training && adapter_dropout_.probability() > 0.0) {
-      auto dropped = ws.dropped.resize(n, in_);
-      adapter_dropout_.forward(x, dropped, ws.dropout, mode);
-      backend::gemm(backend::Trans::kNo, backend::Trans::kYes, T(1), dropped, a, T(0), low);
+    if (adapter_dropout_.draw_mask(n, in_, ws.dropout, mode)) {
+      const auto mask = ws.dropout.mask.map();
+      auto row = ws.row.resize(1, in_);
+      for (Index i = 0; i < n; ++i) {
+        row.row(0).noalias() = x.row(i).cwiseProduct(mask.row(i));
+        low.row(i).noalias() = row.row(0) * a.transpose();
+      }
     } else {
       backend::gemm(backend::Trans::kNo, backend::Trans::kYes, T(1), x, a, T(0), low);
     }
@@ -118,10 +121,12 @@ class Linear {
       backend::gemm(backend::Trans::kNo, backend::Trans::kNo, T(1), grad_low, a, T(1), dx);
       return;
     }
-    auto g = ws.grad_input.resize(dy.rows(), in_);
-    backend::gemm(backend::Trans::kNo, backend::Trans::kNo, T(1), grad_low, a, T(0), g);
-    adapter_dropout_.backward(g, g, ws.dropout);
-    dx += g;
+    const auto mask = ws.dropout.mask.map();
+    auto row = ws.row.resize(1, in_);
+    for (Index i = 0; i < dy.rows(); ++i) {
+      row.row(0).noalias() = grad_low.row(i) * a;
+      dx.row(i) += row.row(0).cwiseProduct(mask.row(i));
+    }
   }
 
   /// dW += dy^T x, db += sum over rows of dy (adapter-free layers; frozen ones skipped).
@@ -136,8 +141,17 @@ class Linear {
     if (!has_adapter()) return;
     const auto grad_low = adapter_grad_low(dy, ws);
     if (params_->info(lora_a_).trainable) {
-      const ConstMatrixRef<T> input = ws.dropout.active ? ConstMatrixRef<T>(ws.dropped.map()) : x;
-      backend::gemm(backend::Trans::kYes, backend::Trans::kNo, T(1), grad_low, input, T(1), params_->grad(lora_a_));
+      auto grad_a = params_->grad(lora_a_);
+      if (!ws.dropout.active) {
+        backend::gemm(backend::Trans::kYes, backend::Trans::kNo, T(1), grad_low, x, T(1), grad_a);
+      } else {
+        const auto mask = ws.dropout.mask.map();
+        auto row = ws.row.resize(1, in_);
+        for (Index i = 0; i < x.rows(); ++i) {
+          row.row(0).noalias() = x.row(i).cwiseProduct(mask.row(i));
+          grad_a.noalias() += grad_low.row(i).transpose() * row.row(0);
+        }
+      }
     }
     if (params_->info(lora_b_).trainable) {
       require_shape(ws.low.map(), dy.rows(), rank_, "LoRA low-rank activations (the workspace of the matching forward)");

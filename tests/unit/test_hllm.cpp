@@ -9,6 +9,8 @@
 #include "distillrec/models/registry.hpp"
 #include "distillrec/train/hllm_trainer.hpp"
 
+#include "distillrec/serve/recommender.hpp"
+
 #include "support.hpp"
 
 #include <filesystem>
@@ -400,4 +402,37 @@ TEST_CASE("HLLM cold start: items never seen in training are recommended from th
   // Chance for a group-aware ranking: the target is one of ~12 items of its group.
   CHECK(hllm_cold > 0.15);
   CHECK(hllm_cold > 5.0 * popularity_cold + 0.05);
+
+  // Items added at run time from their text alone, nothing retrained: item 73 names group 0,
+  // item 74 group 3. A history of group-0 items ranks 73 above where a group-3 history ranks
+  // it, and the other way round for 74; every old item scores exactly as before.
+  hllm.refresh_item_table();
+  const auto extended = std::make_shared<const models::Hllm<float>>(hllm.with_items({{1, 3 + 0}, {1, 3 + 3}}));
+  REQUIRE(extended->num_items() == 74);
+  REQUIRE(extended->item_table_ready());
+  REQUIRE(extended->item_tokens().size() == 74);
+  const auto old_table = hllm.parameters().value(hllm.parameters().find("item_table.weight"));
+  const auto new_table = extended->parameters().value(extended->parameters().find("item_table.weight"));
+  CHECK((new_table.topRows(72) - old_table).cwiseAbs().maxCoeff() == 0.0f);
+  serve::Recommender<models::Hllm<float>> server(extended);
+  const Sequence group0{1, 7, 13, 19}, group3{4, 10, 16, 22};
+  auto rank_of = [&](const Sequence& history, ItemId item) {
+    const auto top = server.recommend(history, serve::RecommendOptions{70, true, nullptr});
+    for (std::size_t r = 0; r < top.size(); ++r) {
+      if (top[r].item == item) return static_cast<Index>(r) + 1;
+    }
+    return Index{71};
+  };
+  INFO("item 73: rank " << rank_of(group0, 73) << " for group 0, " << rank_of(group3, 73) << " for group 3; item 74: rank "
+                        << rank_of(group3, 74) << " for group 3, " << rank_of(group0, 74) << " for group 0");
+  CHECK(rank_of(group0, 73) < rank_of(group3, 73));
+  CHECK(rank_of(group3, 74) < rank_of(group0, 74));
+  CHECK(rank_of(group0, 73) <= 20);
+  typename models::Hllm<float>::Workspace score_ws;
+  Matrix<float> before(1, 16), after(1, 16);
+  hllm.encode({group0}, before, score_ws);
+  extended->encode({group0}, after, score_ws);
+  CHECK((before - after).cwiseAbs().maxCoeff() == 0.0f);
+  CHECK_THROWS_WITH(hllm.with_items({{1, 500}}), Catch::Contains("item 73 has token 500"));
+  CHECK_THROWS_WITH(hllm.with_items({}), Catch::Contains("at least one item text"));
 }

@@ -251,19 +251,46 @@ class Hllm {
     if (static_cast<ItemId>(tokens.size()) != config_.num_items) {
       throw ShapeError(distillrec::detail::concat("HLLM: ", tokens.size(), " item texts for ", config_.num_items, " items"));
     }
-    for (std::size_t i = 0; i < tokens.size(); ++i) {
-      auto& t = tokens[i];
-      if (t.empty()) throw ShapeError(distillrec::detail::concat("HLLM: item ", i + 1, " has an empty token sequence"));
-      if (static_cast<Index>(t.size()) > config_.max_text_tokens) t.resize(static_cast<std::size_t>(config_.max_text_tokens));
-      for (int id : t) {
-        if (id < 0 || id >= config_.item_llm.vocab_size) {
-          throw ShapeError(distillrec::detail::concat("HLLM: item ", i + 1, " has token ", id, ", outside 0..",
-                                                      config_.item_llm.vocab_size - 1));
-        }
-      }
-    }
+    check_and_cut(tokens, 0);
     item_tokens_ = std::move(tokens);
     table_ready_ = false;
+  }
+
+  /// This model with texts.size() more items (ids N + 1, N + 2, ... in order), recommendable at
+  /// once from their text alone: every weight and every existing item's table row copied, the new
+  /// items' rows encoded by the item LLM, nothing retrained. Texts as set_item_tokens() takes
+  /// them; the model's table must be fresh. The existing items' texts (where the model has them)
+  /// are carried over, so the new model refreshes and trains like any other. Serving: build a
+  /// serve::Recommender on the returned model and swap it in for the old one, which keeps
+  /// answering meanwhile (models and recommenders are immutable while they serve).
+  Hllm with_items(std::vector<std::vector<int>> texts) const {
+    if (!table_ready_) throw ConfigError("HLLM: with_items needs a fresh item table (refresh_item_table() or a loaded checkpoint)");
+    if (texts.empty()) throw ShapeError("HLLM: with_items needs at least one item text");
+    const auto old_items = static_cast<Index>(config_.num_items);
+    check_and_cut(texts, old_items);
+    HllmConfig config = config_;
+    config.num_items = static_cast<ItemId>(old_items + static_cast<Index>(texts.size()));
+    Hllm extended(config);
+    auto& to = *extended.params_;
+    for (Index id = 0; id < to.count(); ++id) {
+      const auto from = params_->value(params_->find(to.info(id).name));
+      auto value = to.value(id);
+      if (id == extended.table_ || id == extended.norms_) {
+        value.topRows(old_items) = from;
+      } else {
+        value = from;
+      }
+    }
+    Matrix<T> embeddings(static_cast<Index>(texts.size()), hidden_size());
+    typename Llama::Workspace ws;
+    item_llm_->encode_items(texts, embeddings, ws);
+    extended.write_table_rows(old_items, embeddings);
+    if (!item_tokens_.empty()) {
+      extended.item_tokens_ = item_tokens_;
+      extended.item_tokens_.insert(extended.item_tokens_.end(), texts.begin(), texts.end());
+    }
+    extended.table_ready_ = true;
+    return extended;
   }
 
   bool has_item_tokens() const { return !item_tokens_.empty(); }
@@ -279,22 +306,12 @@ class Hllm {
     typename Llama::Workspace ws;
     std::vector<std::vector<int>> texts;
     Matrix<T> embeddings;
-    auto table = params_->value(table_);
-    auto norms = params_->value(norms_);
     for (Index begin = 0; begin < config_.num_items; begin += batch) {
       const Index end = std::min<Index>(config_.num_items, begin + batch);
       texts.assign(item_tokens_.begin() + begin, item_tokens_.begin() + end);
       embeddings.resize(end - begin, hidden_size());
       item_llm_->encode_items(texts, embeddings, ws);
-      for (Index r = 0; r < end - begin; ++r) {
-        const T norm = embeddings.row(r).norm();
-        if (!std::isfinite(static_cast<double>(norm))) {
-          throw Error(distillrec::detail::concat("HLLM: item ", begin + r + 1, "'s embedding is not finite"));
-        }
-        const T length = std::max(norm, static_cast<T>(kEps));
-        table.row(begin + r) = embeddings.row(r) / length;
-        norms(begin + r, 0) = length;
-      }
+      write_table_rows(begin, embeddings);
     }
     table_ready_ = true;
   }
@@ -423,6 +440,37 @@ class Hllm {
 
  private:
   static constexpr double kEps = 1e-12;
+
+  // Checks texts given for items first + 1, first + 2, ... (non-empty, ids in the item LLM's
+  // vocabulary) and cuts them to max_text_tokens.
+  void check_and_cut(std::vector<std::vector<int>>& texts, Index first) const {
+    for (std::size_t i = 0; i < texts.size(); ++i) {
+      auto& t = texts[i];
+      const Index item = first + static_cast<Index>(i) + 1;
+      if (t.empty()) throw ShapeError(distillrec::detail::concat("HLLM: item ", item, " has an empty token sequence"));
+      if (static_cast<Index>(t.size()) > config_.max_text_tokens) t.resize(static_cast<std::size_t>(config_.max_text_tokens));
+      for (int id : t) {
+        if (id < 0 || id >= config_.item_llm.vocab_size) {
+          throw ShapeError(distillrec::detail::concat("HLLM: item ", item, " has token ", id, ", outside 0..", config_.item_llm.vocab_size - 1));
+        }
+      }
+    }
+  }
+
+  // Table rows first.. from item embeddings: unit rows and their lengths.
+  void write_table_rows(Index first, const Matrix<T>& embeddings) {
+    auto table = params_->value(table_);
+    auto norms = params_->value(norms_);
+    for (Index r = 0; r < embeddings.rows(); ++r) {
+      const T norm = embeddings.row(r).norm();
+      if (!std::isfinite(static_cast<double>(norm))) {
+        throw Error(distillrec::detail::concat("HLLM: item ", first + r + 1, "'s embedding is not finite"));
+      }
+      const T length = std::max(norm, static_cast<T>(kEps));
+      table.row(first + r) = embeddings.row(r) / length;
+      norms(first + r, 0) = length;
+    }
+  }
 
   void require_texts(const char* what) const {
     if (item_tokens_.empty()) throw ConfigError(distillrec::detail::concat("HLLM: ", what, " needs the item texts (set_item_tokens)"));
